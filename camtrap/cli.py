@@ -1,0 +1,138 @@
+"""`camtrap` command line: demo-data, validate, train, demo.
+
+User errors (bad data, config, paths) print a plain report and exit 2 — never a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from camtrap.config import PRESETS, build_config
+from camtrap.errors import CamtrapError
+
+log = logging.getLogger("camtrap")
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+def _setup_logging(verbose: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(message)s", "%H:%M:%S"))
+    log.handlers[:] = [handler]
+    log.setLevel(logging.DEBUG if verbose else logging.INFO)
+    log.propagate = False
+
+
+def _cmd_demo_data(args: argparse.Namespace) -> int:
+    from camtrap.demo import write_demo_dataset
+
+    root = write_demo_dataset(args.dir, per_class=args.per_class, seed=args.seed)
+    print(f"wrote a demo dataset to {root}")
+    return 0
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from camtrap.labels import validate_dataset
+
+    data, problems = validate_dataset(args.data, args.features_csv, args.labels_csv)
+    if problems:
+        from camtrap.errors import DataError
+
+        print(DataError(problems, root=str(args.data)), file=sys.stderr)
+        return EXIT_USER_ERROR
+    counts = data.frame["label"].value_counts().reindex(data.classes, fill_value=0)
+    print(f"{args.data}: {len(data.frame)} images, {len(data.classes)} classes, no problems")
+    for name, count in counts.items():
+        print(f"  {name:<24} {count}")
+    return 0
+
+
+def _train(data: Path, out: Path, preset: str, config_file, overrides, run_id, force) -> int:
+    from camtrap.pipeline import run_all
+
+    config = build_config(preset, config_file, overrides)
+    summary = run_all(config, data, out, run_id=run_id, force=force)
+    val = "  ".join(f"{k} {v:.4f}" for k, v in summary.val.items())
+    print(f"{summary.status}: {summary.run_dir}\n  best epoch {summary.best_epoch}: {val}")
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    return _train(
+        Path(args.data), Path(args.out), args.preset, args.config, args.set, args.run_id, args.force
+    )
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from camtrap.demo import write_demo_dataset
+
+    data = Path(args.dir) / "data"
+    if not (data / "train_labels.csv").exists():
+        write_demo_dataset(data, per_class=args.per_class, seed=0)
+        log.info("wrote demo data to %s", data)
+    return _train(data, Path(args.dir) / "runs", "smoke", None, args.set, None, False)
+
+
+def _add_train_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config field, e.g. --set train.epochs=2 (repeatable)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="camtrap", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo-data", help="write a synthetic dataset in the Conser-vision layout")
+    p.add_argument("dir")
+    p.add_argument("--per-class", type=int, default=40)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_demo_data)
+
+    p = sub.add_parser("validate", help="check a dataset against the data contract")
+    p.add_argument("--data", required=True, help="dataset root (train_features.csv, ...)")
+    p.add_argument("--features-csv", default="train_features.csv")
+    p.add_argument("--labels-csv", default="train_labels.csv")
+    p.set_defaults(func=_cmd_validate)
+
+    p = sub.add_parser("train", help="validate, split, train, evaluate; resumes an interrupted run")
+    p.add_argument("--data", required=True, help="dataset root")
+    p.add_argument("--out", required=True, help="output root; the run goes to OUT/STAGE/RUN_ID")
+    p.add_argument("--preset", default="part1", choices=sorted(PRESETS))
+    p.add_argument("--config", help="YAML file applied on top of the preset")
+    p.add_argument("--run-id", help="name the run folder instead of deriving it")
+    p.add_argument("--force", action="store_true", help="train again even if the run finished")
+    _add_train_options(p)
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("demo", help="write demo data and train the smoke preset on it (CPU)")
+    p.add_argument("--dir", default="camtrap-demo", help="where demo data and runs go")
+    p.add_argument("--per-class", type=int, default=40)
+    _add_train_options(p)
+    p.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    try:
+        return args.func(args)
+    except CamtrapError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("interrupted; rerun the same command to resume from the last epoch", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,173 @@
+"""Run configuration: one pydantic model per concern, validated at the edge (CLI, flow parameters).
+
+A run is a preset (`part1` = the seed recipe, `smoke` = a two-minute CPU run), optionally a YAML
+file on top, then `key=value` overrides with dotted keys (`train.epochs=2`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from camtrap.errors import ConfigError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+BestMetric = Literal["val_accuracy", "val_loss", "val_log_loss", "val_top3_accuracy"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    features_csv: str = "train_features.csv"
+    labels_csv: str = "train_labels.csv"
+    split: Literal["random", "stratified", "site"] = "random"
+    val_fraction: float = Field(0.25, gt=0.0, lt=1.0)
+    split_seed: int = 42
+    image_size: int = Field(224, ge=16, le=1024)
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    num_workers: int = Field(4, ge=0)
+
+
+class ModelConfig(_Section):
+    arch: str = "swin_t"
+    # "IMAGENET1K_V1" / "DEFAULT" (torchvision's download), "none", or a local path / s3:// URI
+    # of a file (a torchvision state_dict or a camtrap model file).
+    weights: str = "IMAGENET1K_V1"
+    drop_path: float = Field(0.2, ge=0.0, lt=1.0)
+
+    @field_validator("arch")
+    @classmethod
+    def _known_arch(cls, arch: str) -> str:
+        from camtrap.models import (
+            SUPPORTED_ARCHS,
+        )  # local: models imports torch, config must stay light
+
+        if arch not in SUPPORTED_ARCHS:
+            raise ValueError(f"unknown arch {arch!r}; choose one of {', '.join(SUPPORTED_ARCHS)}")
+        return arch
+
+
+class TrainConfig(_Section):
+    epochs: int = Field(30, ge=1)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(1e-5, gt=0.0)
+    weight_decay: float = Field(1e-8, ge=0.0)
+    # AMP is used where it helps: autocast + GradScaler on CUDA. On CPU it is always off (bf16
+    # autocast is ~20x slower there), whatever this says.
+    amp: bool = True
+    amp_dtype: Literal["float16", "bfloat16"] = "float16"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    seed: int = 0
+    best_metric: BestMetric = "val_accuracy"
+    progress: bool | None = None  # None: a progress bar only when stderr is a terminal
+
+
+class OutputConfig(_Section):
+    stage: str = Field("part1", pattern=r"^[A-Za-z0-9_.-]+$")
+
+
+class RunConfig(_Section):
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    output: OutputConfig = OutputConfig()
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # The seed recipe, exactly: the defaults above are that recipe.
+    "part1": {},
+    # A CPU run of about two minutes on the demo data: small images, a small net, no pretrained
+    # weights (so a higher learning rate), a few epochs.
+    "smoke": {
+        "data": {"image_size": 64, "num_workers": 2},
+        "model": {"arch": "resnet18", "weights": "none", "drop_path": 0.0},
+        "train": {"epochs": 8, "batch_size": 32, "lr": 1e-3, "weight_decay": 1e-4},
+        "output": {"stage": "smoke"},
+    },
+}
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`train.epochs=2` -> ("train.epochs", 2). Values are parsed as YAML scalars/lists."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {text!r} is not key=value (example: --set train.epochs=2)")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = tree
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {key!r}: {part!r} is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _read_yaml(path: str | Path) -> dict[str, Any]:
+    try:
+        loaded = yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError as err:
+        raise ConfigError(f"config file {path} does not exist") from err
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {path} is not valid YAML: {err}") from err
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(
+            f"config file {path} must hold a mapping (data:, model:, train:, output:)"
+        )
+    return loaded
+
+
+def _format_validation_error(err: ValidationError, source: str) -> str:
+    lines = [f"invalid configuration ({source}):"]
+    for item in err.errors():
+        where = ".".join(str(p) for p in item["loc"]) or "(root)"
+        lines.append(f"  - {where}: {item['msg']}")
+    return "\n".join(lines)
+
+
+def build_config(
+    preset: str = "part1",
+    config_file: str | Path | None = None,
+    overrides: dict[str, Any] | list[str] | None = None,
+) -> RunConfig:
+    """Preset, then YAML file, then overrides (dotted keys); ConfigError lists every problem."""
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    tree = _merge({}, PRESETS[preset])
+    if config_file is not None:
+        tree = _merge(tree, _read_yaml(config_file))
+    pairs = (
+        overrides.items() if isinstance(overrides, dict) else map(parse_override, overrides or [])
+    )
+    for key, value in pairs:
+        _set_dotted(tree, key, value)
+    try:
+        return RunConfig.model_validate(tree)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err, f"preset {preset}")) from None

@@ -1,0 +1,374 @@
+"""The epoch loop: train, evaluate, keep the best and final models, write resume state each epoch.
+
+Rerunning on the same run folder continues after the last completed epoch and, on CPU, ends with the
+same numbers as an uninterrupted run: the shuffle order is derived from (seed, epoch), and the RNG
+streams, optimizer and scaler states travel in state/last.pt."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from torch import nn
+
+from camtrap import checkpoint
+from camtrap.config import RunConfig
+from camtrap.data import ImageFolderDataset, epoch_generator, make_loader, seed_transform
+from camtrap.engine import (
+    EpochOutputs,
+    log_memory,
+    make_scaler,
+    precision_for,
+    predict,
+    release_memory,
+    train_one_epoch,
+)
+from camtrap.errors import CamtrapError, ConfigError
+from camtrap.metrics import per_class_metrics, summary_metrics
+from camtrap.models import ModelMeta, build_model, model_file_dict
+
+log = logging.getLogger("camtrap")
+
+LOWER_IS_BETTER = {"val_loss", "val_log_loss"}
+
+
+class TrainingDiverged(CamtrapError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass(frozen=True)
+class RunFiles:
+    """Where each output of a run lives inside its folder (the layout of docs/architecture.md)."""
+
+    root: Path
+    arch: str
+    stage: str
+
+    @property
+    def best_model(self) -> Path:
+        return self.root / f"final_{self.arch}_model_{self.stage}_best.pth"
+
+    @property
+    def final_model(self) -> Path:
+        return self.root / f"final_{self.arch}_model_{self.stage}.pth"
+
+    @property
+    def state(self) -> Path:
+        return self.root / "state" / "last.pt"
+
+    @property
+    def epochs_csv(self) -> Path:
+        return self.root / "metrics" / "epochs.csv"
+
+    @property
+    def per_class_csv(self) -> Path:
+        return self.root / "metrics" / "per_class.csv"
+
+    @property
+    def confusion_csv(self) -> Path:
+        return self.root / "metrics" / "confusion_matrix.csv"
+
+    @property
+    def predictions_csv(self) -> Path:
+        return self.root / "predictions" / "val.csv"
+
+    @property
+    def split_csv(self) -> Path:
+        return self.root / "split.csv"
+
+    @property
+    def dataset_json(self) -> Path:
+        return self.root / "dataset.json"
+
+    @property
+    def run_json(self) -> Path:
+        return self.root / "run.json"
+
+    @property
+    def plots(self) -> Path:
+        return self.root / "plots"
+
+    @classmethod
+    def for_config(cls, run_dir: Path, config: RunConfig) -> RunFiles:
+        return cls(Path(run_dir), config.model.arch, config.output.stage)
+
+
+@dataclass
+class EpochRecord:
+    """What one finished epoch reports to `on_epoch_end` (progress, Prefect artifacts, sync)."""
+
+    epoch: int  # 1-based
+    epochs: int
+    train: dict[str, float]
+    val: dict[str, float]
+    per_class: pd.DataFrame  # this epoch's rows: split, class, precision, recall, f1, support
+    is_best: bool
+    best_epoch: int
+    seconds: float
+    memory: dict[str, float]
+    files: RunFiles
+
+
+@dataclass
+class FitResult:
+    best_epoch: int
+    best_value: float
+    epochs_run: int  # epochs trained by this call (0 when the run had already finished)
+    resumed_from: int  # last completed epoch found in state/last.pt (0: fresh start)
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device=cuda but no CUDA GPU is visible; use train.device=auto")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _is_better(metric: str, value: float, best: float | None) -> bool:
+    if best is None:
+        return True
+    return value < best if metric in LOWER_IS_BETTER else value > best
+
+
+def _epoch_metrics(out: EpochOutputs) -> dict[str, float]:
+    return {"loss": out.loss, **summary_metrics(out.targets, out.probs, k=3)}
+
+
+def _per_class_rows(epoch: int, split: str, out: EpochOutputs, classes: list[str]) -> pd.DataFrame:
+    frame = per_class_metrics(out.targets, out.probs.argmax(axis=1), classes)
+    frame.insert(0, "split", split)
+    frame.insert(0, "epoch", epoch)
+    return frame
+
+
+class _Trainer:
+    """Holds the objects of one fit so the loop below reads like the seed's."""
+
+    def __init__(self, config: RunConfig, items: pd.DataFrame, classes: list[str], run_dir: Path):
+        self.config = config
+        self.classes = classes
+        self.files = RunFiles.for_config(run_dir, config)
+        self.device = resolve_device(config.train.device)
+        self.precision = precision_for(self.device, config.train.amp, config.train.amp_dtype)
+        self.progress = (
+            sys.stderr.isatty() if config.train.progress is None else config.train.progress
+        )
+        self.train_set, self.val_set = self._datasets(items)
+        log_memory("after datasets", self.device)
+        self.model = self._model()
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=config.train.lr, weight_decay=config.train.weight_decay
+        )
+        self.scaler = make_scaler(self.precision)
+        self.history: list[dict[str, Any]] = []
+        self.per_class: list[dict[str, Any]] = []
+        self.best_epoch = 0
+        self.best_value: float | None = None
+        self.completed = 0
+
+    def _datasets(self, items: pd.DataFrame) -> tuple[ImageFolderDataset, ImageFolderDataset]:
+        cfg = self.config.data
+        transform = seed_transform(cfg.image_size, cfg.mean, cfg.std)
+        sets = []
+        for split in ("train", "val"):
+            rows = items[items["split"] == split]
+            if rows.empty:
+                raise ConfigError(f"the {split} split is empty; check data.val_fraction")
+            sets.append(ImageFolderDataset(rows["path"].tolist(), rows["label_idx"], transform))
+        return sets[0], sets[1]
+
+    def _model(self) -> nn.Module:
+        cfg = self.config.model
+        model = build_model(
+            cfg.arch, len(self.classes), cfg.weights, cfg.drop_path, self.config.data.image_size
+        )
+        log_memory("before model to GPU", self.device)
+        if self.device.type == "cuda":
+            model = model.to(self.device, memory_format=torch.channels_last)
+        log_memory("after model to GPU", self.device)
+        return model
+
+    def loader(self, dataset: ImageFolderDataset, epoch: int | None):
+        return make_loader(
+            dataset,
+            self.config.train.batch_size,
+            shuffle=epoch is not None,
+            num_workers=self.config.data.num_workers,
+            pin_memory=self.device.type == "cuda",
+            generator=epoch_generator(self.config.train.seed, epoch) if epoch else None,
+        )
+
+    # --- resume state -------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "epoch": self.completed,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": checkpoint.rng_state(),
+            "history": self.history,
+            "per_class": self.per_class,
+            "best_epoch": self.best_epoch,
+            "best_value": self.best_value,
+            "classes": self.classes,
+            "config": self.config.model_dump(mode="json"),
+        }
+
+    def resume_if_possible(self) -> None:
+        if not self.files.state.exists():
+            return
+        state = checkpoint.load_torch(self.files.state)
+        if state["classes"] != self.classes:
+            raise ConfigError(
+                f"{self.files.state} was trained on classes {state['classes']}, not "
+                f"{self.classes}; use a new output folder or --run-id"
+            )
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        checkpoint.restore_rng_state(state["rng"])
+        self.history, self.per_class = state["history"], state["per_class"]
+        self.best_epoch, self.best_value = state["best_epoch"], state["best_value"]
+        self.completed = state["epoch"]
+        log.info("resuming %s after epoch %d", self.files.root, self.completed)
+
+    # --- outputs -----------------------------------------------------------------------------
+    def model_file(self, epoch: int, metrics: dict[str, float]) -> dict[str, Any]:
+        cfg = self.config
+        meta = ModelMeta(
+            arch=cfg.model.arch,
+            classes=self.classes,
+            image_size=cfg.data.image_size,
+            mean=list(cfg.data.mean),
+            std=list(cfg.data.std),
+            epoch=epoch,
+            metrics=metrics,
+            config=cfg.model_dump(mode="json"),
+        )
+        return model_file_dict(self.model, meta)
+
+    def write_metrics(self) -> None:
+        checkpoint.atomic_write_text(
+            self.files.epochs_csv, pd.DataFrame(self.history).to_csv(index=False)
+        )
+        per_class = pd.DataFrame(self.per_class)
+        checkpoint.atomic_write_text(self.files.per_class_csv, per_class.to_csv(index=False))
+
+    # --- one epoch -----------------------------------------------------------------------------
+    def run_epoch(self, epoch: int) -> EpochRecord:
+        started = time.perf_counter()
+        epochs = self.config.train.epochs
+        log_memory(f"epoch {epoch} start", self.device)
+        train_out = train_one_epoch(
+            self.model, self.loader(self.train_set, epoch), self.optimizer, self.scaler,
+            self.device, self.precision, self.progress, desc=f"epoch {epoch}/{epochs} train",
+        )  # fmt: skip
+        val_out = predict(
+            self.model, self.loader(self.val_set, None), self.device, self.precision,
+            self.progress, desc=f"epoch {epoch}/{epochs} val",
+        )  # fmt: skip
+        train_m, val_m = _epoch_metrics(train_out), _epoch_metrics(val_out)
+        if not all(map(_finite, [train_m["loss"], val_m["loss"]])):
+            raise TrainingDiverged(
+                f"the loss is not finite at epoch {epoch} (train {train_m['loss']}, val "
+                f"{val_m['loss']}); lower train.lr or keep train.amp with a GradScaler"
+            )
+        per_class = pd.concat(
+            [_per_class_rows(epoch, "train", train_out, self.classes),
+             _per_class_rows(epoch, "val", val_out, self.classes)],
+            ignore_index=True,
+        )  # fmt: skip
+        is_best = self._record(epoch, train_m, val_m, per_class)
+        if is_best:
+            checkpoint.save_torch(self.model_file(epoch, _prefixed(val_m)), self.files.best_model)
+        self.completed = epoch
+        checkpoint.save_torch(self.state_dict(), self.files.state)
+        self.write_metrics()
+        release_memory(self.device)
+        memory = log_memory(f"epoch {epoch} end", self.device)
+        seconds = time.perf_counter() - started
+        log.info(_epoch_line(epoch, epochs, train_m, val_m, seconds, is_best))
+        return EpochRecord(
+            epoch, epochs, train_m, val_m, per_class, is_best, self.best_epoch, seconds, memory,
+            self.files,
+        )  # fmt: skip
+
+    def _record(self, epoch, train_m, val_m, per_class: pd.DataFrame) -> bool:
+        for split, metrics in (("train", train_m), ("val", val_m)):
+            self.history.append({"epoch": epoch, "split": split, **_as_floats(metrics)})
+        self.per_class.extend(per_class.to_dict("records"))
+        metric = self.config.train.best_metric
+        value = val_m[metric.removeprefix("val_")]
+        if not _is_better(metric, value, self.best_value):
+            return False
+        self.best_epoch, self.best_value = epoch, float(value)
+        return True
+
+
+def _finite(x: float) -> bool:
+    return x == x and abs(x) != float("inf")
+
+
+def _prefixed(val: dict[str, float]) -> dict[str, float]:
+    return {f"val_{k}": float(v) for k, v in val.items()}
+
+
+def _as_floats(metrics: dict[str, float]) -> dict[str, float]:
+    # Full float precision in the CSVs, so metrics recomputed from predictions match exactly.
+    return {k: float(v) for k, v in metrics.items()}
+
+
+def _epoch_line(epoch, epochs, train_m, val_m, seconds, is_best) -> str:
+    return (
+        f"Epoch {epoch}/{epochs} | train loss {train_m['loss']:.4f} acc {train_m['accuracy']:.4f} "
+        f"top3 {train_m['top3_accuracy']:.4f} | val loss {val_m['loss']:.4f} "
+        f"acc {val_m['accuracy']:.4f} log_loss {val_m['log_loss']:.4f} "
+        f"top3 {val_m['top3_accuracy']:.4f} | {seconds:.1f}s" + (" | best" if is_best else "")
+    )
+
+
+def fit(
+    config: RunConfig,
+    items: pd.DataFrame,
+    classes: list[str],
+    run_dir: Path,
+    on_epoch_end: Callable[[EpochRecord], None] | None = None,
+) -> FitResult:
+    """Train `config` on `items` (columns path, label_idx, split) into `run_dir`, resuming if a
+    previous attempt left state/last.pt there."""
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+    # The global RNG (weight init, dropout, stochastic depth) is seeded here, at the edge, and
+    # restored afterwards so callers' randomness is untouched.
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(config.train.seed)
+        if torch.cuda.is_available():
+            torch.backends.cudnn.benchmark = True
+        trainer = _Trainer(config, items, classes, Path(run_dir))
+        trainer.resume_if_possible()
+        resumed_from = trainer.completed
+        for epoch in range(trainer.completed + 1, config.train.epochs + 1):
+            record = trainer.run_epoch(epoch)
+            if on_epoch_end is not None:
+                on_epoch_end(record)
+        if resumed_from < config.train.epochs or not trainer.files.final_model.exists():
+            last = trainer.history[-1] if trainer.history else {}
+            final_metrics = {f"val_{k}": v for k, v in last.items() if k not in ("epoch", "split")}
+            checkpoint.save_torch(
+                trainer.model_file(trainer.completed, final_metrics), trainer.files.final_model
+            )
+    return FitResult(
+        best_epoch=trainer.best_epoch,
+        best_value=float(trainer.best_value) if trainer.best_value is not None else float("nan"),
+        epochs_run=config.train.epochs - resumed_from,
+        resumed_from=resumed_from,
+        history=trainer.history,
+    )

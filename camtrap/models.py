@@ -1,0 +1,191 @@
+"""Model factory over torchvision, and the self-describing model file format.
+
+A model file (`final_*.pth`) is a plain dict loadable with `torch.load(path, weights_only=True)`:
+`model` (state_dict), `arch`, `classes`, `image_size`, `mean`, `std`, `epoch`, `metrics`,
+`config`."""
+
+from __future__ import annotations
+
+import io
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import fsspec
+import torch
+import torchvision
+from torch import nn
+from torchvision.ops import StochasticDepth
+
+from camtrap.errors import ConfigError, StorageError
+
+log = logging.getLogger("camtrap")
+
+# arch -> dotted name of its classification head (the Linear layer replaced for our classes)
+HEADS: dict[str, str] = {
+    "swin_t": "head",
+    "swin_s": "head",
+    "swin_b": "head",
+    "swin_v2_t": "head",
+    "resnet18": "fc",
+    "resnet34": "fc",
+    "resnet50": "fc",
+    "convnext_tiny": "classifier.2",
+    "convnext_small": "classifier.2",
+    "efficientnet_b0": "classifier.1",
+    "efficientnet_b3": "classifier.1",
+    "efficientnet_v2_s": "classifier.1",
+    "vit_b_16": "heads.head",
+}
+SUPPORTED_ARCHS = tuple(HEADS)
+TORCHVISION_WEIGHTS = ("IMAGENET1K_V1", "IMAGENET1K_V2", "DEFAULT")
+
+
+@dataclass
+class ModelMeta:
+    """What a model file says about itself, beyond the weights."""
+
+    arch: str
+    classes: list[str]
+    image_size: int
+    mean: list[float]
+    std: list[float]
+    epoch: int | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
+
+
+def build_model(
+    arch: str,
+    num_classes: int,
+    weights: str = "IMAGENET1K_V1",
+    drop_path: float = 0.0,
+    image_size: int = 224,
+) -> nn.Module:
+    """A torchvision `arch` with its head replaced by Linear(in_features -> num_classes).
+
+    weights: a torchvision weights name (downloaded and cached by torchvision), "none", or a
+    path/URI of a file holding a torchvision state_dict or a camtrap model file.
+    drop_path: the largest stochastic-depth rate; each arch keeps its own per-block schedule.
+    """
+    if arch not in HEADS:
+        raise ConfigError(f"unknown arch {arch!r}; choose one of {', '.join(SUPPORTED_ARCHS)}")
+    model = _torchvision_model(arch, weights, image_size)
+    if _is_weights_file(weights):
+        _load_weights_file(model, weights, arch)
+    _replace_head(model, arch, num_classes)
+    _set_drop_path(model, arch, drop_path)
+    return model
+
+
+def _is_weights_file(weights: str) -> bool:
+    return weights.lower() != "none" and weights.upper() not in TORCHVISION_WEIGHTS
+
+
+def _torchvision_model(arch: str, weights: str, image_size: int) -> nn.Module:
+    if weights.upper() in TORCHVISION_WEIGHTS:
+        enum = torchvision.models.get_model_weights(arch)
+        name = weights.upper()
+        if name != "DEFAULT" and name not in enum.__members__:
+            raise ConfigError(
+                f"{arch} has no weights {name}; choose one of {list(enum.__members__)}"
+            )
+        return torchvision.models.get_model(arch, weights=enum[name])
+    # ViT's position embeddings are sized by the image; other archs adapt to any size.
+    kwargs = {"image_size": image_size} if arch.startswith("vit") else {}
+    return torchvision.models.get_model(arch, weights=None, **kwargs)
+
+
+def _load_weights_file(model: nn.Module, uri: str, arch: str) -> None:
+    """Load a torchvision state_dict (ImageNet head) or a camtrap model file into `model`.
+
+    A camtrap file's head has other classes than ImageNet's, so its head is skipped: only the
+    backbone is taken, and the head is replaced afterwards anyway."""
+    blob = read_model_file(uri)
+    state = blob["model"] if isinstance(blob, dict) and "model" in blob else blob
+    if isinstance(blob, dict) and blob.get("arch") not in (None, arch):
+        raise ConfigError(f"weights file {uri} holds a {blob['arch']} model, not {arch}")
+    head = HEADS[arch] + "."
+    own = model.state_dict()
+    backbone = {k: v for k, v in state.items() if not k.startswith(head)}
+    missing = [k for k in own if not k.startswith(head) and k not in backbone]
+    if missing:
+        raise ConfigError(
+            f"weights file {uri} does not fit {arch}: {len(missing)} tensors missing "
+            f"(first: {missing[0]}); use a file saved from the same architecture"
+        )
+    model.load_state_dict(backbone, strict=False)
+    log.info("loaded backbone weights for %s from %s", arch, uri)
+
+
+def _replace_head(model: nn.Module, arch: str, num_classes: int) -> None:
+    parent_name, _, attr = HEADS[arch].rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    old = getattr(parent, attr)
+    setattr(parent, attr, nn.Linear(old.in_features, num_classes))
+
+
+def _set_drop_path(model: nn.Module, arch: str, drop_path: float) -> None:
+    layers = [m for m in model.modules() if isinstance(m, StochasticDepth)]
+    if not layers:
+        if drop_path > 0:
+            log.warning(
+                "%s has no stochastic depth; model.drop_path=%s is ignored", arch, drop_path
+            )
+        return
+    # Rescale torchvision's own schedule (rate rising with depth) so its largest rate is drop_path.
+    top = max(m.p for m in layers)
+    for m in layers:
+        m.p = m.p * drop_path / top if top > 0 else drop_path
+
+
+def read_model_file(uri: str | Path) -> dict[str, Any]:
+    """torch.load a local path or an fsspec URI, tensors only (weights_only=True)."""
+    try:
+        with fsspec.open(str(uri), "rb") as fh:
+            data = fh.read()
+    except FileNotFoundError as err:
+        raise StorageError(f"model file {uri} does not exist; check the path or URI") from err
+    except OSError as err:
+        raise StorageError(f"cannot read model file {uri}: {err}") from err
+    try:
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several types for a file that is not a checkpoint
+        raise StorageError(f"{uri} is not a readable PyTorch file: {err}") from err
+
+
+def model_file_dict(model: nn.Module, meta: ModelMeta) -> dict[str, Any]:
+    """The dict stored in a model file: weights on CPU plus metadata of plain types only."""
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    return {
+        "model": state,
+        "arch": meta.arch,
+        "classes": list(meta.classes),
+        "image_size": int(meta.image_size),
+        "mean": [float(x) for x in meta.mean],
+        "std": [float(x) for x in meta.std],
+        "epoch": meta.epoch,
+        "metrics": {k: float(v) for k, v in meta.metrics.items()},
+        "config": meta.config,
+    }
+
+
+def load_model(uri: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, ModelMeta]:
+    """A ready-to-use model (eval mode) from a camtrap model file, plus its metadata."""
+    blob = read_model_file(uri)
+    if not isinstance(blob, dict) or "arch" not in blob or "model" not in blob:
+        raise StorageError(f"{uri} is not a camtrap model file (no 'arch'/'model' keys)")
+    meta = ModelMeta(
+        arch=blob["arch"],
+        classes=list(blob["classes"]),
+        image_size=int(blob["image_size"]),
+        mean=list(blob["mean"]),
+        std=list(blob["std"]),
+        epoch=blob.get("epoch"),
+        metrics=dict(blob.get("metrics") or {}),
+        config=dict(blob.get("config") or {}),
+    )
+    model = build_model(meta.arch, len(meta.classes), weights="none", image_size=meta.image_size)
+    model.load_state_dict(blob["model"])
+    return model.to(device).eval(), meta

@@ -1,0 +1,267 @@
+"""The stages of one training run, each reading and writing one local run folder:
+
+    load_dataset -> prepare (split.csv, run.json) -> train (epochs, resume) -> evaluate (best model
+    on val: predictions, confusion matrix, plots) -> finalize (run.json with every file's sha256)
+
+`run_all` chains them for the CLI; Prefect tasks call the stages one by one."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import platform
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+import torchvision
+
+from camtrap import __version__, checkpoint
+from camtrap.config import RunConfig
+from camtrap.data import ImageFolderDataset, make_loader, seed_transform
+from camtrap.engine import log_memory, precision_for, predict
+from camtrap.errors import StorageError
+from camtrap.fit import EpochRecord, FitResult, RunFiles, fit, resolve_device
+from camtrap.labels import LabelledData, load_dataset
+from camtrap.metrics import confusion_matrix, per_class_metrics, summary_metrics
+from camtrap.models import load_model
+from camtrap.plots import (
+    class_metric_figure,
+    confusion_matrix_figure,
+    curves_figure,
+    figure_to_png_bytes,
+)
+from camtrap.split import split_frame
+
+log = logging.getLogger("camtrap")
+
+# Settings that change how fast a run goes, not what it computes: left out of the run id.
+_NOT_IN_RUN_ID = {"data": {"num_workers"}, "train": {"progress"}}
+
+
+@dataclass
+class RunSummary:
+    run_id: str
+    run_dir: Path
+    status: str  # "completed" (trained now) or "up-to-date" (a finished run was found)
+    best_epoch: int
+    val: dict[str, float]  # the best model's metrics on the val split
+
+
+def _utc_now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def run_id_for(config: RunConfig, data: LabelledData) -> str:
+    """`{stage}-{fingerprint}`: the same config on the same data always gets the same id."""
+    settings = config.model_dump(mode="json", exclude=_NOT_IN_RUN_ID)
+    settings.pop("output", None)
+    digest = hashlib.sha256(
+        json.dumps({"config": settings, "data": data.fingerprint}, sort_keys=True).encode()
+    ).hexdigest()
+    return f"{config.output.stage}-{digest[:12]}"
+
+
+def read_run_json(run_dir: Path) -> dict[str, Any]:
+    path = Path(run_dir) / "run.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def write_run_json(run_dir: Path, info: dict[str, Any]) -> None:
+    checkpoint.atomic_write_text(Path(run_dir) / "run.json", json.dumps(info, indent=2) + "\n")
+
+
+def is_finished(run_dir: Path) -> bool:
+    return read_run_json(run_dir).get("status") == "completed"
+
+
+def prepare(config: RunConfig, data: LabelledData, run_dir: Path) -> Path:
+    """Split the validated data and start the run folder: split.csv and a `running` run.json."""
+    run_dir = Path(run_dir)
+    files = RunFiles.for_config(run_dir, config)
+    frame = data.frame.copy()
+    frame["split"] = split_frame(
+        frame, config.data.split, config.data.val_fraction, config.data.split_seed
+    )
+    columns = ["id", "filepath", "site", "label", "split"]
+    checkpoint.atomic_write_text(files.split_csv, frame[columns].to_csv(index=False))
+    info = read_run_json(run_dir) or {"started": _utc_now()}
+    info.update(
+        run_id=run_dir.name,
+        status="running",
+        config=config.model_dump(mode="json"),
+        classes=data.classes,
+        data_fingerprint=data.fingerprint,
+        counts={s: int((frame["split"] == s).sum()) for s in ("train", "val")},
+    )
+    write_run_json(run_dir, info)
+    return files.split_csv
+
+
+def _split_items(run_dir: Path, data_root: Path) -> tuple[pd.DataFrame, list[str]]:
+    """split.csv joined with the image paths under `data_root` and the class indices."""
+    classes = read_run_json(run_dir).get("classes")
+    if not classes:
+        raise StorageError(f"{run_dir}/run.json has no classes; run `prepare` first")
+    items = pd.read_csv(Path(run_dir) / "split.csv", dtype=str, keep_default_na=False)
+    items["path"] = [str(Path(data_root) / p) for p in items["filepath"]]
+    items["label_idx"] = items["label"].map({c: i for i, c in enumerate(classes)}).astype(int)
+    return items, classes
+
+
+def train(
+    config: RunConfig,
+    data_root: Path,
+    run_dir: Path,
+    on_epoch_end: Callable[[EpochRecord], None] | None = None,
+) -> FitResult:
+    device = resolve_device(config.train.device)
+    log_memory("start", device)
+    items, classes = _split_items(run_dir, data_root)
+    log_memory("after CSV load", device)
+    return fit(config, items, classes, Path(run_dir), on_epoch_end)
+
+
+def _val_predictions(config: RunConfig, run_dir: Path, data_root: Path):
+    """The best model's probabilities on the val split, recomputed from the saved file."""
+    files = RunFiles.for_config(run_dir, config)
+    items, classes = _split_items(run_dir, data_root)
+    val = items[items["split"] == "val"].reset_index(drop=True)
+    device = resolve_device(config.train.device)
+    model, meta = load_model(files.best_model, device)
+    dataset = ImageFolderDataset(
+        val["path"].tolist(), val["label_idx"], seed_transform(meta.image_size, meta.mean, meta.std)
+    )
+    loader = make_loader(
+        dataset, config.train.batch_size, shuffle=False,
+        num_workers=config.data.num_workers, pin_memory=device.type == "cuda",
+    )  # fmt: skip
+    out = predict(
+        model, loader, device, precision_for(device, config.train.amp, config.train.amp_dtype)
+    )
+    return val, classes, out
+
+
+def evaluate(config: RunConfig, run_dir: Path, data_root: Path) -> dict[str, float]:
+    """Best model on val -> predictions/val.csv, metrics/confusion_matrix.csv and every plot."""
+    run_dir = Path(run_dir)
+    files = RunFiles.for_config(run_dir, config)
+    val, classes, out = _val_predictions(config, run_dir, data_root)
+    predictions = pd.DataFrame(out.probs, columns=classes)
+    predictions.insert(0, "label", val["label"])
+    predictions.insert(0, "id", val["id"])
+    checkpoint.atomic_write_text(files.predictions_csv, predictions.to_csv(index=False))
+    preds = out.probs.argmax(axis=1)
+    cm = confusion_matrix(out.targets, preds, classes)
+    checkpoint.atomic_write_text(files.confusion_csv, cm.to_csv())
+    _write_plots(files, cm, read_run_json(run_dir).get("best_epoch"))
+    metrics = {"loss": out.loss, **summary_metrics(out.targets, out.probs, k=3)}
+    log.info("best model on val: %s", "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+    log.info("per class (val):\n%s", per_class_metrics(out.targets, preds, classes).to_string())
+    return metrics
+
+
+def _write_plots(files: RunFiles, cm: pd.DataFrame, best_epoch: int | None) -> None:
+    epochs = pd.read_csv(files.epochs_csv)
+    per_class = pd.read_csv(files.per_class_csv, keep_default_na=False)
+    figures = {
+        "class_precision.png": class_metric_figure(per_class, "precision"),
+        "class_recalls.png": class_metric_figure(per_class, "recall"),
+        "class_f1.png": class_metric_figure(per_class, "f1"),
+        "curves.png": curves_figure(epochs, best_epoch=best_epoch),
+        "confusion_matrix.png": confusion_matrix_figure(cm),
+    }
+    for name, figure in figures.items():
+        checkpoint.atomic_write_bytes(files.plots / name, figure_to_png_bytes(figure))
+
+
+def record_training(run_dir: Path, result: FitResult) -> None:
+    """Note the best epoch in run.json (plots and summaries read it from there)."""
+    info = read_run_json(run_dir)
+    info.update(best_epoch=result.best_epoch, best_value=result.best_value)
+    write_run_json(run_dir, info)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent,
+            capture_output=True, text=True, timeout=5, check=True,
+        )  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def finalize(run_dir: Path, status: str = "completed", val: dict | None = None) -> dict[str, Any]:
+    """run.json: config, data fingerprint, classes, versions, timings, status, best epoch, the
+    best model's val metrics, and every output file with its size and sha256."""
+    run_dir = Path(run_dir)
+    info = read_run_json(run_dir)
+    outputs = sorted(p for p in run_dir.rglob("*") if p.is_file() and p.name != "run.json")
+    info.update(
+        status=status,
+        finished=_utc_now(),
+        versions={
+            "camtrap": __version__,
+            "torch": torch.__version__,
+            "torchvision": torchvision.__version__,
+            "python": platform.python_version(),
+        },
+        git_commit=_git_commit(),
+        files={
+            str(p.relative_to(run_dir)): {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+            for p in outputs
+            if not p.name.endswith(".tmp")
+        },
+    )
+    if val is not None:
+        info["val"] = val
+    write_run_json(run_dir, info)
+    return info
+
+
+def run_all(
+    config: RunConfig,
+    data_root: Path,
+    output_root: Path,
+    run_id: str | None = None,
+    force: bool = False,
+) -> RunSummary:
+    """Validate, split, train (resuming), evaluate and finalize one run under output_root."""
+    data = load_dataset(
+        data_root, config.data.features_csv, config.data.labels_csv, check_images=True
+    )
+    run_id = run_id or run_id_for(config, data)
+    if force:
+        run_id = f"{run_id}-{datetime.now(UTC):%Y%m%dT%H%M%S}"
+    run_dir = Path(output_root) / config.output.stage / run_id
+    if is_finished(run_dir):
+        info = read_run_json(run_dir)
+        log.info(
+            "%s is up to date (finished %s); use --force to train again", run_dir, info["finished"]
+        )
+        return RunSummary(
+            run_id, run_dir, "up-to-date", info.get("best_epoch", 0), info.get("val", {})
+        )
+    log.info("run %s -> %s", run_id, run_dir)
+    prepare(config, data, run_dir)
+    result = train(config, data.root, run_dir)
+    record_training(run_dir, result)
+    val = evaluate(config, run_dir, data.root)
+    finalize(run_dir, val=val)
+    return RunSummary(run_id, run_dir, "completed", result.best_epoch, val)

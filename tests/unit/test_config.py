@@ -1,0 +1,82 @@
+import pytest
+
+from camtrap.config import PRESETS, RunConfig, build_config, parse_override
+from camtrap.errors import ConfigError
+
+
+def test_part1_is_the_seed_recipe():
+    cfg = build_config("part1")
+    # Every number of the seed's stage-1 recipe, one by one.
+    assert cfg.model.arch == "swin_t"
+    assert cfg.model.weights == "IMAGENET1K_V1"
+    assert cfg.model.drop_path == 0.2
+    assert (cfg.train.lr, cfg.train.weight_decay) == (1e-5, 1e-8)
+    assert cfg.train.batch_size == 64
+    assert cfg.train.epochs == 30
+    assert cfg.data.image_size == 224
+    assert (cfg.data.split, cfg.data.val_fraction) == ("random", 0.25)
+    assert cfg.data.num_workers == 4
+    assert cfg.train.amp is True
+    assert cfg.train.best_metric == "val_accuracy"
+    assert cfg.data.mean == (0.485, 0.456, 0.406) and cfg.data.std == (0.229, 0.224, 0.225)
+    assert cfg.output.stage == "part1"
+
+
+def test_smoke_is_a_small_cpu_run():
+    cfg = build_config("smoke")
+    assert cfg.model.arch == "resnet18" and cfg.model.weights == "none"
+    assert cfg.data.image_size == 64
+    assert cfg.output.stage == "smoke"
+
+
+def test_overrides_with_dotted_keys_are_typed():
+    cfg = build_config("part1", overrides=["train.epochs=2", "data.split=site", "train.lr=3e-4"])
+    # "2" parses as YAML -> int 2; "3e-4" -> float
+    assert cfg.train.epochs == 2
+    assert cfg.data.split == "site"
+    assert cfg.train.lr == pytest.approx(3e-4)
+
+
+def test_dict_overrides_as_flow_parameters_pass_them():
+    cfg = build_config("smoke", overrides={"train.epochs": 1, "data.image_size": 32})
+    assert (cfg.train.epochs, cfg.data.image_size) == (1, 32)
+
+
+def test_yaml_file_is_applied_between_preset_and_overrides(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("train:\n  epochs: 5\n  batch_size: 8\n")
+    cfg = build_config("part1", path, ["train.epochs=3"])
+    assert cfg.train.batch_size == 8  # from the file
+    assert cfg.train.epochs == 3  # the override wins over the file
+
+
+@pytest.mark.parametrize(
+    "override, fragment",
+    [
+        ("train.epoch=2", "train.epoch"),  # typo: extra="forbid" names the bad key
+        ("train.epochs=zero", "train.epochs"),
+        ("data.split=alphabetical", "data.split"),
+        ("model.arch=resnet9000", "unknown arch"),
+        ("data.val_fraction=1.5", "data.val_fraction"),
+        ("noequals", "key=value"),
+    ],
+)
+def test_bad_overrides_raise_config_error_naming_the_field(override, fragment):
+    with pytest.raises(ConfigError, match=fragment.replace(".", r"\.")):
+        build_config("part1", overrides=[override])
+
+
+def test_unknown_preset_and_missing_file_are_config_errors(tmp_path):
+    with pytest.raises(ConfigError, match="unknown preset"):
+        build_config("part9")
+    with pytest.raises(ConfigError, match="does not exist"):
+        build_config("part1", tmp_path / "nope.yaml")
+
+
+def test_parse_override_keeps_strings():
+    assert parse_override("model.weights=/tmp/w.pth") == ("model.weights", "/tmp/w.pth")
+
+
+def test_every_preset_validates():
+    for name in PRESETS:
+        assert isinstance(build_config(name), RunConfig)

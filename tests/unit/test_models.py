@@ -1,0 +1,126 @@
+import pytest
+import torch
+from torch import nn
+from torchvision.ops import StochasticDepth
+
+from camtrap.errors import ConfigError, StorageError
+from camtrap.models import (
+    HEADS,
+    ModelMeta,
+    build_model,
+    load_model,
+    model_file_dict,
+)
+
+REQUIRED = [
+    "swin_t",
+    "swin_s",
+    "swin_b",
+    "resnet18",
+    "resnet50",
+    "convnext_tiny",
+    "efficientnet_b0",
+    "vit_b_16",
+]
+
+
+def _head(model: nn.Module, arch: str) -> nn.Linear:
+    return model.get_submodule(HEADS[arch])
+
+
+@pytest.mark.parametrize("arch", REQUIRED)
+def test_head_is_replaced_for_every_required_arch(arch):
+    model = build_model(arch, num_classes=7, weights="none", image_size=64)
+    head = _head(model, arch)
+    assert isinstance(head, nn.Linear) and head.out_features == 7
+
+
+def test_swin_t_head_is_768_to_n_classes_like_the_seed():
+    model = build_model("swin_t", num_classes=8, weights="none", drop_path=0.2)
+    assert (model.head.in_features, model.head.out_features) == (768, 8)
+
+
+def test_drop_path_sets_the_largest_stochastic_depth_rate():
+    model = build_model("swin_t", num_classes=3, weights="none", drop_path=0.1)
+    rates = [m.p for m in model.modules() if isinstance(m, StochasticDepth)]
+    # torchvision's swin_t schedule is 0.2 * i / 11 for its 12 blocks; scaled to a 0.1 maximum
+    assert max(rates) == pytest.approx(0.1)
+    assert rates[0] == pytest.approx(0.0)
+    assert rates[6] == pytest.approx(0.1 * 6 / 11)
+
+
+def test_drop_path_0_2_on_swin_t_keeps_torchvision_schedule():
+    model = build_model("swin_t", num_classes=3, weights="none", drop_path=0.2)
+    rates = [m.p for m in model.modules() if isinstance(m, StochasticDepth)]
+    assert rates == pytest.approx([0.2 * i / 11 for i in range(12)])
+
+
+def test_vit_builds_for_small_images_without_pretrained_weights():
+    model = build_model("vit_b_16", num_classes=2, weights="none", image_size=32)
+    assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 2)
+
+
+def test_unknown_arch_and_unknown_weights_name_are_config_errors(tmp_path):
+    with pytest.raises(ConfigError, match="unknown arch"):
+        build_model("resnet9000", 2, weights="none")
+    with pytest.raises(StorageError, match="does not exist"):
+        build_model("resnet18", 2, weights=str(tmp_path / "missing.pth"))
+
+
+def test_weights_from_a_torchvision_state_dict_file(tmp_path):
+    source = build_model("resnet18", 1000, weights="none")
+    # An ImageNet-style file: the full torchvision state_dict with its 1000-class head.
+    torch.save(source.state_dict(), tmp_path / "r18.pth")
+    model = build_model("resnet18", 5, weights=str(tmp_path / "r18.pth"))
+    assert torch.equal(model.conv1.weight, source.conv1.weight)  # backbone taken
+    assert model.fc.out_features == 5  # head replaced
+
+
+def test_weights_file_of_another_arch_is_refused(tmp_path):
+    torch.save(build_model("resnet18", 10, weights="none").state_dict(), tmp_path / "r18.pth")
+    with pytest.raises(ConfigError, match="does not fit"):
+        build_model("resnet50", 5, weights=str(tmp_path / "r18.pth"))
+
+
+def _meta(**kw):
+    base = dict(
+        arch="resnet18",
+        classes=["a", "b", "c"],
+        image_size=32,
+        mean=[0.5, 0.5, 0.5],
+        std=[0.25, 0.25, 0.25],
+        epoch=4,
+        metrics={"val_accuracy": 0.75},
+        config={"train": {"epochs": 4}},
+    )
+    base.update(kw)
+    return ModelMeta(**base)
+
+
+def test_model_file_round_trips_with_weights_only(tmp_path):
+    model = build_model("resnet18", 3, weights="none")
+    path = tmp_path / "m.pth"
+    torch.save(model_file_dict(model, _meta()), path)
+    blob = torch.load(path, weights_only=True)  # the format's promise: plain types + tensors
+    assert set(blob) >= {"model", "arch", "classes", "image_size", "mean", "std", "epoch"}
+    loaded, meta = load_model(path)
+    assert meta.classes == ["a", "b", "c"] and meta.epoch == 4
+    assert meta.metrics == {"val_accuracy": 0.75}
+    assert not loaded.training  # ready for inference
+    x = torch.randn(2, 3, 32, 32)
+    model.eval()
+    assert torch.equal(loaded(x), model(x))
+
+
+def test_camtrap_model_file_as_weights_for_new_classes(tmp_path):
+    model = build_model("resnet18", 3, weights="none")
+    torch.save(model_file_dict(model, _meta()), tmp_path / "m.pth")
+    fine_tune = build_model("resnet18", 9, weights=str(tmp_path / "m.pth"))
+    assert torch.equal(fine_tune.layer1[0].conv1.weight, model.layer1[0].conv1.weight)
+    assert fine_tune.fc.out_features == 9
+
+
+def test_load_model_rejects_a_file_that_is_not_a_model(tmp_path):
+    (tmp_path / "junk.pth").write_bytes(b"not a torch file")
+    with pytest.raises(StorageError, match="not a readable PyTorch file"):
+        load_model(tmp_path / "junk.pth")
