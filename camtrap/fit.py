@@ -140,7 +140,14 @@ def _is_better(metric: str, value: float, best: float | None) -> bool:
 
 
 def _epoch_metrics(out: EpochOutputs) -> dict[str, float]:
-    return {"loss": out.loss, **summary_metrics(out.targets, out.probs, k=3)}
+    summary = summary_metrics(out.targets, out.probs, k=3)
+    # The column order of metrics/epochs.csv: accuracy, loss, log_loss, top3_accuracy.
+    return {
+        "accuracy": summary["accuracy"],
+        "loss": out.loss,
+        "log_loss": summary["log_loss"],
+        "top3_accuracy": summary["top3_accuracy"],
+    }
 
 
 def _per_class_rows(epoch: int, split: str, out: EpochOutputs, classes: list[str]) -> pd.DataFrame:
@@ -224,6 +231,9 @@ class _Trainer:
         }
 
     def resume_if_possible(self) -> None:
+        # A kill -9 during an atomic write leaves only a temp file behind; the real file is intact.
+        for partial in self.files.root.rglob(".*.tmp"):
+            partial.unlink(missing_ok=True)
         if not self.files.state.exists():
             return
         state = checkpoint.load_torch(self.files.state)

@@ -38,7 +38,9 @@ def test_predict_reports_mean_per_sample_loss_and_softmax():
         model.weight.copy_(torch.eye(2))
     x = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 0.0]])
     y = torch.tensor([0, 0, 1])
-    out = predict(model, _loader(x, y), torch.device("cpu"), precision_for(torch.device("cpu"), False))
+    out = predict(
+        model, _loader(x, y), torch.device("cpu"), precision_for(torch.device("cpu"), False)
+    )
     # logits = x; CE([0,0], any) = ln 2; CE([1,0], 0) = ln(1 + e^-1)
     expected = (2 * np.log(2) + np.log(1 + np.exp(-1))) / 3
     assert out.loss == pytest.approx(expected, rel=1e-6)  # batches of 2 and 1, weighted by size

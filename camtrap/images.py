@@ -1,0 +1,161 @@
+"""Open any image file as an 8-bit RGB PIL image, or say plainly which file is broken and why.
+
+Every decode in camtrap goes through here, so a bad image is always a `DataError` naming the file,
+never a bare PIL/OSError from deep inside a DataLoader worker. Truncated files raise: this module
+relies on PIL's `ImageFile.LOAD_TRUNCATED_IMAGES` staying False and never changes it.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from camtrap.errors import DataError, Problem
+
+# Longest side to decode at when only checking that a JPEG is intact: libjpeg's DCT scaling
+# still reads every entropy-coded byte (so truncation is found) but does 1/8 of the pixel work.
+CHECK_DRAFT_SIZE = (256, 256)
+
+# Modes whose pixel values do not fit 0..255 and need scaling rather than PIL's clipping convert.
+_WIDE_MODES = ("I", "F")  # "I;16", "I;16B", "I;16L", ... all start with "I"
+
+_REPLACE = "re-export or re-download it (JPEG or PNG), or remove its row from both CSV files"
+
+
+def open_rgb(source: str | Path | bytes, name: str | None = None) -> Image.Image:
+    """Decode `source` (a path or the file's bytes) fully into an RGB image, EXIF-rotated.
+
+    `name` is how errors refer to the image (default: the path, or "<bytes>"). Raises DataError
+    with one Problem naming the file if it is missing, empty, not an image, truncated or corrupt.
+    """
+    label = _label(source, name)
+    return _decode(_read(source, label), label, draft=None)
+
+
+def read_image_bytes(path: str | Path, name: str | None = None) -> bytes:
+    """The bytes of an image file; DataError (naming `name` or the path) if missing, unreadable
+    or empty. Lets a caller hash a file and `check_image` the same bytes, reading it once."""
+    return _read(path, _label(path, name))
+
+
+def check_image(source: str | Path | bytes, name: str | None = None) -> Problem | None:
+    """The Problem `open_rgb` would raise for `source`, or None if it decodes.
+
+    Cheaper than `open_rgb` (JPEGs decode at reduced scale) but real: every byte of the pixel
+    data is decoded, so truncation and corruption are found.
+    """
+    label = _label(source, name)
+    try:
+        _decode(_read(source, label), label, draft=CHECK_DRAFT_SIZE)
+    except DataError as err:
+        return err.problems[0]
+    return None
+
+
+def _label(source: str | Path | bytes, name: str | None) -> str:
+    if name is not None:
+        return name
+    return "<bytes>" if isinstance(source, bytes | bytearray) else str(source)
+
+
+def _fail(label: str, message: str, fix: str = _REPLACE) -> DataError:
+    return DataError(Problem(file=label, message=message, fix=fix))
+
+
+def _read(source: str | Path | bytes, label: str) -> bytes:
+    """The file's bytes; a missing/unreadable/empty file becomes a DataError."""
+    if isinstance(source, bytes | bytearray):
+        data = bytes(source)
+    else:
+        try:
+            data = Path(source).read_bytes()
+        except OSError as err:
+            raise _fail(label, *_read_failure(err)) from None
+    if not data:
+        raise _fail(label, "is empty (0 bytes)", _REPLACE)
+    return data
+
+
+def _read_failure(err: OSError) -> tuple[str, str]:
+    """(message, fix) for a file that cannot be read."""
+    if isinstance(err, FileNotFoundError):
+        return "does not exist", "check the filepath (relative to the data root)"
+    if isinstance(err, IsADirectoryError):
+        return "is a directory, not an image file", "point the filepath at an image file"
+    if isinstance(err, PermissionError):
+        return "cannot be read: permission denied", "make the file readable"
+    return f"cannot be read: {err.strerror or err}", "check the disk or file system"
+
+
+def _decode(data: bytes, label: str, draft: tuple[int, int] | None) -> Image.Image:
+    """Decode, rotate per EXIF and convert to RGB; any decoder failure becomes a DataError."""
+    try:
+        image = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise _fail(label, "is not an image Pillow can read (unknown or damaged format)") from None
+    except Image.DecompressionBombError as err:
+        fix = "downscale the image"
+        raise _fail(label, f"is too large to decode safely ({err})", fix) from None
+    try:
+        if draft is not None:
+            image.draft("RGB", draft)  # JPEG only; a no-op for other formats
+        image.load()
+        image = ImageOps.exif_transpose(image)
+    except MemoryError:
+        raise
+    except Exception as err:  # PIL raises OSError, SyntaxError, ValueError, struct.error, ...
+        raise _fail(label, f"is truncated or corrupt ({type(err).__name__}: {err})") from None
+    try:
+        return to_rgb(image)
+    except ValueError as err:  # a mode PIL has no RGB conversion for (e.g. "La")
+        raise _fail(
+            label, f"has pixel mode {image.mode!r}, which cannot become RGB ({err})"
+        ) from None
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any PIL mode -> 8-bit RGB.
+
+    - 16-bit/int/float greyscale (I;16*, I, F) is scaled to 0..255, not clipped
+      (see `_wide_to_8bit`).
+    - Anything with transparency (RGBA, LA, PA, P or L/RGB with a transparent colour) is
+      composited over black, so fully transparent pixels are black whatever colour they hide.
+    - Everything else (1, L, P, CMYK, YCbCr, HSV, ...) uses PIL's own conversion.
+    """
+    if image.mode == "RGB":
+        return image
+    if image.mode.startswith(_WIDE_MODES):
+        grey = _wide_to_8bit(np.asarray(image), image.mode)
+        return Image.fromarray(grey).convert("RGB")
+    if image.has_transparency_data:
+        rgba = image.convert("RGBA")
+        black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        return Image.alpha_composite(black, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def _wide_to_8bit(values: np.ndarray, mode: str) -> np.ndarray:
+    """Scale one channel of 16-bit, 32-bit int or float pixels to uint8.
+
+    - I;16 (any byte order): the full 0..65535 range -> 0..255 (divide by 257, so 65535 -> 255).
+    - I (32-bit int): values within 0..65535 are taken as 16-bit data (how 16-bit PNG/TIFF
+      files often arrive); anything else (negative, wider) is stretched min..max -> 0..255.
+    - F (float): 0..1 -> 0..255; otherwise 0..255 kept as is; otherwise stretched min..max.
+    NaN becomes 0.
+    """
+    pixels = np.nan_to_num(values.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    low, high = (float(pixels.min()), float(pixels.max())) if pixels.size else (0.0, 0.0)
+    if mode.startswith("I;16") or (mode == "I" and low >= 0 and high <= 65535):
+        scaled = pixels / 257.0
+    elif mode == "F" and low >= 0 and high <= 1.0:
+        scaled = pixels * 255.0
+    elif mode == "F" and low >= 0 and high <= 255.0:
+        scaled = pixels
+    elif high > low:
+        scaled = (pixels - low) * 255.0 / (high - low)
+    else:
+        scaled = np.zeros_like(pixels)
+    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)

@@ -1,0 +1,92 @@
+"""The command line as a user meets it: exit codes, plain error reports, kill -9 and rerun."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from camtrap.cli import main
+
+TINY_SET = [
+    "data.image_size=32",
+    "data.num_workers=0",
+    "train.batch_size=8",
+    "train.progress=false",
+]
+
+
+def _sets(*extra):
+    return [arg for s in [*TINY_SET, *extra] for arg in ("--set", s)]
+
+
+def test_validate_clean_dataset_exits_0(demo_root, capsys):
+    assert main(["validate", "--data", str(demo_root)]) == 0
+    assert "32 images, 8 classes, no problems" in capsys.readouterr().out
+
+
+def test_train_on_bad_data_prints_a_report_not_a_traceback(tmp_path, demo_root):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "train_features.csv").write_text("id,filepath,site\nx1,img/x1.jpg,S1\n")
+    (bad / "train_labels.csv").write_text("id,cat,dog\nx1,1.0,1.0\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "camtrap.cli", "train", "--data", str(bad), "--out",
+         str(tmp_path / "out"), "--preset", "smoke"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert "train_features.csv" in proc.stderr or "train_labels.csv" in proc.stderr
+    assert "x1" in proc.stderr  # the id of the bad row is named
+    assert not (tmp_path / "out").exists()  # nothing trained, nothing written
+
+
+def test_bad_override_is_a_one_line_error(capsys, demo_root, tmp_path):
+    code = main(
+        ["train", "--data", str(demo_root), "--out", str(tmp_path), "--set", "train.epoch=2"]
+    )
+    assert code == 2
+    assert "train.epoch" in capsys.readouterr().err
+
+
+def _train_cmd(data: Path, out: Path, epochs: int) -> list[str]:
+    return [sys.executable, "-m", "camtrap.cli", "train", "--data", str(data), "--out", str(out),
+            "--preset", "smoke", *_sets(f"train.epochs={epochs}")]  # fmt: skip
+
+
+def _completed_epochs(out: Path) -> int:
+    csvs = list(out.glob("smoke/*/metrics/epochs.csv"))
+    return int(pd.read_csv(csvs[0]).epoch.max()) if csvs else 0
+
+
+@pytest.mark.slow
+def test_sigkill_mid_training_then_rerun_matches_an_uninterrupted_run(tmp_path, demo_root):
+    epochs = 4
+    straight = subprocess.run(_train_cmd(demo_root, tmp_path / "a", epochs), timeout=600)
+    assert straight.returncode == 0
+
+    proc = subprocess.Popen(_train_cmd(demo_root, tmp_path / "b", epochs))
+    deadline = time.monotonic() + 300
+    while _completed_epochs(tmp_path / "b") < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)  # mid epoch 3: no chance to clean up
+    proc.wait()
+    done_before_kill = _completed_epochs(tmp_path / "b")
+    assert 2 <= done_before_kill < epochs
+
+    rerun = subprocess.run(_train_cmd(demo_root, tmp_path / "b", epochs), timeout=600)
+    assert rerun.returncode == 0
+    a = pd.read_csv(next((tmp_path / "a").glob("smoke/*/metrics/epochs.csv")))
+    b = pd.read_csv(next((tmp_path / "b").glob("smoke/*/metrics/epochs.csv")))
+    pd.testing.assert_frame_equal(a, b, check_exact=True)
+    # the same run id: the rerun found the killed run's folder and continued it
+    assert [p.name for p in (tmp_path / "a" / "smoke").iterdir()] == [
+        p.name for p in (tmp_path / "b" / "smoke").iterdir()
+    ]
+    leftovers = list((tmp_path / "b").rglob("*.tmp"))
+    assert not leftovers

@@ -1,0 +1,160 @@
+"""Tiny real training runs through the pipeline stages: outputs, resume, metric consistency."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from camtrap import pipeline
+from camtrap.checkpoint import load_torch
+from camtrap.fit import RunFiles
+from camtrap.labels import load_dataset
+from camtrap.models import load_model
+
+METRIC_COLUMNS = ["epoch", "split", "accuracy", "loss", "log_loss", "top3_accuracy"]
+
+
+def _run(config, data_root, out):
+    return pipeline.run_all(config, data_root, out)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, demo_root, tiny_config):
+    config = tiny_config()
+    out = tmp_path_factory.mktemp("out")
+    return config, _run(config, demo_root, out)
+
+
+def test_run_writes_the_whole_output_layout(finished_run):
+    config, summary = finished_run
+    files = RunFiles.for_config(summary.run_dir, config)
+    assert summary.run_dir.parent.name == "smoke"
+    assert summary.run_id == summary.run_dir.name and summary.run_id.startswith("smoke-")
+    expected = [
+        files.run_json,
+        files.best_model,
+        files.final_model,
+        files.state,
+        files.epochs_csv,
+        files.per_class_csv,
+        files.confusion_csv,
+        files.predictions_csv,
+        files.split_csv,
+        *(files.plots / n for n in ["class_precision.png", "class_recalls.png", "class_f1.png",
+                                   "curves.png", "confusion_matrix.png"]),
+    ]  # fmt: skip
+    missing = [str(p) for p in expected if not p.exists()]
+    assert not missing
+    assert files.best_model.name == "final_resnet18_model_smoke_best.pth"
+    assert files.final_model.name == "final_resnet18_model_smoke.pth"
+
+
+def test_run_json_lists_every_file_with_its_sha256(finished_run):
+    import hashlib
+
+    _, summary = finished_run
+    info = json.loads((summary.run_dir / "run.json").read_text())
+    assert info["status"] == "completed"
+    assert info["classes"][0] == "antelope_duiker" and len(info["classes"]) == 8
+    for name, entry in info["files"].items():
+        data = (summary.run_dir / name).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == entry["sha256"], name
+    assert "state/last.pt" in info["files"] and "predictions/val.csv" in info["files"]
+
+
+def test_epochs_csv_has_train_and_val_rows_per_epoch(finished_run):
+    _, summary = finished_run
+    epochs = pd.read_csv(summary.run_dir / "metrics" / "epochs.csv")
+    assert list(epochs.columns) == METRIC_COLUMNS
+    # 3 epochs x (train, val)
+    assert epochs[["epoch", "split"]].values.tolist() == [
+        [1, "train"], [1, "val"], [2, "train"], [2, "val"], [3, "train"], [3, "val"],
+    ]  # fmt: skip
+    per_class = pd.read_csv(summary.run_dir / "metrics" / "per_class.csv")
+    # 3 epochs x 2 splits x 8 classes
+    assert len(per_class) == 48
+    assert set(per_class.columns) >= {"epoch", "split", "class", "precision", "recall", "f1"}
+
+
+def test_val_metrics_recomputed_from_predictions_match_epochs_csv(finished_run):
+    _, summary = finished_run
+    run = summary.run_dir
+    info = json.loads((run / "run.json").read_text())
+    preds = pd.read_csv(run / "predictions" / "val.csv", dtype={"id": str})
+    classes = info["classes"]
+    assert list(preds.columns) == ["id", "label", *classes]
+    probs = preds[classes].to_numpy()
+    y = preds["label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
+    # Independent recomputation: argmax accuracy, mean -log p(true), true label among the 3 largest.
+    accuracy = float(np.mean(probs.argmax(1) == y))
+    log_loss = float(np.mean(-np.log(np.clip(probs[np.arange(len(y)), y], 1e-15, 1))))
+    top3 = float(np.mean([t in np.argsort(-p)[:3] for p, t in zip(probs, y, strict=True)]))
+    epochs = pd.read_csv(run / "metrics" / "epochs.csv")
+    best = epochs[(epochs.epoch == info["best_epoch"]) & (epochs.split == "val")].iloc[0]
+    assert accuracy == pytest.approx(best.accuracy, abs=1e-9)
+    assert log_loss == pytest.approx(best.log_loss, rel=1e-5)
+    assert top3 == pytest.approx(best.top3_accuracy, abs=1e-9)
+    split = pd.read_csv(run / "split.csv", dtype={"id": str})
+    assert sorted(preds["id"]) == sorted(split.loc[split.split == "val", "id"])
+
+
+def test_best_model_is_the_best_val_accuracy_epoch(finished_run):
+    _, summary = finished_run
+    epochs = pd.read_csv(summary.run_dir / "metrics" / "epochs.csv")
+    val = epochs[epochs.split == "val"].reset_index(drop=True)
+    # first epoch reaching the maximum: later ties do not replace the best
+    expected = int(val.loc[val.accuracy.idxmax(), "epoch"])
+    _, meta = load_model(next(summary.run_dir.glob("*_best.pth")))
+    assert meta.epoch == expected == summary.best_epoch
+    assert meta.metrics["val_accuracy"] == pytest.approx(val.accuracy.max())
+
+
+def test_rerun_of_a_finished_run_is_up_to_date(finished_run, demo_root):
+    config, summary = finished_run
+    again = _run(config, demo_root, summary.run_dir.parent.parent)
+    assert again.status == "up-to-date" and again.run_dir == summary.run_dir
+
+
+def test_resume_after_a_crash_gives_the_uninterrupted_numbers(tmp_path, demo_root, tiny_config):
+    config = tiny_config()
+    straight = _run(config, demo_root, tmp_path / "a")
+
+    class Crash(Exception):
+        pass
+
+    def crash_after_two(record):
+        if record.epoch == 2:
+            raise Crash
+
+    data = load_dataset(demo_root)
+    run_dir = tmp_path / "b" / "smoke" / pipeline.run_id_for(config, data)
+    pipeline.prepare(config, data, run_dir)
+    with pytest.raises(Crash):
+        pipeline.train(config, demo_root, run_dir, on_epoch_end=crash_after_two)
+    assert load_torch(run_dir / "state" / "last.pt")["epoch"] == 2
+    resumed = pipeline.train(config, demo_root, run_dir)
+    assert resumed.resumed_from == 2 and resumed.epochs_run == 1
+    a = pd.read_csv(straight.run_dir / "metrics" / "epochs.csv")
+    b = pd.read_csv(run_dir / "metrics" / "epochs.csv")
+    pd.testing.assert_frame_equal(a, b, check_exact=True)
+    final_a = load_torch(next(straight.run_dir.glob("*_smoke.pth")))["model"]
+    final_b = load_torch(next(run_dir.glob("*_smoke.pth")))["model"]
+    assert all(torch.equal(final_a[k], final_b[k]) for k in final_a)
+
+
+def test_ena24_mini_real_photos_train_end_to_end(tmp_path, ena24_root, tiny_config):
+    config = tiny_config(**{"train.epochs": 2, "data.split": "stratified"})
+    summary = _run(config, ena24_root, tmp_path)
+    info = json.loads((summary.run_dir / "run.json").read_text())
+    assert info["classes"] == [
+        "american_black_bear", "american_crow", "chicken", "eastern_fox_squirrel",
+        "grey_fox", "striped_skunk", "virginia_opossum",
+    ]  # fmt: skip
+    # ceil(21 * 0.25) = 6 val images, at most one per class (3 images each, 0.75 expected)
+    assert info["counts"] == {"train": 15, "val": 6}
+    split = pd.read_csv(summary.run_dir / "split.csv")
+    assert split[split.split == "val"].label.value_counts().max() == 1
+    cm = pd.read_csv(summary.run_dir / "metrics" / "confusion_matrix.csv", index_col=0)
+    assert cm.to_numpy().sum() == 6 and list(cm.index) == info["classes"]
