@@ -88,7 +88,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "smoke": {
         "data": {"image_size": 64, "num_workers": 2},
         "model": {"arch": "resnet18", "weights": "none", "drop_path": 0.0},
-        "train": {"epochs": 8, "batch_size": 32, "lr": 1e-3, "weight_decay": 1e-4},
+        "train": {"epochs": 15, "batch_size": 32, "lr": 5e-4, "weight_decay": 1e-4},
         "output": {"stage": "smoke"},
     },
 }
