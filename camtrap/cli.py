@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -69,11 +71,19 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from camtrap.demo import write_demo_dataset
 
-    data = Path(args.dir) / "data"
+    data, runs = Path(args.dir) / "data", Path(args.dir) / "runs"
     if not (data / "train_labels.csv").exists():
         write_demo_dataset(data, per_class=args.per_class, seed=0)
         log.info("wrote demo data to %s", data)
-    return _train(data, Path(args.dir) / "runs", "smoke", None, args.set, None, False)
+    if args.no_prefect:
+        return _train(data, runs, "smoke", None, args.set, None, False)
+    # The flow runs in a child process: the library itself never imports Prefect. With no server
+    # configured, Prefect starts a temporary one for the run.
+    command = [sys.executable, "-m", "flows.train_swin", "--data", str(data), "--out", str(runs),
+               "--preset", "smoke", *[arg for s in args.set for arg in ("--set", s)]]  # fmt: skip
+    # A laptop demo sends nothing anywhere: no analytics from the temporary server.
+    env = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1", **os.environ}
+    return subprocess.run(command, check=False, env=env).returncode
 
 
 def _add_train_options(parser: argparse.ArgumentParser) -> None:
@@ -113,9 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_options(p)
     p.set_defaults(func=_cmd_train)
 
-    p = sub.add_parser("demo", help="write demo data and train the smoke preset on it (CPU)")
+    p = sub.add_parser("demo", help="write demo data and run the flow train-swin on it (CPU)")
     p.add_argument("--dir", default="camtrap-demo", help="where demo data and runs go")
     p.add_argument("--per-class", type=int, default=40)
+    p.add_argument("--no-prefect", action="store_true", help="train with the library alone")
     _add_train_options(p)
     p.set_defaults(func=_cmd_demo)
     return parser
