@@ -5,6 +5,7 @@ file on top, then `key=value` overrides with dotted keys (`train.epochs=2`)."""
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any, Literal
 
@@ -118,12 +119,13 @@ def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
 
 
 def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
+    """A new tree: `extra` over `base`; neither input is modified or shared (PRESETS stay)."""
+    merged = copy.deepcopy(base)
     for key, value in extra.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
             merged[key] = _merge(merged[key], value)
         else:
-            merged[key] = value
+            merged[key] = copy.deepcopy(value)
     return merged
 
 

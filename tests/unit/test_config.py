@@ -80,3 +80,10 @@ def test_parse_override_keeps_strings():
 def test_every_preset_validates():
     for name in PRESETS:
         assert isinstance(build_config(name), RunConfig)
+
+
+def test_overrides_never_leak_into_the_presets():
+    build_config("smoke", overrides={"data.image_size": 32, "train.epochs": 1})
+    # A second build from the same preset starts from the preset, not from the last overrides.
+    cfg = build_config("smoke")
+    assert (cfg.data.image_size, cfg.train.epochs) == (64, 15)

@@ -1,0 +1,120 @@
+"""Flow `train-swin`: fetch -> validate and split -> train -> evaluate -> publish, data and outputs
+as URIs (s3://bucket/prefix or local folders).
+
+    python -m flows.train_swin --data s3://camtrap-data/train --out s3://camtrap-runs/runs \\
+        --preset smoke --set train.epochs=2
+
+runs it in this process (with no Prefect server configured, Prefect starts a temporary one).
+Deployed, it is `prefect deployment run train-swin/part1 --param data_uri=... --param ...`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from datetime import UTC, datetime
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.client.orchestration import get_client
+from prefect.context import FlowRunContext
+from prefect.runtime import flow_run
+
+from camtrap.config import PRESETS, build_config, parse_override
+from camtrap.errors import CamtrapError
+from tasks.data import fetch_images, fetch_metadata, run_status, validate_and_split
+from tasks.evaluation import evaluate
+from tasks.publish import publish, report_up_to_date
+from tasks.training import train
+
+
+def initial_run_name() -> str:
+    """Until the run id is known (after validation): preset and start time."""
+    preset = flow_run.parameters.get("preset", "part1")
+    return f"{preset}-starting-{datetime.now(UTC):%Y%m%dT%H%M%S}"
+
+
+def _rename_flow_run(name: str) -> None:
+    """Name the flow run after the run id, so the UI and the output folder agree."""
+    context = FlowRunContext.get()
+    if context is None or context.flow_run is None:
+        return
+    with get_client(sync_client=True) as client:
+        client.update_flow_run(flow_run_id=context.flow_run.id, name=name)
+
+
+@flow(name="train-swin", flow_run_name=initial_run_name, validate_parameters=True)
+def train_swin(
+    data_uri: str,
+    output_uri: str,
+    preset: str = "part1",
+    overrides: dict[str, Any] = {},  # noqa: B006 - read only; shown as {} in the UI
+    run_id: str | None = None,
+    force: bool = False,
+) -> str:
+    """Train one run of `preset` (+ `overrides`, dotted keys such as {"train.epochs": 2}) on the
+    dataset at `data_uri`; outputs go to `output_uri/{stage}/{run_id}`. A finished run with the
+    same config and data is reported as up to date unless `force`. Returns the run's URI."""
+    logger = get_run_logger()
+    config = build_config(preset, None, dict(overrides))  # ConfigError before any work
+    snapshot = fetch_metadata(data_uri, config.data)
+    snapshot = fetch_images(snapshot, config.data)
+    split = validate_and_split.with_options(refresh_cache=force or None)
+    run = split(snapshot, config, output_uri, run_id, force)
+    status = run_status(run)
+    if status == "new":  # the cached split points at a run folder that was deleted
+        run = validate_and_split.with_options(refresh_cache=True)(
+            snapshot, config, output_uri, run_id, force
+        )
+        status = run_status(run)
+    _rename_flow_run(run.run_id)
+    logger.info("run %s (%s) -> %s", run.run_id, status, run.run_uri)
+    if status == "completed":
+        report_up_to_date(run)
+        return run.run_uri
+    summary = train(config, snapshot, run)
+    logger.info("best epoch %d (%.4f)", summary.best_epoch, summary.best_value)
+    val = evaluate(config, snapshot, run)
+    publish(run, val)
+    return run.run_uri
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m flows.train_swin", description=__doc__)
+    parser.add_argument("--data", required=True, help="data URI: s3://bucket/prefix or a folder")
+    parser.add_argument("--out", required=True, help="output URI: runs go to OUT/STAGE/RUN_ID")
+    parser.add_argument("--preset", default="part1", choices=sorted(PRESETS))
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE",
+        help="override a config field, e.g. --set train.epochs=2 (repeatable)",
+    )  # fmt: skip
+    parser.add_argument("--run-id", help="name the run folder instead of deriving it")
+    parser.add_argument("--force", action="store_true", help="train again even if finished")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse_args(argv)
+    try:
+        overrides = dict(parse_override(text) for text in args.set)
+    except CamtrapError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    state = train_swin(
+        args.data, args.out, args.preset, overrides, args.run_id, args.force, return_state=True
+    )
+    if state.is_completed():
+        print(state.result())
+        return 0
+    try:
+        state.result()
+    except CamtrapError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except Exception as err:  # a bug or a crash: the run's logs have the traceback
+        print(f"error: {type(err).__name__}: {err}", file=sys.stderr)
+        return 1
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,153 @@
+"""Data tasks: fetch the CSVs, fetch the images, validate and split.
+
+Each is cached on its inputs, its source and the data's state at the URI (S3 ETags), so a rerun
+on unchanged data shows them as Cached and goes straight to training. Each retries 3 times with
+exponential backoff and jitter, except on bad data (DataError), which no retry can fix."""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE
+
+from camtrap import pipeline, storage
+from camtrap.config import DataConfig, RunConfig
+from camtrap.labels import load_dataset
+from tasks.common import (
+    IO_RETRIES,
+    IO_RETRY_DELAYS,
+    IO_RETRY_JITTER,
+    DataSnapshot,
+    RemoteState,
+    RunRef,
+    data_cache_dir,
+    library_logs,
+    local_run_dir,
+    retry_unless_user_error,
+)
+
+log = logging.getLogger("camtrap")
+
+IO_TASK: dict[str, Any] = {
+    "retries": IO_RETRIES,
+    "retry_delay_seconds": IO_RETRY_DELAYS,
+    "retry_jitter_factor": IO_RETRY_JITTER,
+    "retry_condition_fn": retry_unless_user_error,
+}
+
+
+def _s3_state(data_uri: str, names: list[str] | None) -> str:
+    """(size, ETag) of `names` (None: every file) under an s3:// URI, one LIST request per 1000
+    files, plus the id of the local cache they are fetched into."""
+    files = storage.list_files(data_uri)
+    if names is not None:
+        files = {n: files[n] for n in names if n in files}
+    return f"{storage.etags_digest(files)}:{storage.cache_token(data_cache_dir(data_uri))}"
+
+
+# The state functions below feed RemoteState cache keys; a local folder's state is the sizes and
+# modification times of the files.
+def _csv_state(inputs: dict[str, Any]) -> str:
+    data: DataConfig = inputs["data"]
+    uri = inputs["data_uri"]
+    if not storage.is_remote(uri):
+        report = storage.fetch_files(uri, [data.features_csv, data.labels_csv], Path(uri))
+        return report.digest
+    return _s3_state(uri, [data.features_csv, data.labels_csv])
+
+
+def _images_state(inputs: dict[str, Any]) -> str:
+    snapshot: DataSnapshot = inputs["snapshot"]
+    if not storage.is_remote(snapshot.data_uri):
+        return _local_images(snapshot, inputs["data"]).digest
+    return _s3_state(snapshot.data_uri, None)
+
+
+def _local_images(snapshot: DataSnapshot, data: DataConfig) -> storage.FetchReport:
+    names = storage.image_names(Path(snapshot.root, data.features_csv))
+    return storage.fetch_files(snapshot.data_uri, names, snapshot.root)
+
+
+@task(name="fetch-metadata", cache_policy=RemoteState(state_fn=_csv_state), **IO_TASK)
+def fetch_metadata(data_uri: str, data: DataConfig) -> DataSnapshot:
+    """The two CSVs into the local cache (ETag-keyed); a local folder is used in place."""
+    with library_logs():
+        names = [data.features_csv, data.labels_csv]
+        report = storage.fetch_files(data_uri, names, data_cache_dir(data_uri))
+    if report.missing:
+        raise storage.StorageNotFound(
+            f"{storage.join(data_uri, report.missing[0])} does not exist — fix: put "
+            f"{' and '.join(names)} at {data_uri}, or set data.features_csv / data.labels_csv"
+        )
+    return DataSnapshot(data_uri=data_uri, root=str(report.root), csv_digest=report.digest)
+
+
+@task(name="fetch-images", cache_policy=RemoteState(state_fn=_images_state), **IO_TASK)
+def fetch_images(snapshot: DataSnapshot, data: DataConfig) -> DataSnapshot:
+    """Every image train_features.csv lists, in parallel, into the local cache; only files
+    whose ETag changed since the last fetch are downloaded. Missing ones are left for
+    validation to report (with their CSV line)."""
+    with library_logs():
+        names = storage.image_names(Path(snapshot.root, data.features_csv))
+        report = storage.fetch_files(snapshot.data_uri, names, snapshot.root)
+        log.info(
+            "images from %s: %d downloaded, %d unchanged in the cache, %d not found",
+            snapshot.data_uri, len(report.downloaded), len(report.reused), len(report.missing),
+        )  # fmt: skip
+    return snapshot.model_copy(update={"images_digest": report.digest})
+
+
+@task(name="validate-and-split", cache_policy=INPUTS + TASK_SOURCE, **IO_TASK)
+def validate_and_split(
+    snapshot: DataSnapshot,
+    config: RunConfig,
+    output_uri: str,
+    run_id: str | None = None,
+    force: bool = False,
+) -> RunRef:
+    """Validate the dataset (every problem at once: DataError, not retried), derive the run id
+    (config + data fingerprint), and start the run folder in output_uri with split.csv and a
+    `running` run.json. A finished run is left untouched."""
+    with library_logs():
+        data = load_dataset(
+            Path(snapshot.root), config.data.features_csv, config.data.labels_csv,
+            check_images=True,
+        )  # fmt: skip
+        run_id = run_id or pipeline.run_id_for(config, data)
+        if force:
+            run_id = f"{run_id}-{datetime.now(UTC):%Y%m%dT%H%M%S}"
+        run = RunRef(
+            run_id=run_id,
+            run_uri=storage.join(output_uri, config.output.stage, run_id),
+            local_dir=str(local_run_dir(output_uri, config.output.stage, run_id)),
+        )
+        if remote_status(run) == "completed":
+            return run
+        storage.sync_uri_to_dir(run.run_uri, run.local_dir, delete=True)
+        pipeline.prepare(config, data, Path(run.local_dir))
+        storage.sync_dir_to_uri(run.local_dir, run.run_uri)
+    return run
+
+
+def remote_status(run: RunRef) -> str:
+    """`completed` or `running` (run.json in output_uri), or `new`: no split.csv there yet."""
+    if not storage.exists(storage.join(run.run_uri, "split.csv")):
+        return "new"
+    uri = storage.join(run.run_uri, "run.json")
+    if not storage.exists(uri):
+        return "running"
+    try:
+        return str(json.loads(storage.read_text(uri)).get("status", "running"))
+    except ValueError:
+        return "running"
+
+
+@task(name="run-status", cache_policy=NO_CACHE, **IO_TASK)
+def run_status(run: RunRef) -> str:
+    """The run's status in output_uri now (the split task's result may come from the cache)."""
+    return remote_status(run)

@@ -1,0 +1,64 @@
+"""The publish task: run.json (config, versions, status, every file with its sha256) written last
+to output_uri, then the end-of-run artifacts. Idempotent: not cached, retried on failure."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from prefect import task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+
+from camtrap import pipeline, storage
+from tasks import artifacts
+from tasks.common import (
+    IO_RETRIES,
+    IO_RETRY_DELAYS,
+    IO_RETRY_JITTER,
+    RunRef,
+    ValMetrics,
+    artifact_key,
+    library_logs,
+    retry_unless_user_error,
+)
+
+PUBLISH_TASK = {
+    "cache_policy": NO_CACHE,
+    "retries": IO_RETRIES,
+    "retry_delay_seconds": IO_RETRY_DELAYS,
+    "retry_jitter_factor": IO_RETRY_JITTER,
+    "retry_condition_fn": retry_unless_user_error,
+}
+
+
+@task(name="publish", **PUBLISH_TASK)
+def publish(run: RunRef, val: ValMetrics) -> str:
+    """Finish the run: run.json with every output's sha256 to output_uri (after every other
+    file, so a finished run.json means a complete folder), then the summary artifacts.
+    Returns the URI of run.json."""
+    run_dir = Path(run.local_dir)
+    with library_logs():
+        storage.sync_uri_to_dir(run.run_uri, run_dir, delete=True)
+        info = pipeline.finalize(run_dir, val=val.metrics)
+        storage.sync_dir_to_uri(run_dir, run.run_uri)
+        artifacts.publish_summary(run, info, run_dir)
+    return storage.join(run.run_uri, "run.json")
+
+
+@task(name="report-up-to-date", **PUBLISH_TASK)
+def report_up_to_date(run: RunRef) -> str:
+    """A finished run with this config and data exists: say so in the UI, train nothing."""
+    info = json.loads(storage.read_text(storage.join(run.run_uri, "run.json")))
+    val = "  ".join(f"{k} {v:.4f}" for k, v in info.get("val", {}).items())
+    create_markdown_artifact(
+        markdown=(
+            f"# {run.run_id}: up to date\n\nA finished run with this configuration and data "
+            f"exists (finished {info.get('finished', '?')}), so nothing was trained.\n\n"
+            f"- outputs: `{run.run_uri}`\n- best epoch {info.get('best_epoch', '?')}: {val}\n"
+            "- to train again into a new folder, run with the parameter `force: true`\n"
+        ),
+        key=artifact_key(run.run_id, "summary"),
+        description=f"{run.run_id}: up to date",
+    )
+    return storage.join(run.run_uri, "run.json")

@@ -1,0 +1,106 @@
+"""The train task: epochs with resume state kept in output_uri.
+
+Before training, the run folder is mirrored from output_uri, so an attempt on any machine resumes
+after the last epoch saved there. After every epoch the changed files (state/last.pt last) go
+back to output_uri and the progress and metric artifacts are updated. Not cached; one retry,
+which resumes."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from uuid import UUID
+
+import pandas as pd
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from camtrap import pipeline, storage
+from camtrap.config import RunConfig
+from camtrap.errors import StorageError
+from camtrap.fit import EpochRecord
+from tasks import artifacts
+from tasks.common import (
+    TRAIN_RETRIES,
+    TRAIN_RETRY_DELAY_S,
+    DataSnapshot,
+    RunRef,
+    TrainSummary,
+    library_logs,
+    retry_unless_user_error,
+)
+
+log = logging.getLogger("camtrap")
+
+
+def completed_epochs(run_dir: Path) -> int:
+    """The last epoch in metrics/epochs.csv (0 when there is none yet)."""
+    path = run_dir / "metrics" / "epochs.csv"
+    if not path.exists():
+        return 0
+    epochs = pd.read_csv(path)
+    return int(epochs["epoch"].max()) if not epochs.empty else 0
+
+
+class EpochPublisher:
+    """on_epoch_end: upload what changed, then update the progress bar and the tables."""
+
+    def __init__(self, run: RunRef, progress_id: UUID | None) -> None:
+        self.run = run
+        self.progress_id = progress_id
+
+    def __call__(self, record: EpochRecord) -> None:
+        try:
+            storage.sync_dir_to_uri(self.run.local_dir, self.run.run_uri)
+        except StorageError as err:  # the next epoch's sync, or the final one, catches up
+            log.warning("epoch %d not saved to output_uri yet: %s", record.epoch, err)
+        note = (
+            f"{self.run.run_id}: epoch {record.epoch}/{record.epochs} | val acc "
+            f"{record.val.get('accuracy', float('nan')):.4f} | best epoch {record.best_epoch}"
+        )
+        if self.progress_id is not None:
+            progress_id = self.progress_id
+            artifacts.best_effort(
+                "progress",
+                lambda: artifacts.update_progress(progress_id, record.epoch, record.epochs, note),
+            )
+        artifacts.best_effort(
+            "epochs table", lambda: artifacts.epochs_table(self.run, record.files.epochs_csv)
+        )
+        artifacts.best_effort(
+            "per-class table",
+            lambda: artifacts.per_class_table(self.run, record.per_class, record.epoch),
+        )
+
+
+@task(
+    name="train",
+    cache_policy=NO_CACHE,
+    retries=TRAIN_RETRIES,
+    retry_delay_seconds=TRAIN_RETRY_DELAY_S,
+    retry_condition_fn=retry_unless_user_error,
+)
+def train(config: RunConfig, snapshot: DataSnapshot, run: RunRef) -> TrainSummary:
+    """Train (or resume) the run; its folder in output_uri holds every epoch's state."""
+    run_dir = Path(run.local_dir)
+    with library_logs():
+        pulled = storage.sync_uri_to_dir(run.run_uri, run_dir, delete=True)
+        done = completed_epochs(run_dir)
+        if done:
+            log.info("resuming %s after epoch %d (%d files from output_uri)", run.run_id, done,
+                     len(pulled))  # fmt: skip
+        total = config.train.epochs
+        progress_id = artifacts.best_effort(
+            "progress", lambda: artifacts.start_progress(run, min(done, total), total)
+        )
+        result = pipeline.train(
+            config, Path(snapshot.root), run_dir, on_epoch_end=EpochPublisher(run, progress_id)
+        )
+        pipeline.record_training(run_dir, result)
+        storage.sync_dir_to_uri(run_dir, run.run_uri)
+    return TrainSummary(
+        best_epoch=result.best_epoch,
+        best_value=result.best_value,
+        epochs_run=result.epochs_run,
+        resumed_from=result.resumed_from,
+    )

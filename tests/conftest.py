@@ -1,0 +1,407 @@
+"""Shared fixtures: an S3 server (moto, real HTTP on 127.0.0.1) and a Prefect server.
+
+Both are session-scoped and started only by the tests that ask for them. Nothing here reaches
+beyond 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PREFECT_START_TIMEOUT_S = 90
+
+# Credentials for moto only: any non-empty values work there.
+FAKE_AWS = {
+    "AWS_ACCESS_KEY_ID": "testing-key-id",
+    "AWS_SECRET_ACCESS_KEY": "testing-secret-key",
+    "AWS_SESSION_TOKEN": "testing-session-token",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(name="free_port")
+def free_port_fixture() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on (just now)."""
+    return free_port()
+
+
+@dataclass(frozen=True)
+class S3Server:
+    endpoint: str  # http://127.0.0.1:PORT
+    env: dict[str, str]  # AWS_* variables that point a process at this server
+
+    def client(self):
+        import boto3
+
+        return boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1")
+
+    def new_bucket(self, prefix: str = "test") -> str:
+        name = f"{prefix}-{uuid.uuid4().hex[:10]}"
+        self.client().create_bucket(Bucket=name)
+        return name
+
+    def upload_tree(self, local: Path, bucket: str, prefix: str) -> str:
+        """Every file under `local` to s3://bucket/prefix/...; returns that URI."""
+        client = self.client()
+        for path in sorted(local.rglob("*")):
+            if path.is_file():
+                client.upload_file(
+                    str(path), bucket, f"{prefix}/{path.relative_to(local).as_posix()}"
+                )
+        return f"s3://{bucket}/{prefix}"
+
+    def keys(self, bucket: str, prefix: str = "") -> list[str]:
+        pages = (
+            self.client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        )
+        return sorted(obj["Key"] for page in pages for obj in page.get("Contents", []))
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    """moto's S3 server on 127.0.0.1, and this process's AWS environment pointed at it."""
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    env = {**FAKE_AWS, "AWS_ENDPOINT_URL": endpoint}
+    saved = {k: os.environ.get(k) for k in [*env, "AWS_PROFILE", "AWS_ENDPOINT_URL_S3"]}
+    os.environ.update(env)
+    for key in ("AWS_PROFILE", "AWS_ENDPOINT_URL_S3"):
+        os.environ.pop(key, None)
+    try:
+        yield S3Server(endpoint, env)
+    finally:
+        server.stop()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@pytest.fixture
+def bucket(s3_server: S3Server) -> str:
+    """A new, empty bucket on the session's S3 server."""
+    return s3_server.new_bucket()
+
+
+class FlakyS3Proxy:
+    """An HTTP proxy in front of the S3 server that fails every `every`-th request, alternately
+    with a 503 SlowDown and with a connection dropped before any response."""
+
+    def __init__(self, upstream: str, every: int = 5) -> None:
+        import http.server
+        import threading
+
+        self.upstream = upstream.removeprefix("http://")
+        self.every = every
+        self.count = 0
+        self.failed = 0
+        self.lock = threading.Lock()
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args) -> None:  # quiet
+                return
+
+            def _body(self) -> bytes:
+                if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+                    chunks = []
+                    while True:
+                        size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                        if size == 0:
+                            self.rfile.readline()
+                            return b"".join(chunks)
+                        chunks.append(self.rfile.read(size))
+                        self.rfile.readline()
+                return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
+            def _handle(self) -> None:
+                body = self._body()
+                failure = proxy.next_failure()
+                if failure == "drop":
+                    self.close_connection = True
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    return
+                if failure == "503":
+                    error = b"<Error><Code>SlowDown</Code><Message>slow down</Message></Error>"
+                    self.send_response(503)
+                    self.send_header("Content-Type", "application/xml")
+                    self.send_header("Content-Length", str(len(error)))
+                    self.end_headers()
+                    self.wfile.write(error)
+                    return
+                self._forward(body)
+
+            def _forward(self, body: bytes) -> None:
+                import http.client
+
+                conn = http.client.HTTPConnection(proxy.upstream, timeout=30)
+                skip = {"transfer-encoding", "connection", "content-length"}
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in skip}
+                headers["Content-Length"] = str(len(body))
+                conn.request(self.command, self.path, body=body, headers=headers)
+                response = conn.getresponse()
+                data = response.read()
+                self.send_response(response.status)
+                for key, value in response.getheaders():
+                    if key.lower() not in skip:
+                        self.send_header(key, value)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+                conn.close()
+
+            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _handle
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def next_failure(self) -> str | None:
+        with self.lock:
+            self.count += 1
+            if self.count % self.every:
+                return None
+            self.failed += 1
+            return "503" if self.failed % 2 else "drop"
+
+    def __enter__(self) -> FlakyS3Proxy:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def flaky_s3(s3_server: S3Server, monkeypatch) -> Iterator[FlakyS3Proxy]:
+    """This process's S3 traffic through a proxy that fails every 5th request."""
+    with FlakyS3Proxy(s3_server.endpoint, every=5) as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
+        yield proxy
+
+
+# --- Prefect --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PrefectServer:
+    api_url: str
+    home: Path
+    env: dict[str, str]  # for `prefect ...` subprocesses: API URL, home, no telemetry
+
+    def cli(self, *args: str, timeout: float = 120, extra_env: dict | None = None, check=True):
+        """Run `prefect --no-prompt ARGS` from the repo root against this server."""
+        prefect = shutil.which("prefect", path=str(Path(sys.executable).parent)) or "prefect"
+        proc = subprocess.run(
+            [prefect, "--no-prompt", *args],
+            cwd=ROOT,
+            env={**os.environ, **self.env, **(extra_env or {})},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(
+                f"prefect {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+            )
+        return proc
+
+
+def prefect_env(home: Path, api_url: str) -> dict[str, str]:
+    port = api_url.rsplit(":", 1)[1].split("/")[0]
+    return {
+        "PREFECT_HOME": str(home),
+        "PREFECT_API_URL": api_url,
+        "PREFECT_SERVER_API_HOST": "127.0.0.1",
+        "PREFECT_SERVER_API_PORT": port,
+        "PREFECT_SERVER_UI_API_URL": api_url,
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "DO_NOT_TRACK": "1",
+        "PREFECT_LOGGING_LEVEL": "INFO",
+    }
+
+
+def _wait_healthy(api_url: str, proc: subprocess.Popen, log: Path) -> None:
+    deadline = time.monotonic() + PREFECT_START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"prefect server exited {proc.returncode}:\n{log.read_text()}")
+        try:
+            with urllib.request.urlopen(f"{api_url}/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise RuntimeError(f"prefect server not healthy after {PREFECT_START_TIMEOUT_S}s")
+
+
+def stop_process(proc: subprocess.Popen, signals=(signal.SIGINT, signal.SIGTERM)) -> None:
+    """Stop a process we started (its own process group), politely first, then kill it."""
+    for sig in signals:
+        if proc.poll() is not None:
+            return
+        try:
+            os.killpg(proc.pid, sig)
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            continue
+        except ProcessLookupError:
+            return
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory) -> Iterator[PrefectServer]:
+    """`prefect server start` on a free port with its own PREFECT_HOME (sqlite)."""
+    home = tmp_path_factory.mktemp("prefect-home")
+    api_url = f"http://127.0.0.1:{free_port()}/api"
+    env = prefect_env(home, api_url)
+    log = home / "server.log"
+    prefect = shutil.which("prefect", path=str(Path(sys.executable).parent)) or "prefect"
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [
+                prefect,
+                "server",
+                "start",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                env["PREFECT_SERVER_API_PORT"],
+            ],
+            env={**os.environ, **env, "PREFECT_SERVER_UI_ENABLED": "false"},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        _wait_healthy(api_url, proc, log)
+        yield PrefectServer(api_url, home, env)
+    finally:
+        stop_process(proc)
+
+
+@pytest.fixture(scope="session")
+def prefect_api(prefect_server: PrefectServer) -> Iterator[PrefectServer]:
+    """This process's Prefect settings pointed at the session's server (in-process flows)."""
+    from prefect.settings import (
+        PREFECT_API_URL,
+        PREFECT_HOME,
+        PREFECT_LOCAL_STORAGE_PATH,
+        PREFECT_SERVER_ANALYTICS_ENABLED,
+        temporary_settings,
+    )
+
+    updates = {
+        PREFECT_API_URL: prefect_server.api_url,
+        PREFECT_HOME: str(prefect_server.home / "client"),
+        PREFECT_LOCAL_STORAGE_PATH: str(prefect_server.home / "client" / "storage"),
+        PREFECT_SERVER_ANALYTICS_ENABLED: False,
+    }
+    with temporary_settings(updates=updates):
+        yield prefect_server
+        _drain_prefect_workers()
+
+
+def _drain_prefect_workers() -> None:
+    """Send queued logs and events before the server stops (else they retry at exit)."""
+    import inspect
+
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+    from prefect.utilities.asyncutils import run_coro_as_sync
+
+    async def drain() -> None:
+        for result in (APILogWorker.drain_all(), EventsWorker.drain_all()):
+            if inspect.isawaitable(result):
+                await result
+
+    run_coro_as_sync(drain())
+
+
+# --- reading a flow run back through the Prefect API ----------------------------------------------
+
+
+@dataclass
+class RunRecord:
+    """A finished flow run as the Prefect API shows it."""
+
+    state: str  # state name: Completed, Failed, ...
+    name: str
+    message: str
+    tasks: dict[str, list[str]]  # task name (no suffix) -> state names of its runs, in order
+    run_counts: dict[str, int]  # task name -> run_count of its last run (1 + retries used)
+    artifacts: list  # prefect.client.schemas.objects.Artifact, oldest first
+    logs: list[str]
+
+
+def read_run(flow_run_id) -> RunRecord:
+    """Read a flow run, its task runs, artifacts and logs (settings must point at the API)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterId,
+        LogFilter,
+        LogFilterFlowRunId,
+    )
+
+    only = FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(flow_run_id)
+        task_runs = client.read_task_runs(flow_run_filter=only, limit=200)
+        artifacts = client.read_artifacts(flow_run_filter=only, limit=200)
+        logs = client.read_logs(
+            LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])), limit=200
+        )
+    tasks: dict[str, list[str]] = {}
+    counts: dict[str, int] = {}
+    for task_run in sorted(task_runs, key=lambda t: t.expected_start_time or t.created):
+        name = task_run.name.rsplit("-", 1)[0]
+        tasks.setdefault(name, []).append(task_run.state.name if task_run.state else "?")
+        counts[name] = task_run.run_count
+    return RunRecord(
+        state=run.state.name if run.state else "?",
+        name=run.name,
+        message=(run.state.message or "") if run.state else "",
+        tasks=tasks,
+        run_counts=counts,
+        artifacts=sorted(artifacts, key=lambda a: a.created),  # oldest first
+        logs=[log.message for log in logs],
+    )
+
+
+@pytest.fixture(name="read_run")
+def read_run_fixture(prefect_api):
+    """read_run(flow_run_id) -> RunRecord, through the session's Prefect API."""
+    return read_run

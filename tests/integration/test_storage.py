@@ -1,0 +1,227 @@
+"""camtrap.storage against moto's S3 server over real HTTP (and against local folders)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from camtrap import storage
+from camtrap.errors import StorageError
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+def _dataset(root: Path, n_images: int = 5) -> Path:
+    names = [f"train_features/img{i}.jpg" for i in range(n_images)]
+    rows = "".join(f"img{i},{name},S{i % 2}\n" for i, name in enumerate(names))
+    _write(root / "train_features.csv", ("id,filepath,site\n" + rows).encode())
+    labels = "".join(f"img{i},1.0,0.0\n" for i in range(n_images))
+    _write(root / "train_labels.csv", ("id,cat,dog\n" + labels).encode())
+    for i, name in enumerate(names):
+        _write(root / name, bytes([i]) * (100 + i))
+    return root
+
+
+def _put_tree(s3_server, local: Path, bucket: str, prefix: str) -> None:
+    for path in local.rglob("*"):
+        if path.is_file():
+            key = f"{prefix}/{path.relative_to(local).as_posix()}"
+            s3_server.client().upload_file(str(path), bucket, key)
+
+
+def test_join_and_cache_path(tmp_path):
+    assert storage.join("s3://b/runs/", "part1", "x/") == "s3://b/runs/part1/x"
+    assert storage.join(str(tmp_path), "a", "b") == str(tmp_path / "a" / "b")
+    assert (
+        storage.cache_path_for("s3://bkt/a/../b", tmp_path) == tmp_path / "s3" / "bkt" / "a" / "b"
+    )
+    assert storage.safe_relative("train/x.jpg")
+    assert not storage.safe_relative("../x.jpg")
+    assert not storage.safe_relative("/etc/passwd")
+
+
+def test_write_read_exists_roundtrip(s3_server, bucket):
+    uri = f"s3://{bucket}/some/dir/file.txt"
+    assert not storage.exists(uri)
+    storage.write_text(uri, "hello")
+    assert storage.exists(uri)
+    assert storage.read_text(uri) == "hello"
+    assert s3_server.keys(bucket) == ["some/dir/file.txt"]
+
+
+def test_upload_download_file(s3_server, bucket, tmp_path):
+    source = _write(tmp_path / "src.bin", b"x" * 1000)
+    storage.upload_file(source, f"s3://{bucket}/a/src.bin")
+    storage.download_file(f"s3://{bucket}/a/src.bin", tmp_path / "out" / "copy.bin")
+    assert (tmp_path / "out" / "copy.bin").read_bytes() == b"x" * 1000
+    assert not list((tmp_path / "out").glob(".*.tmp"))  # the temp file is gone
+
+
+def test_local_etag_matches_s3_for_single_and_multipart(s3_server, bucket, tmp_path):
+    small = _write(tmp_path / "small.bin", b"abc" * 1000)
+    big = _write(tmp_path / "big.bin", bytes(range(256)) * 4096 * 12)  # 12 MiB
+    storage.upload_file(small, f"s3://{bucket}/small.bin")
+    chunk = 5 * 2**20  # S3's smallest part: a 3-part upload
+    storage.s3_filesystem().put_file(str(big), f"{bucket}/big.bin", chunksize=chunk)
+    listed = storage.list_files(f"s3://{bucket}")
+    assert listed["small.bin"].etag == storage.local_etag(small)
+    assert listed["big.bin"].etag.endswith("-3")
+    assert listed["big.bin"].etag == storage.local_etag(big, chunk=chunk)
+
+
+def test_wrong_bucket_is_a_storage_error_naming_the_uri(s3_server):
+    uri = "s3://no-such-bucket-camtrap/data"
+    with pytest.raises(StorageError) as info:
+        storage.list_files(uri)
+    message = str(info.value)
+    assert uri in message and "fix:" in message
+    assert s3_server.endpoint not in message
+    assert "127.0.0.1" not in message
+    assert info.value.__cause__ is None and info.value.__suppress_context__
+
+
+def test_missing_key_is_a_storage_error(s3_server, bucket):
+    with pytest.raises(StorageError, match=rf"s3://{bucket}/nope.csv.*does not exist"):
+        storage.read_bytes(f"s3://{bucket}/nope.csv")
+
+
+def test_unreachable_endpoint_is_a_storage_error_without_the_endpoint(monkeypatch, free_port):
+    endpoint = f"http://127.0.0.1:{free_port}"  # nothing listens there
+    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "k")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")  # botocore would retry for ~20 s
+    monkeypatch.setattr(storage, "BACKOFF_SECONDS", 0.01)
+    with pytest.raises(StorageError) as info:
+        storage.read_bytes("s3://bucket-x/file.csv")
+    assert "s3://bucket-x/file.csv" in str(info.value)
+    assert endpoint not in str(info.value) and "127.0.0.1" not in str(info.value)
+
+
+def test_transient_errors_are_retried(monkeypatch):
+    monkeypatch.setattr(storage, "BACKOFF_SECONDS", 0.0)
+    calls = []
+
+    def flaky() -> str:
+        calls.append(1)
+        if len(calls) < 3:
+            raise ConnectionResetError("reset by peer")
+        return "ok"
+
+    assert storage._attempt(flaky, "read", "s3://b/k") == "ok"
+    assert len(calls) == 3
+
+
+def test_permanent_errors_are_not_retried(monkeypatch):
+    calls = []
+
+    def missing() -> None:
+        calls.append(1)
+        raise FileNotFoundError("gone")
+
+    with pytest.raises(StorageError):
+        storage._attempt(missing, "read", "s3://b/k")
+    assert len(calls) == 1
+
+
+def test_fetch_dataset_downloads_once_then_nothing_unchanged(s3_server, bucket, tmp_path):
+    local = _dataset(tmp_path / "src")
+    _put_tree(s3_server, local, bucket, "data")
+    uri = f"s3://{bucket}/data"
+    cache = tmp_path / "cache"
+
+    root = storage.fetch_dataset(uri, cache)
+    assert root == cache
+    for path in local.rglob("*"):
+        if path.is_file():
+            assert (cache / path.relative_to(local)).read_bytes() == path.read_bytes()
+
+    names = storage.image_names(cache / "train_features.csv")
+    first = storage.fetch_files(uri, names, cache)
+    assert first.downloaded == [] and len(first.reused) == 5
+
+    # One image changes on S3: only it comes over again, and the digest changes.
+    s3_server.client().put_object(Bucket=bucket, Key="data/" + names[2], Body=b"new content")
+    second = storage.fetch_files(uri, names, cache)
+    assert second.downloaded == [names[2]]
+    assert (cache / names[2]).read_bytes() == b"new content"
+    assert second.digest != first.digest
+    manifest = json.loads((cache / storage.MANIFEST_NAME).read_text())
+    assert set(manifest) == {"train_features.csv", "train_labels.csv", *names}
+
+
+def test_fetch_reports_missing_and_unsafe_names_without_writing_outside(
+    s3_server, bucket, tmp_path
+):
+    s3_server.client().put_object(Bucket=bucket, Key="d/ok.jpg", Body=b"1")
+    cache = tmp_path / "cache"
+    report = storage.fetch_files(f"s3://{bucket}/d", ["ok.jpg", "gone.jpg", "../x.jpg"], cache)
+    assert report.downloaded == ["ok.jpg"]
+    assert report.missing == ["gone.jpg", "../x.jpg"]
+    assert not (tmp_path / "x.jpg").exists()
+
+
+def test_fetch_from_a_missing_prefix_is_a_storage_error(s3_server, bucket, tmp_path):
+    with pytest.raises(StorageError, match=rf"s3://{bucket}/nothing-here holds no files"):
+        storage.fetch_dataset(f"s3://{bucket}/nothing-here", tmp_path)
+
+
+def test_fetch_local_data_uses_it_in_place(tmp_path):
+    local = _dataset(tmp_path / "src")
+    assert storage.fetch_dataset(str(local), tmp_path / "unused") == local
+    assert not (tmp_path / "unused").exists()
+
+
+def test_sync_dir_to_uri_uploads_only_changes_and_state_last(s3_server, bucket, tmp_path):
+    run = tmp_path / "run"
+    _write(run / "metrics" / "epochs.csv", b"epoch\n1\n")
+    _write(run / "state" / "last.pt", b"state-1")
+    _write(run / "run.json", b"{}")
+    _write(run / ".x.pt.abcd.tmp", b"partial")
+    uri = f"s3://{bucket}/runs/part1/r1"
+
+    uploaded = storage.sync_dir_to_uri(run, uri)
+    assert uploaded == ["metrics/epochs.csv", "state/last.pt", "run.json"]
+    assert s3_server.keys(bucket) == [
+        "runs/part1/r1/metrics/epochs.csv",
+        "runs/part1/r1/run.json",
+        "runs/part1/r1/state/last.pt",
+    ]
+    assert storage.sync_dir_to_uri(run, uri) == []
+    _write(run / "state" / "last.pt", b"state-2")
+    assert storage.sync_dir_to_uri(run, uri) == ["state/last.pt"]
+
+
+def test_sync_uri_to_dir_mirrors_and_deletes(s3_server, bucket, tmp_path):
+    uri = f"s3://{bucket}/runs/r"
+    storage.write_bytes(f"{uri}/state/last.pt", b"remote-state")
+    storage.write_bytes(f"{uri}/split.csv", b"id\n")
+    local = tmp_path / "mirror"
+    _write(local / "stale.pth", b"from a failed attempt")
+    _write(local / "split.csv", b"id\n")
+
+    downloaded = storage.sync_uri_to_dir(uri, local, delete=True)
+    assert downloaded == ["state/last.pt"]
+    assert (local / "state" / "last.pt").read_bytes() == b"remote-state"
+    assert not (local / "stale.pth").exists()
+    assert storage.sync_uri_to_dir(uri, local) == []
+
+
+def test_sync_from_a_prefix_that_does_not_exist_yet_is_empty(s3_server, bucket, tmp_path):
+    assert storage.sync_uri_to_dir(f"s3://{bucket}/runs/new", tmp_path / "x") == []
+
+
+def test_local_to_local_sync(tmp_path):
+    run = tmp_path / "run"
+    _write(run / "a.txt", b"a")
+    out = tmp_path / "out"
+    assert storage.sync_dir_to_uri(run, str(out)) == ["a.txt"]
+    assert storage.sync_dir_to_uri(run, str(out)) == []
+    assert (out / "a.txt").read_bytes() == b"a"
+    assert storage.sync_dir_to_uri(run, str(run)) == []
