@@ -90,6 +90,17 @@ class _Accumulator:
         return EpochOutputs(targets, probs, loss, time.perf_counter() - started)
 
 
+def _forward(
+    model: nn.Module, images: torch.Tensor, targets: torch.Tensor, precision: Precision
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and mean cross entropy, under autocast when AMP is on (the one AMP path)."""
+    with torch.autocast(precision.device_type, dtype=precision.dtype, enabled=precision.enabled):
+        logits = model(images)
+        # cross entropy in fp32 whatever the logits' dtype: fp16 log-softmax loses precision
+        loss = nn.functional.cross_entropy(logits.float(), targets)
+    return logits, loss
+
+
 def train_one_epoch(
     model: nn.Module,
     loader: DataLoader,
@@ -101,16 +112,11 @@ def train_one_epoch(
     desc: str = "train",
 ) -> EpochOutputs:
     model.train()
-    criterion = nn.CrossEntropyLoss()
     acc = _Accumulator()
     started = time.perf_counter()
     for images, targets in tqdm(loader, desc=desc, disable=not progress, leave=False):
         images, targets = _to_device(images, targets, device)
-        with torch.autocast(
-            precision.device_type, dtype=precision.dtype, enabled=precision.enabled
-        ):
-            logits = model(images)
-            loss = criterion(logits, targets)
+        logits, loss = _forward(model, images, targets, precision)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
@@ -129,16 +135,11 @@ def predict(
     desc: str = "val",
 ) -> EpochOutputs:
     model.eval()
-    criterion = nn.CrossEntropyLoss()
     acc = _Accumulator()
     started = time.perf_counter()
     for images, targets in tqdm(loader, desc=desc, disable=not progress, leave=False):
         images, targets = _to_device(images, targets, device)
-        with torch.autocast(
-            precision.device_type, dtype=precision.dtype, enabled=precision.enabled
-        ):
-            logits = model(images)
-            loss = criterion(logits.float(), targets)
+        logits, loss = _forward(model, images, targets, precision)
         acc.add(logits, targets, loss)
     return acc.finish(started)
 

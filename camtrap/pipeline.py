@@ -68,6 +68,15 @@ def run_id_for(config: RunConfig, data: LabelledData) -> str:
     return f"{config.output.stage}-{digest[:12]}"
 
 
+def resolve_run_id(
+    config: RunConfig, data: LabelledData, run_id: str | None = None, force: bool = False
+) -> str:
+    """The given id, else the derived one; `force` adds a timestamp so a finished run with the
+    same config and data is trained again into a new folder (nothing is overwritten)."""
+    run_id = run_id or run_id_for(config, data)
+    return f"{run_id}-{datetime.now(UTC):%Y%m%dT%H%M%S}" if force else run_id
+
+
 def read_run_json(run_dir: Path) -> dict[str, Any]:
     path = Path(run_dir) / "run.json"
     return json.loads(path.read_text()) if path.exists() else {}
@@ -246,9 +255,7 @@ def run_all(
     data = load_dataset(
         data_root, config.data.features_csv, config.data.labels_csv, check_images=True
     )
-    run_id = run_id or run_id_for(config, data)
-    if force:
-        run_id = f"{run_id}-{datetime.now(UTC):%Y%m%dT%H%M%S}"
+    run_id = resolve_run_id(config, data, run_id, force)
     run_dir = Path(output_root) / config.output.stage / run_id
     if is_finished(run_dir):
         info = read_run_json(run_dir)

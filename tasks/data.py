@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -118,9 +117,7 @@ def validate_and_split(
             Path(snapshot.root), config.data.features_csv, config.data.labels_csv,
             check_images=True,
         )  # fmt: skip
-        run_id = run_id or pipeline.run_id_for(config, data)
-        if force:
-            run_id = f"{run_id}-{datetime.now(UTC):%Y%m%dT%H%M%S}"
+        run_id = pipeline.resolve_run_id(config, data, run_id, force)
         run = RunRef(
             run_id=run_id,
             run_uri=storage.join(output_uri, config.output.stage, run_id),
