@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from camtrap.config import PRESETS, build_config
-from camtrap.errors import CamtrapError
+from camtrap.errors import CamtrapError, ConfigError
 
 log = logging.getLogger("camtrap")
 
@@ -52,6 +52,17 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _refuse_uris(**locations: str) -> None:
+    """`camtrap train` works on local folders; the flow handles s3:// (and resumes from it)."""
+    for option, location in locations.items():
+        if "://" in location:
+            raise ConfigError(
+                f"--{option} {location}: camtrap train reads and writes local folders; for "
+                "s3:// URIs run the flow: python -m flows.train_swin --data URI --out URI "
+                "(same --preset/--set options)"
+            )
+
+
 def _train(data: Path, out: Path, preset: str, config_file, overrides, run_id, force) -> int:
     from camtrap.pipeline import run_all
 
@@ -63,6 +74,7 @@ def _train(data: Path, out: Path, preset: str, config_file, overrides, run_id, f
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    _refuse_uris(data=args.data, out=args.out)
     return _train(
         Path(args.data), Path(args.out), args.preset, args.config, args.set, args.run_id, args.force
     )

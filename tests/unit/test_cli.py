@@ -54,6 +54,13 @@ def test_bad_override_is_a_one_line_error(capsys, demo_root, tmp_path):
     assert "train.epoch" in capsys.readouterr().err
 
 
+def test_train_with_an_s3_uri_points_to_the_flow(capsys, tmp_path):
+    code = main(["train", "--data", "s3://bucket/data", "--out", str(tmp_path)])
+    assert code == 2
+    assert "python -m flows.train_swin" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []  # no local folder named "s3:" was made
+
+
 def _train_cmd(data: Path, out: Path, epochs: int) -> list[str]:
     return [sys.executable, "-m", "camtrap.cli", "train", "--data", str(data), "--out", str(out),
             "--preset", "smoke", *_sets(f"train.epochs={epochs}")]  # fmt: skip
