@@ -39,7 +39,13 @@ def _cmd_demo_data(args: argparse.Namespace) -> int:
 def _cmd_validate(args: argparse.Namespace) -> int:
     from camtrap.labels import validate_dataset
 
-    data, problems = validate_dataset(args.data, args.features_csv, args.labels_csv)
+    root = args.data
+    if "://" in root:  # s3://bucket/prefix: fetch (ETag-cached) and check the local copy
+        from camtrap import storage
+
+        cache = storage.cache_path_for(root, storage.default_cache_root() / "data")
+        root = storage.fetch_dataset(root, cache, args.features_csv, args.labels_csv)
+    data, problems = validate_dataset(root, args.features_csv, args.labels_csv)
     if problems:
         from camtrap.errors import DataError
 
@@ -120,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_demo_data)
 
     p = sub.add_parser("validate", help="check a dataset against the data contract")
-    p.add_argument("--data", required=True, help="dataset root (train_features.csv, ...)")
+    p.add_argument("--data", required=True, help="dataset root or s3://bucket/prefix")
     p.add_argument("--features-csv", default="train_features.csv")
     p.add_argument("--labels-csv", default="train_labels.csv")
     p.set_defaults(func=_cmd_validate)

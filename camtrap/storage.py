@@ -88,6 +88,14 @@ def split_s3(uri: str) -> tuple[str, str]:
     return bucket, key.strip("/")
 
 
+CACHE_DIR_ENV = "CAMTRAP_CACHE_DIR"
+
+
+def default_cache_root() -> Path:
+    """Local copies of data and runs: $CAMTRAP_CACHE_DIR, else ~/.cache/camtrap."""
+    return Path(os.environ.get(CACHE_DIR_ENV) or Path.home() / ".cache" / "camtrap")
+
+
 def cache_path_for(uri: str, cache_root: Path) -> Path:
     """A readable, unique local folder for `uri` under `cache_root` (s3://b/p -> root/s3/b/p)."""
     bucket, key = split_s3(uri)

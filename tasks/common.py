@@ -4,7 +4,6 @@ cache rules, and the bridge that sends the library's `camtrap` logs to the Prefe
 from __future__ import annotations
 
 import logging
-import os
 import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -22,7 +21,7 @@ from pydantic import BaseModel, ConfigDict
 from camtrap import storage
 from camtrap.errors import CamtrapError, StorageError
 
-CACHE_DIR_ENV = "CAMTRAP_CACHE_DIR"
+CACHE_DIR_ENV = storage.CACHE_DIR_ENV
 
 # I/O tasks: 3 retries after 2, 4, 8 s, each stretched by up to 50% at random so that many runs
 # hitting the same failing S3 do not retry in lockstep.
@@ -70,7 +69,7 @@ class ValMetrics(_Model):
 
 def cache_root() -> Path:
     """Local copies of data and runs: $CAMTRAP_CACHE_DIR, else ~/.cache/camtrap."""
-    return Path(os.environ.get(CACHE_DIR_ENV) or Path.home() / ".cache" / "camtrap")
+    return storage.default_cache_root()
 
 
 def data_cache_dir(data_uri: str) -> Path:

@@ -225,3 +225,20 @@ def test_local_to_local_sync(tmp_path):
     assert storage.sync_dir_to_uri(run, str(out)) == []
     assert (out / "a.txt").read_bytes() == b"a"
     assert storage.sync_dir_to_uri(run, str(run)) == []
+
+
+def test_camtrap_validate_checks_a_dataset_in_s3(
+    s3_server, bucket, demo_dir, tmp_path, monkeypatch, capsys
+):
+    from camtrap.cli import main
+
+    monkeypatch.setenv("CAMTRAP_CACHE_DIR", str(tmp_path / "cache"))
+    uri = s3_server.upload_tree(demo_dir, bucket, "train")
+    assert main(["validate", "--data", uri]) == 0
+    # 8 classes x 4 images in the demo set
+    assert "32 images, 8 classes, no problems" in capsys.readouterr().out
+    s3_server.client().delete_object(Bucket=bucket, Key="train/train_features/ZJ000003.jpg")
+    monkeypatch.setenv("CAMTRAP_CACHE_DIR", str(tmp_path / "cache2"))  # a machine without copies
+    assert main(["validate", "--data", uri]) == 2
+    err = capsys.readouterr().err
+    assert "ZJ000003" in err and "does not exist" in err
