@@ -108,6 +108,15 @@ def retry_unless_user_error(task: Any, task_run: Any, state: Any) -> bool:
     return True
 
 
+# What every I/O task (fetch, split, evaluate, publish) shares: `@task(..., **IO_TASK)`.
+IO_TASK: dict[str, Any] = {
+    "retries": IO_RETRIES,
+    "retry_delay_seconds": IO_RETRY_DELAYS,
+    "retry_jitter_factor": IO_RETRY_JITTER,
+    "retry_condition_fn": retry_unless_user_error,
+}
+
+
 @dataclass
 class RemoteState(CachePolicy):
     """INPUTS + TASK_SOURCE, plus the state of the data where it lives (ETags of the files at the

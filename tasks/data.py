@@ -18,26 +18,16 @@ from camtrap import pipeline, storage
 from camtrap.config import DataConfig, RunConfig
 from camtrap.labels import load_dataset
 from tasks.common import (
-    IO_RETRIES,
-    IO_RETRY_DELAYS,
-    IO_RETRY_JITTER,
+    IO_TASK,
     DataSnapshot,
     RemoteState,
     RunRef,
     data_cache_dir,
     library_logs,
     local_run_dir,
-    retry_unless_user_error,
 )
 
 log = logging.getLogger("camtrap")
-
-IO_TASK: dict[str, Any] = {
-    "retries": IO_RETRIES,
-    "retry_delay_seconds": IO_RETRY_DELAYS,
-    "retry_jitter_factor": IO_RETRY_JITTER,
-    "retry_condition_fn": retry_unless_user_error,
-}
 
 
 def _s3_state(data_uri: str, names: list[str] | None) -> str:

@@ -12,25 +12,15 @@ from prefect.cache_policies import NO_CACHE
 from camtrap import pipeline, storage
 from camtrap.config import RunConfig
 from tasks.common import (
-    IO_RETRIES,
-    IO_RETRY_DELAYS,
-    IO_RETRY_JITTER,
+    IO_TASK,
     DataSnapshot,
     RunRef,
     ValMetrics,
     library_logs,
-    retry_unless_user_error,
 )
 
 
-@task(
-    name="evaluate",
-    cache_policy=NO_CACHE,
-    retries=IO_RETRIES,
-    retry_delay_seconds=IO_RETRY_DELAYS,
-    retry_jitter_factor=IO_RETRY_JITTER,
-    retry_condition_fn=retry_unless_user_error,
-)
+@task(name="evaluate", cache_policy=NO_CACHE, **IO_TASK)
 def evaluate(config: RunConfig, snapshot: DataSnapshot, run: RunRef) -> ValMetrics:
     run_dir = Path(run.local_dir)
     with library_logs():

@@ -13,23 +13,14 @@ from prefect.cache_policies import NO_CACHE
 from camtrap import pipeline, storage
 from tasks import artifacts
 from tasks.common import (
-    IO_RETRIES,
-    IO_RETRY_DELAYS,
-    IO_RETRY_JITTER,
+    IO_TASK,
     RunRef,
     ValMetrics,
     artifact_key,
     library_logs,
-    retry_unless_user_error,
 )
 
-PUBLISH_TASK = {
-    "cache_policy": NO_CACHE,
-    "retries": IO_RETRIES,
-    "retry_delay_seconds": IO_RETRY_DELAYS,
-    "retry_jitter_factor": IO_RETRY_JITTER,
-    "retry_condition_fn": retry_unless_user_error,
-}
+PUBLISH_TASK = {"cache_policy": NO_CACHE, **IO_TASK}
 
 
 @task(name="publish", **PUBLISH_TASK)
