@@ -4,9 +4,12 @@ real name."""
 
 from __future__ import annotations
 
+import contextvars
 import io
 import os
 import tempfile
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -65,3 +68,49 @@ def restore_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def cpu_copy(obj: Any) -> Any:
+    """`obj` with every tensor copied to the CPU: a snapshot training can't change under a
+    background write (state_dict() returns the live parameters)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: cpu_copy(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(cpu_copy(v) for v in obj)
+    return obj
+
+
+class BackgroundWriter:
+    """Runs jobs on a thread, one at a time: `submit` first waits for the job in flight, so the
+    next epoch trains while the last one's files are written and uploaded, and never more than
+    one epoch is unsaved. A job's error is raised by the next `submit` or `wait`. Jobs run in
+    a copy of the submitter's context (contextvars), so per-run logging still applies."""
+
+    def __init__(self) -> None:
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def submit(self, job: Callable[[], None]) -> None:
+        self.wait()
+        context = contextvars.copy_context()
+        self._thread = threading.Thread(
+            target=self._run, args=(context, job), name="camtrap-writer", daemon=True
+        )
+        self._thread.start()
+
+    def _run(self, context: contextvars.Context, job: Callable[[], None]) -> None:
+        try:
+            context.run(job)
+        except BaseException as err:  # noqa: BLE001 - handed to the training thread
+            self._error = err
+
+    def wait(self) -> None:
+        """Block until the job in flight is done; raise its error, if any."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error

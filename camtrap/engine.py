@@ -6,6 +6,7 @@ from __future__ import annotations
 import gc
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -60,11 +61,8 @@ class EpochOutputs:
         return len(self.targets) / self.seconds if self.seconds > 0 else 0.0
 
 
-def _to_device(images: torch.Tensor, targets: torch.Tensor, device: torch.device):
-    images = images.to(device, non_blocking=True)
-    if device.type == "cuda":
-        images = images.contiguous(memory_format=torch.channels_last)
-    return images, targets.to(device, non_blocking=True)
+# A loader's images -> the model's input on the device (camtrap.data.DeviceNormalize).
+ToInput = Callable[[torch.Tensor], torch.Tensor]
 
 
 class _Accumulator:
@@ -106,7 +104,7 @@ def train_one_epoch(
     loader: DataLoader,
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler,
-    device: torch.device,
+    to_input: ToInput,
     precision: Precision,
     progress: bool = False,
     desc: str = "train",
@@ -114,9 +112,9 @@ def train_one_epoch(
     model.train()
     acc = _Accumulator()
     started = time.perf_counter()
-    for images, targets in tqdm(loader, desc=desc, disable=not progress, leave=False):
-        images, targets = _to_device(images, targets, device)
-        logits, loss = _forward(model, images, targets, precision)
+    for images, labels in tqdm(loader, desc=desc, disable=not progress, leave=False):
+        targets = labels.to(precision.device_type, non_blocking=True)
+        logits, loss = _forward(model, to_input(images), targets, precision)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
@@ -129,7 +127,7 @@ def train_one_epoch(
 def predict(
     model: nn.Module,
     loader: DataLoader,
-    device: torch.device,
+    to_input: ToInput,
     precision: Precision,
     progress: bool = False,
     desc: str = "val",
@@ -137,9 +135,9 @@ def predict(
     model.eval()
     acc = _Accumulator()
     started = time.perf_counter()
-    for images, targets in tqdm(loader, desc=desc, disable=not progress, leave=False):
-        images, targets = _to_device(images, targets, device)
-        logits, loss = _forward(model, images, targets, precision)
+    for images, labels in tqdm(loader, desc=desc, disable=not progress, leave=False):
+        targets = labels.to(precision.device_type, non_blocking=True)
+        logits, loss = _forward(model, to_input(images), targets, precision)
         acc.add(logits, targets, loss)
     return acc.finish(started)
 

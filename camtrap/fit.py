@@ -6,6 +6,7 @@ streams, optimizer and scaler states travel in state/last.pt."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import time
@@ -20,7 +21,7 @@ from torch import nn
 
 from camtrap import checkpoint
 from camtrap.config import RunConfig
-from camtrap.data import ImageFolderDataset, epoch_generator, make_loader, seed_transform
+from camtrap.data import CachedBatches, DeviceNormalize, EpochShuffle, make_loader
 from camtrap.engine import (
     EpochOutputs,
     log_memory,
@@ -31,6 +32,7 @@ from camtrap.engine import (
     train_one_epoch,
 )
 from camtrap.errors import CamtrapError, ConfigError
+from camtrap.imagecache import Pack
 from camtrap.metrics import per_class_metrics, summary_metrics
 from camtrap.models import ModelMeta, build_model, model_file_dict
 
@@ -102,7 +104,8 @@ class RunFiles:
 
 @dataclass
 class EpochRecord:
-    """What one finished epoch reports to `on_epoch_end` (progress, Prefect artifacts, sync)."""
+    """What one finished epoch reports to `on_epoch_end` (progress, Prefect artifacts, sync),
+    once its files are written."""
 
     epoch: int  # 1-based
     epochs: int
@@ -160,7 +163,9 @@ def _per_class_rows(epoch: int, split: str, out: EpochOutputs, classes: list[str
 class _Trainer:
     """Holds the objects of one fit so the loop below reads like the seed's."""
 
-    def __init__(self, config: RunConfig, items: pd.DataFrame, classes: list[str], run_dir: Path):
+    def __init__(
+        self, config: RunConfig, items: pd.DataFrame, classes: list[str], run_dir: Path, pack: Pack
+    ):
         self.config = config
         self.classes = classes
         self.files = RunFiles.for_config(run_dir, config)
@@ -169,29 +174,37 @@ class _Trainer:
         self.progress = (
             sys.stderr.isatty() if config.train.progress is None else config.train.progress
         )
-        self.train_set, self.val_set = self._datasets(items)
+        self.to_input = DeviceNormalize(config.data.mean, config.data.std, self.device)
+        self.train_loader, self.val_loader = self._loaders(items, pack)
         log_memory("after datasets", self.device)
         self.model = self._model()
+        self.forward_model = torch.compile(self.model) if config.train.compile else self.model
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=config.train.lr, weight_decay=config.train.weight_decay
         )
         self.scaler = make_scaler(self.precision)
+        self.writer = checkpoint.BackgroundWriter()
         self.history: list[dict[str, Any]] = []
         self.per_class: list[dict[str, Any]] = []
         self.best_epoch = 0
         self.best_value: float | None = None
         self.completed = 0
 
-    def _datasets(self, items: pd.DataFrame) -> tuple[ImageFolderDataset, ImageFolderDataset]:
-        cfg = self.config.data
-        transform = seed_transform(cfg.image_size, cfg.mean, cfg.std)
-        sets = []
+    def _loaders(self, items: pd.DataFrame, pack: Pack):
+        """The train loader (a new order each epoch) and the val loader (stored order, larger
+        batches: no gradients to keep). Built once; their workers live across epochs."""
+        cfg = self.config
+        sets = {}
         for split in ("train", "val"):
             rows = items[items["split"] == split]
             if rows.empty:
                 raise ConfigError(f"the {split} split is empty; check data.val_fraction")
-            sets.append(ImageFolderDataset(rows["path"].tolist(), rows["label_idx"], transform))
-        return sets[0], sets[1]
+            sets[split] = CachedBatches(pack, rows["row"].tolist(), rows["label_idx"].tolist())
+        self.shuffle = EpochShuffle(len(sets["train"]), cfg.train.seed)
+        options = {"num_workers": cfg.data.num_workers, "pin_memory": self.device.type == "cuda"}
+        train = make_loader(sets["train"], cfg.train.batch_size, order=self.shuffle, **options)
+        val = make_loader(sets["val"], cfg.train.eval_batch(), **options)
+        return train, val
 
     def _model(self) -> nn.Module:
         cfg = self.config.model
@@ -204,31 +217,22 @@ class _Trainer:
         log_memory("after model to GPU", self.device)
         return model
 
-    def loader(self, dataset: ImageFolderDataset, epoch: int | None):
-        return make_loader(
-            dataset,
-            self.config.train.batch_size,
-            shuffle=epoch is not None,
-            num_workers=self.config.data.num_workers,
-            pin_memory=self.device.type == "cuda",
-            generator=epoch_generator(self.config.train.seed, epoch) if epoch else None,
-        )
-
     # --- resume state -------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {
+        """The resume state, copied: training goes on while it is written."""
+        return checkpoint.cpu_copy({
             "epoch": self.completed,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
             "rng": checkpoint.rng_state(),
-            "history": self.history,
-            "per_class": self.per_class,
+            "history": list(self.history),
+            "per_class": list(self.per_class),
             "best_epoch": self.best_epoch,
             "best_value": self.best_value,
             "classes": self.classes,
             "config": self.config.model_dump(mode="json"),
-        }
+        })  # fmt: skip
 
     def resume_if_possible(self) -> None:
         # A kill -9 during an atomic write leaves only a temp file behind; the real file is intact.
@@ -264,27 +268,21 @@ class _Trainer:
             metrics=metrics,
             config=cfg.model_dump(mode="json"),
         )
-        return model_file_dict(self.model, meta)
-
-    def write_metrics(self) -> None:
-        checkpoint.atomic_write_text(
-            self.files.epochs_csv, pd.DataFrame(self.history).to_csv(index=False)
-        )
-        per_class = pd.DataFrame(self.per_class)
-        checkpoint.atomic_write_text(self.files.per_class_csv, per_class.to_csv(index=False))
+        return checkpoint.cpu_copy(model_file_dict(self.model, meta))
 
     # --- one epoch -----------------------------------------------------------------------------
-    def run_epoch(self, epoch: int) -> EpochRecord:
+    def run_epoch(self, epoch: int, on_epoch_end: Callable[[EpochRecord], None] | None) -> None:
         started = time.perf_counter()
         epochs = self.config.train.epochs
         log_memory(f"epoch {epoch} start", self.device)
+        self.shuffle.set_epoch(epoch)
         train_out = train_one_epoch(
-            self.model, self.loader(self.train_set, epoch), self.optimizer, self.scaler,
-            self.device, self.precision, self.progress, desc=f"epoch {epoch}/{epochs} train",
+            self.forward_model, self.train_loader, self.optimizer, self.scaler, self.to_input,
+            self.precision, self.progress, desc=f"epoch {epoch}/{epochs} train",
         )  # fmt: skip
         val_out = predict(
-            self.model, self.loader(self.val_set, None), self.device, self.precision,
-            self.progress, desc=f"epoch {epoch}/{epochs} val",
+            self.forward_model, self.val_loader, self.to_input, self.precision, self.progress,
+            desc=f"epoch {epoch}/{epochs} val",
         )  # fmt: skip
         train_m, val_m = _epoch_metrics(train_out), _epoch_metrics(val_out)
         if not all(map(_finite, [train_m["loss"], val_m["loss"]])):
@@ -298,19 +296,37 @@ class _Trainer:
             ignore_index=True,
         )  # fmt: skip
         is_best = self._record(epoch, train_m, val_m, per_class)
-        if is_best:
-            checkpoint.save_torch(self.model_file(epoch, _prefixed(val_m)), self.files.best_model)
         self.completed = epoch
-        checkpoint.save_torch(self.state_dict(), self.files.state)
-        self.write_metrics()
         release_memory(self.device)
         memory = log_memory(f"epoch {epoch} end", self.device)
         seconds = time.perf_counter() - started
         log.info(_epoch_line(epoch, epochs, train_m, val_m, seconds, is_best))
-        return EpochRecord(
+        record = EpochRecord(
             epoch, epochs, train_m, val_m, per_class, is_best, self.best_epoch, seconds, memory,
             self.files,
         )  # fmt: skip
+        self.save_in_background(record, on_epoch_end)
+
+    def save_in_background(
+        self, record: EpochRecord, on_epoch_end: Callable[[EpochRecord], None] | None
+    ) -> None:
+        """Snapshot the epoch's state now; write it (best model, state, metrics) and run
+        `on_epoch_end` (uploads, artifacts) while the next epoch trains. The state on disk is
+        always a whole epoch's: resume reads only what was fully written."""
+        best = self.model_file(record.epoch, _prefixed(record.val)) if record.is_best else None
+        state = self.state_dict()
+        history, per_class = pd.DataFrame(self.history), pd.DataFrame(self.per_class)
+
+        def write() -> None:
+            if best is not None:
+                checkpoint.save_torch(best, self.files.best_model)
+            checkpoint.save_torch(state, self.files.state)
+            checkpoint.atomic_write_text(self.files.epochs_csv, history.to_csv(index=False))
+            checkpoint.atomic_write_text(self.files.per_class_csv, per_class.to_csv(index=False))
+            if on_epoch_end is not None:
+                on_epoch_end(record)
+
+        self.writer.submit(write)
 
     def _record(self, epoch, train_m, val_m, per_class: pd.DataFrame) -> bool:
         for split, metrics in (("train", train_m), ("val", val_m)):
@@ -351,10 +367,12 @@ def fit(
     items: pd.DataFrame,
     classes: list[str],
     run_dir: Path,
+    pack: Pack,
     on_epoch_end: Callable[[EpochRecord], None] | None = None,
 ) -> FitResult:
-    """Train `config` on `items` (columns path, label_idx, split) into `run_dir`, resuming if a
-    previous attempt left state/last.pt there."""
+    """Train `config` on `items` (columns row: the image's row in `pack`, label_idx, split) into
+    `run_dir`, resuming if a previous attempt left state/last.pt there. `on_epoch_end` runs on
+    a background thread once the epoch's files are written."""
     devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
     # The global RNG (weight init, dropout, stochastic depth) is seeded here, at the edge, and
     # restored afterwards so callers' randomness is untouched.
@@ -362,13 +380,17 @@ def fit(
         torch.manual_seed(config.train.seed)
         if torch.cuda.is_available():
             torch.backends.cudnn.benchmark = True
-        trainer = _Trainer(config, items, classes, Path(run_dir))
+        trainer = _Trainer(config, items, classes, Path(run_dir), pack)
         trainer.resume_if_possible()
         resumed_from = trainer.completed
-        for epoch in range(trainer.completed + 1, config.train.epochs + 1):
-            record = trainer.run_epoch(epoch)
-            if on_epoch_end is not None:
-                on_epoch_end(record)
+        try:
+            for epoch in range(trainer.completed + 1, config.train.epochs + 1):
+                trainer.run_epoch(epoch, on_epoch_end)
+        except BaseException:
+            with contextlib.suppress(Exception):  # the first error is the one to report
+                trainer.writer.wait()
+            raise
+        trainer.writer.wait()  # the last epoch's files, before anything else reads them
         if resumed_from < config.train.epochs or not trainer.files.final_model.exists():
             last = trainer.history[-1] if trainer.history else {}
             final_metrics = {f"val_{k}": v for k, v in last.items() if k not in ("epoch", "split")}

@@ -99,6 +99,8 @@ def _decode(data: bytes, label: str, draft: tuple[int, int] | None) -> Image.Ima
     except Image.DecompressionBombError as err:
         fix = "downscale the image"
         raise _fail(label, f"is too large to decode safely ({err})", fix) from None
+    except Exception as err:  # cut inside its header: PIL raises OSError, SyntaxError, ...
+        raise _fail(label, f"is truncated or corrupt ({type(err).__name__}: {err})") from None
     try:
         if draft is not None:
             image.draft("RGB", draft)  # JPEG only; a no-op for other formats

@@ -16,7 +16,7 @@ import hashlib
 import io
 import json
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,13 +30,22 @@ from camtrap.images import check_image, read_image_bytes
 FEATURE_COLUMNS = ("id", "filepath", "site")
 MIN_CLASSES = 2
 
+# How validation checks one image: (file bytes, their sha256, the image's path) -> the Problem
+# with it, or None. The default decodes it (at reduced scale for JPEGs); the image cache's
+# `Decoder` decodes it in full and keeps the pixels, so a run decodes each image once.
+ImageCheck = Callable[[bytes, str, str], Problem | None]
+
+
+def decode_check(data: bytes, digest: str, name: str) -> Problem | None:
+    return check_image(data, name=name)
+
 
 @dataclass
 class LabelledData:
     """A validated dataset: one row per image, in features-CSV order."""
 
     root: Path
-    frame: pd.DataFrame  # id, filepath, path (absolute), site, label, label_idx
+    frame: pd.DataFrame  # id, filepath, path (absolute), site, label, label_idx, sha256
     classes: list[str]
     fingerprint: str  # sha256 over both CSVs, every image's sha256 (by id) and the classes
 
@@ -58,9 +67,10 @@ def load_dataset(
     features_csv: str = "train_features.csv",
     labels_csv: str = "train_labels.csv",
     check_images: bool = True,
+    check: ImageCheck = decode_check,
 ) -> LabelledData:
     """`validate_dataset`, raising DataError with every problem if there are any."""
-    data, problems = validate_dataset(root, features_csv, labels_csv, check_images)
+    data, problems = validate_dataset(root, features_csv, labels_csv, check_images, check=check)
     if problems or data is None:
         raise DataError(problems, root=str(root))
     return data
@@ -72,12 +82,14 @@ def validate_dataset(
     labels_csv: str = "train_labels.csv",
     check_images: bool = True,
     workers: int = 8,
+    check: ImageCheck = decode_check,
 ) -> tuple[LabelledData | None, list[Problem]]:
     """(data, []) for a valid dataset, else (None, every problem found).
 
     Each image is read once: its bytes are hashed for the fingerprint and, with `check_images`,
-    decoded (in a thread pool; PIL releases the GIL). Without `check_images` the images are
-    still read and hashed (the fingerprint must follow the data) but not decoded.
+    passed to `check` (in a thread pool; PIL releases the GIL while decoding). Without
+    `check_images` the images are still read and hashed (the fingerprint must follow the data)
+    but not decoded.
     """
     root = Path(root)
     if not root.is_dir():
@@ -95,7 +107,7 @@ def validate_dataset(
     hashes: dict[str, str] = {}
     if features is not None:
         problems += _feature_row_problems(features, root)
-        hashes = _check_images(features, root, check_images, workers, problems)
+        hashes = _check_images(features, root, check if check_images else None, workers, problems)
     if labels is not None and classes is not None:
         problems += _label_row_problems(labels, classes, label_of)
     if features is not None and labels is not None:
@@ -103,7 +115,7 @@ def validate_dataset(
     if problems:
         return None, _in_reading_order(problems, [features_csv, labels_csv])
     assert features is not None and labels is not None and classes is not None
-    frame = _build_frame(features, root, label_of, classes)
+    frame = _build_frame(features, root, label_of, classes, hashes)
     fingerprint = _fingerprint(features.raw, labels.raw, hashes, classes)
     return LabelledData(root=root, frame=frame, classes=classes, fingerprint=fingerprint), []
 
@@ -326,13 +338,17 @@ def _id_mismatch_problems(features: _Table, labels: _Table) -> list[Problem]:
 
 
 def _check_images(
-    features: _Table, root: Path, decode: bool, workers: int, problems: list[Problem]
+    features: _Table,
+    root: Path,
+    check: ImageCheck | None,
+    workers: int,
+    problems: list[Problem],
 ) -> dict[str, str]:
     """Read every image once (a thread pool); returns id -> sha256, appends the problems."""
     rows = [(ln, r) for ln, r in features.rows if _filepath_problem(root, r["filepath"]) is None]
     paths = sorted({str(_image_path(root, row["filepath"])) for _, row in rows})
     with ThreadPoolExecutor(max_workers=max(1, min(workers, len(paths) or 1))) as pool:
-        found = list(pool.map(lambda path: _inspect_image(path, decode), paths))
+        found = list(pool.map(lambda path: _inspect_image(path, check), paths))
     results = dict(zip(paths, found, strict=True))
     hashes: dict[str, str] = {}
     for line, row in rows:
@@ -345,21 +361,25 @@ def _check_images(
     return hashes
 
 
-def _inspect_image(path: str, decode: bool) -> tuple[str | None, Problem | None]:
+def _inspect_image(path: str, check: ImageCheck | None) -> tuple[str | None, Problem | None]:
     """(sha256 of the file, the Problem with it or None), reading the file once."""
     try:
         data = read_image_bytes(path)
     except DataError as err:
         return None, err.problems[0]
     digest = hashlib.sha256(data).hexdigest()
-    return digest, check_image(data, name=path) if decode else None
+    return digest, check(data, digest, path) if check is not None else None
 
 
 # --- result --------------------------------------------------------------------------------
 
 
 def _build_frame(
-    features: _Table, root: Path, label_of: dict[str, str], classes: list[str]
+    features: _Table,
+    root: Path,
+    label_of: dict[str, str],
+    classes: list[str],
+    hashes: dict[str, str],
 ) -> pd.DataFrame:
     index = {name: i for i, name in enumerate(classes)}
     records = [
@@ -370,6 +390,7 @@ def _build_frame(
             "site": row["site"],
             "label": label_of[row["id"]],
             "label_idx": index[label_of[row["id"]]],
+            "sha256": hashes[row["id"]],
         }
         for _, row in features.rows
     ]

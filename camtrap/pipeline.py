@@ -1,6 +1,7 @@
 """The stages of one training run, each reading and writing one local run folder:
 
-    load_dataset -> prepare (split.csv, run.json) -> train (epochs, resume) -> evaluate (best model
+    validate (images decoded into the cache as they are checked) -> prepare (split.csv, run.json)
+    -> cache_images (the dataset's uint8 pack) -> train (epochs, resume) -> evaluate (best model
     on val: predictions, confusion matrix, plots) -> finalize (run.json with every file's sha256)
 
 `run_all` chains them for the CLI; Prefect tasks call the stages one by one."""
@@ -22,9 +23,9 @@ import pandas as pd
 import torch
 import torchvision
 
-from camtrap import __version__, checkpoint
+from camtrap import __version__, checkpoint, imagecache
 from camtrap.config import RunConfig
-from camtrap.data import ImageFolderDataset, make_loader, seed_transform
+from camtrap.data import CachedBatches, DeviceNormalize, make_loader
 from camtrap.engine import log_memory, precision_for, predict
 from camtrap.errors import StorageError
 from camtrap.fit import EpochRecord, FitResult, RunFiles, fit, resolve_device
@@ -42,7 +43,10 @@ from camtrap.split import split_frame
 log = logging.getLogger("camtrap")
 
 # Settings that change how fast a run goes, not what it computes: left out of the run id.
-_NOT_IN_RUN_ID = {"data": {"num_workers"}, "train": {"progress"}}
+_NOT_IN_RUN_ID = {
+    "data": {"num_workers", "cache_mirror"},
+    "train": {"progress", "eval_batch_size", "compile"},
+}
 
 
 @dataclass
@@ -90,6 +94,40 @@ def is_finished(run_dir: Path) -> bool:
     return read_run_json(run_dir).get("status") == "completed"
 
 
+def validate(config: RunConfig, data_root: Path, cache_root: Path | None = None) -> LabelledData:
+    """The dataset, checked (DataError with every problem); each image not in the image cache is
+    decoded once here and its pixels kept for `cache_images`, even when other images fail."""
+    decoder = imagecache.Decoder(config.data.image_size, _store(config, cache_root))
+    try:
+        return load_dataset(
+            data_root, config.data.features_csv, config.data.labels_csv, check=decoder
+        )
+    finally:
+        decoder.commit()
+
+
+def _store(config: RunConfig, cache_root: Path | None) -> Path:
+    return imagecache.store_dir(config.data.image_size, cache_root)
+
+
+def cache_images(
+    config: RunConfig, run_dir: Path, data_root: Path, cache_root: Path | None = None
+) -> imagecache.BuildReport:
+    """The run's images as one uint8 pack, in split.csv order: reused if intact, else built from
+    the rows the cache holds, decoding only images it has not seen."""
+    entries = cache_entries(run_dir, data_root)
+    return imagecache.ensure_pack(entries, config.data.image_size, _store(config, cache_root))
+
+
+def cache_entries(run_dir: Path, data_root: Path) -> list[imagecache.CacheEntry]:
+    """The run's images (split.csv order): id, file under `data_root`, sha256 of its bytes."""
+    items = pd.read_csv(Path(run_dir) / "split.csv", dtype=str, keep_default_na=False)
+    return [
+        imagecache.CacheEntry(row.id, str(Path(data_root) / row.filepath), row.sha256)
+        for row in items.itertuples()
+    ]
+
+
 def prepare(config: RunConfig, data: LabelledData, run_dir: Path) -> Path:
     """Split the validated data and start the run folder: split.csv and a `running` run.json."""
     run_dir = Path(run_dir)
@@ -98,7 +136,7 @@ def prepare(config: RunConfig, data: LabelledData, run_dir: Path) -> Path:
     frame["split"] = split_frame(
         frame, config.data.split, config.data.val_fraction, config.data.split_seed
     )
-    columns = ["id", "filepath", "site", "label", "split"]
+    columns = ["id", "filepath", "site", "label", "split", "sha256"]
     checkpoint.atomic_write_text(files.split_csv, frame[columns].to_csv(index=False))
     info = read_run_json(run_dir) or {"started": _utc_now()}
     info.update(
@@ -113,13 +151,13 @@ def prepare(config: RunConfig, data: LabelledData, run_dir: Path) -> Path:
     return files.split_csv
 
 
-def _split_items(run_dir: Path, data_root: Path) -> tuple[pd.DataFrame, list[str]]:
-    """split.csv joined with the image paths under `data_root` and the class indices."""
+def _split_items(run_dir: Path, pack: imagecache.Pack) -> tuple[pd.DataFrame, list[str]]:
+    """split.csv with each image's class index and its row in the image cache's `pack`."""
     classes = read_run_json(run_dir).get("classes")
     if not classes:
         raise StorageError(f"{run_dir}/run.json has no classes; run `prepare` first")
     items = pd.read_csv(Path(run_dir) / "split.csv", dtype=str, keep_default_na=False)
-    items["path"] = [str(Path(data_root) / p) for p in items["filepath"]]
+    items["row"] = items["id"].map(pack.row_of()).astype(int)
     items["label_idx"] = items["label"].map({c: i for i, c in enumerate(classes)}).astype(int)
     return items, classes
 
@@ -129,39 +167,41 @@ def train(
     data_root: Path,
     run_dir: Path,
     on_epoch_end: Callable[[EpochRecord], None] | None = None,
+    cache_root: Path | None = None,
 ) -> FitResult:
     device = resolve_device(config.train.device)
     log_memory("start", device)
-    items, classes = _split_items(run_dir, data_root)
+    pack = cache_images(config, run_dir, data_root, cache_root).pack
+    items, classes = _split_items(run_dir, pack)
     log_memory("after CSV load", device)
-    return fit(config, items, classes, Path(run_dir), on_epoch_end)
+    return fit(config, items, classes, Path(run_dir), pack, on_epoch_end)
 
 
-def _val_predictions(config: RunConfig, run_dir: Path, data_root: Path):
+def _val_predictions(config: RunConfig, run_dir: Path, data_root: Path, cache_root: Path | None):
     """The best model's probabilities on the val split, recomputed from the saved file."""
     files = RunFiles.for_config(run_dir, config)
-    items, classes = _split_items(run_dir, data_root)
+    pack = cache_images(config, run_dir, data_root, cache_root).pack
+    items, classes = _split_items(run_dir, pack)
     val = items[items["split"] == "val"].reset_index(drop=True)
     device = resolve_device(config.train.device)
     model, meta = load_model(files.best_model, device)
-    dataset = ImageFolderDataset(
-        val["path"].tolist(), val["label_idx"], seed_transform(meta.image_size, meta.mean, meta.std)
-    )
+    dataset = CachedBatches(pack, val["row"].tolist(), val["label_idx"].tolist())
     loader = make_loader(
-        dataset, config.train.batch_size, shuffle=False,
-        num_workers=config.data.num_workers, pin_memory=device.type == "cuda",
+        dataset, config.train.eval_batch(), num_workers=config.data.num_workers,
+        pin_memory=device.type == "cuda",
     )  # fmt: skip
-    out = predict(
-        model, loader, device, precision_for(device, config.train.amp, config.train.amp_dtype)
-    )
+    precision = precision_for(device, config.train.amp, config.train.amp_dtype)
+    out = predict(model, loader, DeviceNormalize(meta.mean, meta.std, device), precision)
     return val, classes, out
 
 
-def evaluate(config: RunConfig, run_dir: Path, data_root: Path) -> dict[str, float]:
+def evaluate(
+    config: RunConfig, run_dir: Path, data_root: Path, cache_root: Path | None = None
+) -> dict[str, float]:
     """Best model on val -> predictions/val.csv, metrics/confusion_matrix.csv and every plot."""
     run_dir = Path(run_dir)
     files = RunFiles.for_config(run_dir, config)
-    val, classes, out = _val_predictions(config, run_dir, data_root)
+    val, classes, out = _val_predictions(config, run_dir, data_root, cache_root)
     predictions = pd.DataFrame(out.probs, columns=classes)
     predictions.insert(0, "label", val["label"])
     predictions.insert(0, "id", val["id"])
@@ -252,9 +292,7 @@ def run_all(
     force: bool = False,
 ) -> RunSummary:
     """Validate, split, train (resuming), evaluate and finalize one run under output_root."""
-    data = load_dataset(
-        data_root, config.data.features_csv, config.data.labels_csv, check_images=True
-    )
+    data = validate(config, data_root)
     run_id = resolve_run_id(config, data, run_id, force)
     run_dir = Path(output_root) / config.output.stage / run_id
     if is_finished(run_dir):
@@ -267,6 +305,7 @@ def run_all(
         )
     log.info("run %s -> %s", run_id, run_dir)
     prepare(config, data, run_dir)
+    cache_images(config, run_dir, data.root)
     result = train(config, data.root, run_dir)
     record_training(run_dir, result)
     val = evaluate(config, run_dir, data.root)

@@ -10,6 +10,7 @@ of botocore's own retries."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -223,6 +224,19 @@ def write_bytes(uri: str | Path, data: bytes) -> None:
 
 def write_text(uri: str | Path, text: str) -> None:
     write_bytes(uri, text.encode("utf-8"))
+
+
+def remove(uri: str | Path) -> None:
+    """Delete one file; a file that is already gone is fine."""
+    if not is_remote(uri):
+        _attempt(lambda: _local(uri).unlink(missing_ok=True), "delete", str(uri))
+        return
+
+    def rm() -> None:
+        with contextlib.suppress(FileNotFoundError):
+            s3_filesystem().rm_file(_s3_path(str(uri)))
+
+    _attempt(rm, "delete", str(uri))
 
 
 def upload_file(path: str | Path, uri: str | Path) -> None:

@@ -1,5 +1,5 @@
-"""Flow `train-swin`: fetch -> validate and split -> train -> evaluate -> publish, data and outputs
-as URIs (s3://bucket/prefix or local folders).
+"""Flow `train-swin`: fetch -> validate and split -> cache images -> train -> evaluate -> publish,
+data and outputs as URIs (s3://bucket/prefix or local folders).
 
     python -m flows.train_swin --data s3://camtrap-data/train --out s3://camtrap-runs/runs \\
         --preset smoke --set train.epochs=2
@@ -21,7 +21,13 @@ from prefect.runtime import flow_run
 
 from camtrap.config import PRESETS, build_config, parse_override
 from camtrap.errors import CamtrapError
-from tasks.data import fetch_images, fetch_metadata, run_status, validate_and_split
+from tasks.data import (
+    cache_images,
+    fetch_images,
+    fetch_metadata,
+    run_status,
+    validate_and_split,
+)
 from tasks.evaluation import evaluate
 from tasks.publish import publish, report_up_to_date
 from tasks.training import train
@@ -71,6 +77,8 @@ def train_swin(
     if status == "completed":
         report_up_to_date(run)
         return run.run_uri
+    cache = cache_images(snapshot, config, run, output_uri)
+    logger.info("image cache: %d images (%d decoded now)", cache.images, cache.decoded)
     summary = train(config, snapshot, run)
     logger.info("best epoch %d (%.4f)", summary.best_epoch, summary.best_value)
     val = evaluate(config, snapshot, run)

@@ -54,6 +54,16 @@ class RunRef(_Model):
     local_dir: str  # == run_uri for a local output_uri
 
 
+class ImageCacheRef(_Model):
+    """A run's decoded images on this machine: the pack's manifest and how it was made."""
+
+    manifest: str  # {CAMTRAP_CACHE_DIR}/images/.../{key}.json
+    images: int
+    decoded: int  # images decoded by this task (validation decodes new images first)
+    copied: int  # rows copied from other packs
+    reused: bool  # the pack was already there and intact
+
+
 class TrainSummary(_Model):
     best_epoch: int
     best_value: float

@@ -1,4 +1,4 @@
-"""Data tasks: fetch the CSVs, fetch the images, validate and split.
+"""Data tasks: fetch the CSVs, fetch the images, validate and split, cache the decoded images.
 
 Each is cached on its inputs, its source and the data's state at the URI (S3 ETags), so a rerun
 on unchanged data shows them as Cached and goes straight to training. Each retries 3 times with
@@ -14,12 +14,12 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE
 
-from camtrap import pipeline, storage
+from camtrap import imagecache, pipeline, storage
 from camtrap.config import DataConfig, RunConfig
-from camtrap.labels import load_dataset
 from tasks.common import (
     IO_TASK,
     DataSnapshot,
+    ImageCacheRef,
     RemoteState,
     RunRef,
     data_cache_dir,
@@ -103,10 +103,9 @@ def validate_and_split(
     (config + data fingerprint), and start the run folder in output_uri with split.csv and a
     `running` run.json. A finished run is left untouched."""
     with library_logs():
-        data = load_dataset(
-            Path(snapshot.root), config.data.features_csv, config.data.labels_csv,
-            check_images=True,
-        )  # fmt: skip
+        if config.data.cache_mirror:
+            pull_image_cache(config, output_uri)
+        data = pipeline.validate(config, Path(snapshot.root))
         run_id = pipeline.resolve_run_id(config, data, run_id, force)
         run = RunRef(
             run_id=run_id,
@@ -138,3 +137,66 @@ def remote_status(run: RunRef) -> str:
 def run_status(run: RunRef) -> str:
     """The run's status in output_uri now (the split task's result may come from the cache)."""
     return remote_status(run)
+
+
+@task(name="cache-images", cache_policy=NO_CACHE, **IO_TASK)
+def cache_images(
+    snapshot: DataSnapshot, config: RunConfig, run: RunRef, output_uri: str
+) -> ImageCacheRef:
+    """Every image of the run decoded once into the local image cache (rows validation decoded
+    are copied, not decoded again), checked against its sha256 each time. Not cached by Prefect:
+    reusing an intact cache is this task's fast path. With data.cache_mirror the pack is also
+    kept under {output_uri}/cache/, for workers on other machines (see `pull_image_cache`)."""
+    with library_logs():
+        report = pipeline.cache_images(config, Path(run.local_dir), Path(snapshot.root))
+        if config.data.cache_mirror:
+            _push(report.pack, mirror_uri(config, output_uri))
+    return ImageCacheRef(
+        manifest=str(report.pack.manifest_path),
+        images=len(report.pack),
+        decoded=report.decoded,
+        copied=report.copied,
+        reused=report.reused,
+    )
+
+
+def mirror_uri(config: RunConfig, output_uri: str) -> str:
+    """{output_uri}/cache/{store}: packs as in the local store, and `latest`, the key of the
+    newest pack pushed."""
+    return storage.join(output_uri, "cache", imagecache.store_dir(config.data.image_size).name)
+
+
+def pull_image_cache(config: RunConfig, output_uri: str) -> None:
+    """Before validation on a machine whose cache lacks it: download the newest mirrored pack,
+    so validation and the cache step find its images decoded already."""
+    mirror = mirror_uri(config, output_uri)
+    if not storage.exists(storage.join(mirror, "latest")):
+        return
+    key = storage.read_text(storage.join(mirror, "latest")).strip()
+    store = imagecache.store_dir(config.data.image_size)
+    if (store / f"{key}.json").exists():
+        return
+    manifest = storage.read_text(storage.join(mirror, f"{key}.json"))
+    local = imagecache.new_download_path(store)
+    storage.download_file(storage.join(mirror, f"{key}.u8"), local)
+    if imagecache.adopt(store, key, manifest, local) is None:
+        log.warning("the image cache at %s/%s does not match its manifest; not used", mirror, key)
+    else:
+        log.info("image cache %s downloaded from %s", key, mirror)
+
+
+def _push(pack: imagecache.Pack, mirror: str) -> None:
+    """Upload the pack (rows, manifest, then the `latest` pointer) unless the mirror has it;
+    the pack it replaces as `latest` is deleted."""
+    key = pack.path.stem
+    latest = storage.join(mirror, "latest")
+    previous = storage.read_text(latest).strip() if storage.exists(latest) else None
+    if previous == key:
+        return
+    storage.upload_file(pack.path, storage.join(mirror, f"{key}.u8"))
+    storage.upload_file(pack.manifest_path, storage.join(mirror, f"{key}.json"))
+    storage.write_text(latest, key)
+    if previous:
+        storage.remove(storage.join(mirror, f"{previous}.json"))
+        storage.remove(storage.join(mirror, f"{previous}.u8"))
+    log.info("image cache mirrored to %s/%s", mirror, key)

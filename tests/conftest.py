@@ -32,6 +32,20 @@ FAKE_AWS = {
 }
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory) -> Iterator[Path]:
+    """The session's camtrap cache (image cache, data and run copies): a new folder, never the
+    user's ~/.cache/camtrap. Tests that need a fresh "machine" set their own (`cache_dir`)."""
+    path = tmp_path_factory.mktemp("camtrap-cache")
+    saved = os.environ.get("CAMTRAP_CACHE_DIR")
+    os.environ["CAMTRAP_CACHE_DIR"] = str(path)
+    yield path
+    if saved is None:
+        os.environ.pop("CAMTRAP_CACHE_DIR", None)
+    else:
+        os.environ["CAMTRAP_CACHE_DIR"] = saved
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -6,18 +6,25 @@ from __future__ import annotations
 import io
 import json
 import shutil
+from pathlib import Path
 
 import pandas as pd
 import pytest
 from prefect import flow
 
-from camtrap import storage
+from camtrap import imagecache, storage
 from camtrap.config import build_config
 from camtrap.errors import ConfigError, DataError, StorageError
 from flows.train_swin import train_swin
 from tasks import training
 from tasks.common import RunRef, TrainSummary
-from tasks.data import fetch_images, fetch_metadata, validate_and_split
+from tasks.data import (
+    cache_images,
+    fetch_images,
+    fetch_metadata,
+    mirror_uri,
+    validate_and_split,
+)
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
@@ -83,6 +90,7 @@ def test_flow_on_s3_writes_the_layout_and_artifacts_then_hits_the_cache(
         "fetch-images": ["Completed"],
         "validate-and-split": ["Completed"],
         "run-status": ["Completed"],
+        "cache-images": ["Completed"],
         "train": ["Completed"],
         "evaluate": ["Completed"],
         "publish": ["Completed"],
@@ -278,3 +286,40 @@ def test_a_deleted_run_folder_is_started_again_despite_the_cache(
     assert record.tasks["train"] == ["Completed"]
     assert again.result() == first.result()
     assert _run_files(s3_server, again.result()) == LAYOUT
+
+
+def test_a_mirrored_image_cache_spares_another_machine_every_decode(
+    s3_server, demo_uri, tmp_path, monkeypatch, tiny
+):
+    config = build_config("smoke", overrides={**tiny, "data.cache_mirror": True})
+    output_uri = f"s3://{s3_server.new_bucket('runs')}/runs"
+
+    @flow
+    def prepare_and_cache():
+        snapshot = fetch_images(fetch_metadata(demo_uri, config.data), config.data)
+        run = validate_and_split(snapshot, config, output_uri)
+        return cache_images(snapshot, config, run, output_uri)
+
+    decodes: list[str] = []
+    decode = imagecache.decode_resized
+
+    def counting(source, size, name=None):
+        decodes.append(str(name))
+        return decode(source, size, name)
+
+    monkeypatch.setattr(imagecache, "decode_resized", counting)
+    monkeypatch.setenv("CAMTRAP_CACHE_DIR", str(tmp_path / "machine-a"))
+    first = prepare_and_cache()
+    assert (len(decodes), first.decoded, first.copied) == (32, 0, 32)  # in validation, once each
+    bucket, prefix = storage.split_s3(mirror_uri(config, output_uri))
+    key = storage.read_text(f"{mirror_uri(config, output_uri)}/latest").strip()
+    assert s3_server.keys(bucket, prefix) == sorted(
+        [f"{prefix}/latest", f"{prefix}/{key}.json", f"{prefix}/{key}.u8"]
+    )
+
+    decodes.clear()
+    monkeypatch.setenv("CAMTRAP_CACHE_DIR", str(tmp_path / "machine-b"))
+    second = prepare_and_cache.with_options(name="on-machine-b")()
+    assert decodes == [] and second.reused  # downloaded, checked, used as it is
+    a, b = (Path(ref.manifest).with_suffix(".u8").read_bytes() for ref in (first, second))
+    assert a == b and Path(second.manifest).is_relative_to(tmp_path / "machine-b")

@@ -43,7 +43,8 @@ def test_module_runs_the_flow_on_local_folders_without_a_server(demo_dir, tmp_pa
     assert info["status"] == "completed"
     assert all((run_dir / name).is_file() for name in info["files"])
     assert (run_dir / "final_resnet18_model_smoke_best.pth").is_file()
-    assert not (tmp_path / "cache").exists()  # local data and outputs are used in place
+    # local data and outputs are used in place: the cache holds only the decoded images
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == ["images"]
 
 
 def test_module_exits_2_naming_a_missing_data_folder(tmp_path):

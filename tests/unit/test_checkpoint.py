@@ -1,9 +1,13 @@
+import contextvars
 import os
+import threading
+import time
 
 import pytest
 import torch
 
 from camtrap import checkpoint
+from camtrap.checkpoint import BackgroundWriter, cpu_copy
 from camtrap.errors import StorageError
 
 
@@ -48,3 +52,57 @@ def test_rng_state_round_trip_reproduces_draws():
     first = torch.rand(3)
     checkpoint.restore_rng_state(saved)
     assert torch.equal(torch.rand(3), first)
+
+
+def test_background_writer_keeps_one_job_in_flight_and_in_order():
+
+    events: list[str] = []
+    release = threading.Event()
+
+    def slow() -> None:
+        release.wait(5)
+        events.append("first done")
+
+    writer = BackgroundWriter()
+    writer.submit(slow)
+    starter = threading.Thread(target=lambda: writer.submit(lambda: events.append("second")))
+    starter.start()
+    time.sleep(0.2)
+    assert events == []  # the second job waits for the first: never two epochs unsaved
+    release.set()
+    starter.join(5)
+    writer.wait()
+    assert events == ["first done", "second"]
+
+
+def test_background_writer_raises_a_jobs_error_on_the_next_submit():
+    class DiskFull(OSError):
+        pass
+
+    def fail() -> None:
+        raise DiskFull("no space left")
+
+    writer = BackgroundWriter()
+    writer.submit(fail)
+    with pytest.raises(DiskFull):
+        writer.submit(lambda: None)
+    writer.wait()  # raised once, then clear
+
+
+def test_background_jobs_see_the_submitters_context():
+
+    run = contextvars.ContextVar("run", default="none")
+    run.set("run-1")  # what Prefect's task context is: a contextvar
+    seen: list[str] = []
+    writer = BackgroundWriter()
+    writer.submit(lambda: seen.append(run.get()))
+    writer.wait()
+    assert seen == ["run-1"]
+
+
+def test_cpu_copy_is_a_snapshot():
+    weights = torch.zeros(3)
+    state = {"model": {"w": weights}, "history": [1, 2], "epoch": 4}
+    copy = cpu_copy(state)
+    weights += 1  # training goes on
+    assert copy["model"]["w"].tolist() == [0.0, 0.0, 0.0] and copy["history"] == [1, 2]

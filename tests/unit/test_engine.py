@@ -28,6 +28,10 @@ def test_fp16_amp_uses_a_scaler_bf16_does_not():
     assert not Precision("cuda", False, torch.float16).use_scaler
 
 
+def _as_is(images: torch.Tensor) -> torch.Tensor:
+    return images
+
+
 def _loader(x, y, batch_size=2):
     return DataLoader(TensorDataset(x, y), batch_size=batch_size)
 
@@ -38,9 +42,7 @@ def test_predict_reports_mean_per_sample_loss_and_softmax():
         model.weight.copy_(torch.eye(2))
     x = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 0.0]])
     y = torch.tensor([0, 0, 1])
-    out = predict(
-        model, _loader(x, y), torch.device("cpu"), precision_for(torch.device("cpu"), False)
-    )
+    out = predict(model, _loader(x, y), _as_is, precision_for(torch.device("cpu"), False))
     # logits = x; CE([0,0], any) = ln 2; CE([1,0], 0) = ln(1 + e^-1)
     expected = (2 * np.log(2) + np.log(1 + np.exp(-1))) / 3
     assert out.loss == pytest.approx(expected, rel=1e-6)  # batches of 2 and 1, weighted by size
@@ -56,8 +58,9 @@ def test_train_one_epoch_updates_weights_and_lowers_loss():
     cpu = torch.device("cpu")
     precision = precision_for(cpu, amp=True)
     opt = torch.optim.AdamW(model.parameters(), lr=0.1)
+    scaler = make_scaler(precision)
     losses = [
-        train_one_epoch(model, _loader(x, y, 8), opt, make_scaler(precision), cpu, precision).loss
+        train_one_epoch(model, _loader(x, y, 8), opt, scaler, _as_is, precision).loss
         for _ in range(5)
     ]
     assert losses[-1] < losses[0] * 0.8

@@ -158,3 +158,14 @@ def test_ena24_mini_real_photos_train_end_to_end(tmp_path, ena24_root, tiny_conf
     assert split[split.split == "val"].label.value_counts().max() == 1
     cm = pd.read_csv(summary.run_dir / "metrics" / "confusion_matrix.csv", index_col=0)
     assert cm.to_numpy().sum() == 6 and list(cm.index) == info["classes"]
+
+
+@pytest.mark.slow
+def test_compiled_training_saves_plain_model_files(tmp_path, demo_root, tiny_config):
+    # torch.compile wraps the model; the files must still hold the plain module's weights.
+    config = tiny_config(**{"train.epochs": 1, "train.compile": True})
+    summary = _run(config, demo_root, tmp_path)
+    state = load_torch(summary.run_dir / "state" / "last.pt")
+    assert not any(key.startswith("_orig_mod") for key in state["model"])
+    model, meta = load_model(summary.run_dir / "final_resnet18_model_smoke_best.pth")
+    assert meta.epoch == 1 and isinstance(model, torch.nn.Module)

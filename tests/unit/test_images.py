@@ -215,6 +215,12 @@ def test_truncated_jpeg_raises_and_flag_stays_off(tmp_path):
     assert "truncated or corrupt" in problem.message and "truncated" in problem.message
 
 
+def test_a_jpeg_cut_inside_its_header_is_a_problem_not_an_oserror():
+    data = _noise_jpeg()
+    problem = _problem(data[:300], name="cut.jpg")  # Image.open itself fails here
+    assert problem.file == "cut.jpg" and "truncated or corrupt" in problem.message
+
+
 def test_truncated_png_raises():
     data = _save(Image.new("RGB", (64, 48), (9, 9, 9)), "PNG")
     problem = _problem(data[: len(data) - 30], name="cut.png")

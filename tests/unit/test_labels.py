@@ -1,5 +1,6 @@
 """camtrap.labels: the Conser-vision contract, and a precise report of every way to break it."""
 
+import hashlib
 import io
 import os
 from pathlib import Path
@@ -97,7 +98,8 @@ def test_valid_dataset_loads_into_one_frame(root):
     assert isinstance(data, LabelledData) and data.root == root
     assert data.classes == CLASSES
     frame = data.frame
-    assert list(frame.columns) == ["id", "filepath", "path", "site", "label", "label_idx"]
+    columns = ["id", "filepath", "path", "site", "label", "label_idx", "sha256"]
+    assert list(frame.columns) == columns
     assert list(frame.index) == list(range(6))
     assert frame["id"].tolist() == ["007", "a1", "b1", "b2", "c1", "c2"]  # "007" kept
     assert frame["filepath"].iloc[0] == "images/007.png"  # as written in the CSV
@@ -106,6 +108,8 @@ def test_valid_dataset_loads_into_one_frame(root):
     assert frame["label"].tolist() == ["zebra", "zebra", "antelope", "antelope", "mole", "mole"]
     assert frame["label_idx"].tolist() == [0, 0, 1, 1, 2, 2]  # index into CLASSES, not sorted
     assert frame["label_idx"].dtype == np.int64
+    first = hashlib.sha256((root / "images" / "007.png").read_bytes()).hexdigest()
+    assert frame["sha256"].iloc[0] == first  # of the file's bytes: the image cache's key
 
 
 def test_integer_labels_bom_blank_lines_and_padding_are_fine(root):
