@@ -9,10 +9,15 @@ import logging
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from camtrap.config import PRESETS, build_config
 from camtrap.errors import CamtrapError, ConfigError
+
+if TYPE_CHECKING:
+    from camtrap.pipeline import RunSummary
 
 log = logging.getLogger("camtrap")
 
@@ -69,39 +74,70 @@ def _refuse_uris(**locations: str) -> None:
             )
 
 
-def _train(data: Path, out: Path, preset: str, config_file, overrides, run_id, force) -> int:
+def _run_library(
+    data: Path, out: Path, preset: str, config_file, overrides, run_id, force
+) -> RunSummary:
     from camtrap.pipeline import run_all
 
     config = build_config(preset, config_file, overrides)
-    summary = run_all(config, data, out, run_id=run_id, force=force)
+    return run_all(config, data, out, run_id=run_id, force=force)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    _refuse_uris(data=args.data, out=args.out)
+    summary = _run_library(
+        Path(args.data), Path(args.out), args.preset, args.config, args.set, args.run_id, args.force
+    )
     val = "  ".join(f"{k} {v:.4f}" for k, v in summary.val.items())
     print(f"{summary.status}: {summary.run_dir}\n  best epoch {summary.best_epoch}: {val}")
     return 0
 
 
-def _cmd_train(args: argparse.Namespace) -> int:
-    _refuse_uris(data=args.data, out=args.out)
-    return _train(
-        Path(args.data), Path(args.out), args.preset, args.config, args.set, args.run_id, args.force
-    )
-
-
 def _cmd_demo(args: argparse.Namespace) -> int:
     from camtrap.demo import write_demo_dataset
+    from camtrap.report import run_summary
 
     data, runs = Path(args.dir) / "data", Path(args.dir) / "runs"
     if not (data / "train_labels.csv").exists():
         write_demo_dataset(data, per_class=args.per_class, seed=0)
         log.info("wrote demo data to %s", data)
     if args.no_prefect:
-        return _train(data, runs, "smoke", None, args.set, None, False)
-    # The flow runs in a child process: the library itself never imports Prefect. With no server
-    # configured, Prefect starts a temporary one for the run.
+        summary = _run_library(data, runs, "smoke", None, args.set, None, False)
+        print(run_summary(summary.run_dir))
+        return 0
+    code, run_dir = _run_flow_module(data, runs, args.set)
+    if code == 0 and run_dir is not None:
+        print(run_summary(run_dir, _prefect_command(), os.environ.get("PREFECT_API_URL")))
+    return code
+
+
+def _run_flow_module(data: Path, runs: Path, overrides: list[str]) -> tuple[int, Path | None]:
+    """The flow `train-swin` (preset smoke) in a child process: the library itself never imports
+    Prefect. With no server configured, the child starts a temporary one. Returns the child's
+    exit status and the run folder it printed last (None when it failed)."""
     command = [sys.executable, "-m", "flows.train_swin", "--data", str(data), "--out", str(runs),
-               "--preset", "smoke", *[arg for s in args.set for arg in ("--set", s)]]  # fmt: skip
+               "--preset", "smoke", *[arg for s in overrides for arg in ("--set", s)]]  # fmt: skip
     # A laptop demo sends nothing anywhere: no analytics from the temporary server.
     env = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1", **os.environ}
-    return subprocess.run(command, check=False, env=env).returncode
+    # stdout through a file, not a pipe: the temporary server inherits it, and a pipe it held
+    # open after the child's end would keep us waiting.
+    with tempfile.TemporaryFile("w+") as out:
+        code = subprocess.run(command, check=False, env=env, stdout=out).returncode
+        out.seek(0)
+        printed = out.read()
+    lines = printed.rstrip().splitlines(keepends=True)
+    if code != 0 or not lines:
+        sys.stdout.write(printed)
+        return code, None
+    sys.stdout.write("".join(lines[:-1]))  # its last line, the run folder, heads the summary
+    return code, Path(lines[-1].strip())
+
+
+def _prefect_command() -> str:
+    """The `prefect` executable beside this Python, relative to the current folder if inside."""
+    path = Path(sys.executable).parent / "prefect"
+    relative = os.path.relpath(path)
+    return relative if not relative.startswith("..") else str(path)
 
 
 def _add_train_options(parser: argparse.ArgumentParser) -> None:

@@ -21,6 +21,7 @@ from prefect.runtime import flow_run
 
 from camtrap.config import PRESETS, build_config, parse_override
 from camtrap.errors import CamtrapError
+from flows.local_prefect import prepare_temporary_server
 from tasks.data import (
     cache_images,
     fetch_images,
@@ -104,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
     try:
         overrides = dict(parse_override(text) for text in args.set)
+        prepare_temporary_server()  # no-op with PREFECT_API_URL; else works on a fresh machine
     except CamtrapError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 TINY_ARGS = [
     "--preset", "smoke",
@@ -19,7 +21,9 @@ TINY_ARGS = [
 ]  # fmt: skip
 
 
-def _run_module(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
+def _run_module(
+    args: list[str], tmp_path: Path, extra_env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "AWS_"))}
     env.update(
         PREFECT_HOME=str(tmp_path / "prefect-home"),
@@ -27,6 +31,7 @@ def _run_module(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
         DO_NOT_TRACK="1",
         CAMTRAP_CACHE_DIR=str(tmp_path / "cache"),
     )
+    env.update(extra_env or {})
     return subprocess.run(
         [sys.executable, "-m", "flows.train_swin", *args],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
@@ -71,3 +76,141 @@ def test_camtrap_demo_runs_the_flow_end_to_end(tmp_path):
     info = json.loads((runs[0] / "run.json").read_text())
     assert info["status"] == "completed" and len(info["classes"]) == 8
     assert "Flow run" in proc.stderr + proc.stdout  # it went through Prefect, not the library alone
+    # The summary a first-time user reads: where the run is, how good, what to open, the UI.
+    summary = proc.stdout.splitlines()
+    assert f"Run folder: {runs[0]}" in summary
+    val = info["val"]
+    best = f"val accuracy {val['accuracy']:.4f}, val log loss {val['log_loss']:.4f}"
+    assert f"Best epoch {info['best_epoch']} of 2: {best}" in summary
+    for name in ("metrics/epochs.csv", "plots/curves.png", "final_resnet18_model_smoke_best.pth"):
+        assert any(line.startswith(f"  {name}  ") for line in summary), name
+    assert any("server start`, then open http://127.0.0.1:4200" in line for line in summary)
+
+
+# --- a brand-new machine: Prefect's temporary server creates its database on its first start ---
+
+# Put on PYTHONPATH, it runs at the start of every Python process of the test (the flow, the
+# temporary server, `prefect server database upgrade`) and slows what the environment asks for.
+SLOW_SITECUSTOMIZE = """
+import os, sqlite3, sys, time
+
+def _migrated(db):
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+            query = "select 1 from sqlite_master where name = 'alembic_version'"
+            return conn.execute(query).fetchone() is not None
+    except sqlite3.Error:
+        return False
+
+if os.environ.get("SLOW_FIRST_MIGRATION_DB"):  # the first migration takes 25 s longer, anywhere
+    import alembic.command
+
+    _upgrade = alembic.command.upgrade
+
+    def upgrade(*args, **kwargs):
+        if not _migrated(os.environ["SLOW_FIRST_MIGRATION_DB"]):
+            with open(os.environ["SLOW_FIRST_MIGRATION_DB"] + ".slowed", "a") as log:
+                print(sys.argv, file=log)  # the test checks that the slowdown did happen
+            time.sleep(25)
+        return _upgrade(*args, **kwargs)
+
+    alembic.command.upgrade = upgrade
+
+# Only in Prefect's temporary server: Prefect sets PREFECT__SERVER_EPHEMERAL for it.
+if os.environ.get("SLOW_SERVER_START") and os.environ.get("PREFECT__SERVER_EPHEMERAL") == "1":
+    with open(os.environ["SLOW_SERVER_START"], "a") as log:
+        print(sys.argv, file=log)
+    time.sleep(60)
+"""
+
+
+def _slow(tmp_path: Path, **env: str) -> dict[str, str]:
+    site = tmp_path / "site"
+    site.mkdir(exist_ok=True)
+    (site / "sitecustomize.py").write_text(SLOW_SITECUSTOMIZE)
+    return {"PYTHONPATH": str(site), **env}
+
+
+@pytest.mark.slow
+def test_first_run_on_a_fresh_machine_waits_for_a_slow_first_migration(demo_dir, tmp_path):
+    # Seen: a fresh PREFECT_HOME on 2 busy cores; the temporary server migrated its database for
+    # longer than Prefect's 20 s startup deadline and the run died with "Timed out ...".
+    db = tmp_path / "prefect-home" / "prefect.db"
+    env = _slow(tmp_path, SLOW_FIRST_MIGRATION_DB=str(db))
+    out = tmp_path / "runs"
+    proc = _run_module(["--data", str(demo_dir), "--out", str(out), *TINY_ARGS], tmp_path, env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Timed out" not in proc.stdout + proc.stderr
+    assert (tmp_path / "prefect-home" / "prefect.db.slowed").is_file()  # it was slow
+    run_dir = Path(proc.stdout.strip().splitlines()[-1])
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "completed"
+
+
+def test_a_prefect_home_that_cannot_hold_a_database_is_one_error_line(demo_dir, tmp_path):
+    (tmp_path / "a-file").write_text("not a folder")
+    home = tmp_path / "a-file" / "prefect-home"
+    proc = _run_module(
+        ["--data", str(demo_dir), "--out", str(tmp_path / "runs"), *TINY_ARGS],
+        tmp_path, {"PREFECT_HOME": str(home)},
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1
+    assert errors[0].startswith(f"error: could not create or migrate Prefect's database in {home}")
+    assert "fix: check that PREFECT_HOME" in errors[0] and "PREFECT_API_URL" in errors[0]
+
+
+def test_the_users_startup_timeout_wins_and_a_late_server_is_one_error_line(demo_dir, tmp_path):
+    env = _slow(
+        tmp_path,
+        SLOW_SERVER_START=str(tmp_path / "server.slowed"),
+        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="3",
+        PREFECT_SERVER_DATABASE_MIGRATE_ON_START="false",  # no database needed to time out
+    )
+    args = ["--data", str(demo_dir), "--out", str(tmp_path / "runs"), *TINY_ARGS]
+    proc = _run_module(args, tmp_path, env)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1
+    assert errors[0].startswith("error: Prefect's temporary server did not start within 3 s")
+    assert "PREFECT_API_URL" in errors[0]
+    assert (tmp_path / "server.slowed").is_file()  # it was the server that was late
+    assert not (tmp_path / "runs").exists()  # nothing ran
+
+
+def _settings(monkeypatch, tmp_path: Path, **env: str):
+    """Prefect's settings as a process with only these PREFECT_* variables would read them."""
+    from prefect.settings import Settings
+
+    for key in [k for k in os.environ if k.startswith("PREFECT_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "home"))
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    return Settings()
+
+
+def test_startup_timeout_is_long_unless_the_user_set_one(monkeypatch, tmp_path):
+    from flows.local_prefect import STARTUP_TIMEOUT_S, startup_timeout_s
+
+    assert startup_timeout_s(_settings(monkeypatch, tmp_path)) == STARTUP_TIMEOUT_S == 600
+    env = {"PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "20"}  # even Prefect's default
+    assert startup_timeout_s(_settings(monkeypatch, tmp_path, **env)) == 20
+    (tmp_path / "home").mkdir()
+    profile = '[profiles.mine]\nPREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS = "45"\n'
+    (tmp_path / "home" / "profiles.toml").write_text(f'active = "mine"\n{profile}')
+    assert startup_timeout_s(_settings(monkeypatch, tmp_path)) == 45
+
+
+def test_nothing_is_prepared_when_an_api_url_is_configured(monkeypatch, tmp_path):
+    import flows.local_prefect as local_prefect
+
+    def fail(*args, **kwargs):
+        raise AssertionError("a configured API needs no temporary server")
+
+    monkeypatch.setattr(local_prefect, "migrate_database", fail)
+    monkeypatch.setattr(local_prefect, "start_temporary_server", fail)
+    settings = _settings(monkeypatch, tmp_path, PREFECT_API_URL="http://127.0.0.1:9/api")
+    local_prefect.prepare_temporary_server(settings)

@@ -112,3 +112,14 @@ def test_smoke_preset_clearly_learns_the_demo_data(tmp_path):
     # 8 classes: chance is 0.125. Measured here: best 0.84 at epoch 15, first epoch 0.16.
     assert val.accuracy.max() >= 0.5
     assert val.loss.min() < val.loss.iloc[0]
+
+
+def test_demo_without_prefect_ends_with_the_run_summary(tmp_path, capsys):
+    code = main(["demo", "--dir", str(tmp_path / "demo"), "--per-class", "4", "--no-prefect",
+                 *_sets("train.epochs=1")])  # fmt: skip
+    assert code == 0
+    lines = capsys.readouterr().out.splitlines()
+    run_dir = next((tmp_path / "demo" / "runs" / "smoke").iterdir())
+    assert lines[0] == f"Run folder: {run_dir}"
+    assert lines[1].startswith("Best epoch 1 of 1: val accuracy ")
+    assert not any("Prefect" in line for line in lines)  # no Prefect run to look at
