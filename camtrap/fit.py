@@ -256,7 +256,11 @@ class _Trainer:
         log.info("resuming %s after epoch %d", self.files.root, self.completed)
 
     # --- outputs -----------------------------------------------------------------------------
-    def model_file(self, epoch: int, metrics: dict[str, float]) -> dict[str, Any]:
+    def model_file(
+        self, epoch: int, metrics: dict[str, float], weights: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """A model file's dict; `weights` (a snapshot of the state_dict) instead of the live
+        ones when it is written while training goes on."""
         cfg = self.config
         meta = ModelMeta(
             arch=cfg.model.arch,
@@ -268,7 +272,8 @@ class _Trainer:
             metrics=metrics,
             config=cfg.model_dump(mode="json"),
         )
-        return checkpoint.cpu_copy(model_file_dict(self.model, meta))
+        file = model_file_dict(self.model, meta)
+        return file if weights is None else {**file, "model": weights}
 
     # --- one epoch -----------------------------------------------------------------------------
     def run_epoch(self, epoch: int, on_epoch_end: Callable[[EpochRecord], None] | None) -> None:
@@ -313,8 +318,9 @@ class _Trainer:
         """Snapshot the epoch's state now; write it (best model, state, metrics) and run
         `on_epoch_end` (uploads, artifacts) while the next epoch trains. The state on disk is
         always a whole epoch's: resume reads only what was fully written."""
-        best = self.model_file(record.epoch, _prefixed(record.val)) if record.is_best else None
-        state = self.state_dict()
+        state = self.state_dict()  # one copy of the weights serves the best model file too
+        val = _prefixed(record.val)
+        best = self.model_file(record.epoch, val, state["model"]) if record.is_best else None
         history, per_class = pd.DataFrame(self.history), pd.DataFrame(self.per_class)
 
         def write() -> None:

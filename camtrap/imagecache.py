@@ -17,8 +17,8 @@ A dataset's pack is keyed by its content: the ids and image hashes in dataset or
 pack copies the rows any other pack already holds (by image hash) and decodes only the rest, so a
 retrain after 100 new photos decodes 100. Validation decodes each image it has not seen into a
 `delta` pack (`Decoder`), so one run decodes each image at most once. Every pack is checked
-against its manifest's sha256 before it is used: a truncated or altered file is rebuilt, never
-trained on.
+against its manifest's sha256 before it is used (once per change of the file: see `_intact`):
+a truncated or altered file is rebuilt, never trained on.
 """
 
 from __future__ import annotations
@@ -171,18 +171,37 @@ def _parse_manifest(text: str, data_path: Path) -> Pack | None:
     return pack if ok and len(pack.ids) == len(pack.hashes) else None
 
 
-def _intact(pack: Pack) -> bool:
-    """The file has the manifest's length and sha256."""
+def _intact(pack: Pack, seal: bool = True) -> bool:
+    """The file has the manifest's length and sha256. Hashing 2.5 GB takes seconds, so a
+    verified file is sealed: its identity (inode, size, modification and change times) is noted
+    beside it, and while that is unchanged, no write has touched it and it is not hashed
+    again. Any write, truncation or replacement changes the change time."""
     try:
         if pack.path.stat().st_size != len(pack) * pack.row_bytes:
             return False
-        return _file_sha256(pack.path) == pack.checksum
+        if seal and _seal_path(pack).exists() and _seal_path(pack).read_text() == _stamp(pack):
+            return True
+        if _file_sha256(pack.path) != pack.checksum:
+            return False
     except OSError:
         return False
+    if seal:
+        atomic_write_text(_seal_path(pack), _stamp(pack))
+    return True
+
+
+def _seal_path(pack: Pack) -> Path:
+    return pack.path.with_suffix(".sealed")
+
+
+def _stamp(pack: Pack) -> str:
+    st = pack.path.stat()
+    return f"{st.st_ino} {st.st_size} {st.st_mtime_ns} {st.st_ctime_ns}\n"
 
 
 def _remove(pack: Pack) -> None:
     pack.manifest_path.unlink(missing_ok=True)  # the manifest first: no manifest, no pack
+    _seal_path(pack).unlink(missing_ok=True)
     pack.path.unlink(missing_ok=True)
 
 
@@ -209,7 +228,9 @@ def _commit(tmp: Path, store: Path, name: str, size: int, entries: Sequence[Cach
         tuple(e.sha256 for e in entries),
         _file_sha256(tmp),
     )
+    _seal_path(pack).unlink(missing_ok=True)
     os.replace(tmp, pack.path)
+    atomic_write_text(_seal_path(pack), _stamp(pack))  # just hashed: no need to hash it again
     info: dict[str, Any] = {
         "format": FORMAT,
         "kind": "delta" if name.startswith("delta-") else "dataset",
@@ -451,7 +472,7 @@ def adopt(store: Path, key: str, manifest_text: str, data: Path) -> Pack | None:
     rows in the local file `data` (moved into the store). None, and `data` removed, if the two
     do not match."""
     copied = _parse_manifest(manifest_text, data)
-    if copied is None or not _intact(copied):
+    if copied is None or not _intact(copied, seal=False):
         data.unlink(missing_ok=True)
         return None
     with store_lock(store):

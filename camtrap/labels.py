@@ -12,6 +12,7 @@ lines and quoted newlines do not shift them) and every value stays the string it
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import io
 import json
@@ -92,6 +93,7 @@ def validate_dataset(
     but not decoded.
     """
     root = Path(root)
+    _filepath_problem.cache_clear()  # files may have become links since the last validation
     if not root.is_dir():
         fix = "pass the folder that holds the CSV files and the images"
         return None, [Problem(file=str(root), message="data root is not a folder", fix=fix)]
@@ -265,6 +267,8 @@ def _feature_row_problems(features: _Table, root: Path) -> list[Problem]:
     return problems
 
 
+# Asked twice per row (row checks, then image reads): remembered, as are the root's own paths.
+@functools.lru_cache(maxsize=1 << 17)
 def _filepath_problem(root: Path, filepath: str) -> str | None:
     """Why `filepath` may not be used (empty, absolute, leaving the root), or None."""
     if not filepath:
@@ -272,16 +276,26 @@ def _filepath_problem(root: Path, filepath: str) -> str | None:
     if Path(filepath).is_absolute():
         return f"filepath {filepath!r} is absolute"
     lexical = _image_path(root, filepath)
-    if not lexical.is_relative_to(os.path.abspath(root)):
+    if not lexical.is_relative_to(_absolute(root)):
         return f"filepath {filepath!r} leads outside the data root ('..')"
-    if not lexical.resolve().is_relative_to(root.resolve()):
+    if not lexical.resolve().is_relative_to(_real(root)):
         return f"filepath {filepath!r} is a link to {lexical.resolve()}, outside the data root"
     return None
 
 
+@functools.lru_cache(maxsize=64)
+def _absolute(root: Path) -> Path:
+    return Path(os.path.abspath(root))
+
+
+@functools.lru_cache(maxsize=64)
+def _real(root: Path) -> Path:
+    return root.resolve()
+
+
 def _image_path(root: Path, filepath: str) -> Path:
     """The absolute path of an image, `..` collapsed, links inside the root left as they are."""
-    return Path(os.path.normpath(Path(os.path.abspath(root)) / filepath))
+    return Path(os.path.normpath(_absolute(root) / filepath))
 
 
 def _label_row_problems(

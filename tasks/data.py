@@ -144,7 +144,7 @@ def cache_images(
     snapshot: DataSnapshot, config: RunConfig, run: RunRef, output_uri: str
 ) -> ImageCacheRef:
     """Every image of the run decoded once into the local image cache (rows validation decoded
-    are copied, not decoded again), checked against its sha256 each time. Not cached by Prefect:
+    are copied, not decoded again), checked against its sha256. Not cached by Prefect:
     reusing an intact cache is this task's fast path. With data.cache_mirror the pack is also
     kept under {output_uri}/cache/, for workers on other machines (see `pull_image_cache`)."""
     with library_logs():

@@ -26,7 +26,8 @@ from tasks.data import (
     validate_and_split,
 )
 
-pytestmark = pytest.mark.usefixtures("prefect_api")
+# Every test here starts Prefect's server, and most train.
+pytestmark = [pytest.mark.usefixtures("prefect_api"), pytest.mark.slow]
 
 LAYOUT = sorted(
     [

@@ -38,6 +38,7 @@ def _run_module(
     )  # fmt: skip
 
 
+@pytest.mark.slow
 def test_module_runs_the_flow_on_local_folders_without_a_server(demo_dir, tmp_path):
     out = tmp_path / "runs"
     proc = _run_module(["--data", str(demo_dir), "--out", str(out), *TINY_ARGS], tmp_path)
@@ -52,6 +53,7 @@ def test_module_runs_the_flow_on_local_folders_without_a_server(demo_dir, tmp_pa
     assert [p.name for p in (tmp_path / "cache").iterdir()] == ["images"]
 
 
+@pytest.mark.slow
 def test_module_exits_2_naming_a_missing_data_folder(tmp_path):
     proc = _run_module(["--data", str(tmp_path / "nowhere"), "--out", str(tmp_path)], tmp_path)
     assert proc.returncode == 2
@@ -60,6 +62,7 @@ def test_module_exits_2_naming_a_missing_data_folder(tmp_path):
     assert errors[0].startswith(f"error: {tmp_path / 'nowhere'} is not a folder — fix: ")
 
 
+@pytest.mark.slow
 def test_camtrap_demo_runs_the_flow_end_to_end(tmp_path):
     # The README's Run command, made tiny: demo data + the flow with a temporary Prefect server.
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "AWS_"))}
@@ -146,6 +149,7 @@ def test_first_run_on_a_fresh_machine_waits_for_a_slow_first_migration(demo_dir,
     assert json.loads((run_dir / "run.json").read_text())["status"] == "completed"
 
 
+@pytest.mark.slow
 def test_a_prefect_home_that_cannot_hold_a_database_is_one_error_line(demo_dir, tmp_path):
     (tmp_path / "a-file").write_text("not a folder")
     home = tmp_path / "a-file" / "prefect-home"
@@ -161,6 +165,7 @@ def test_a_prefect_home_that_cannot_hold_a_database_is_one_error_line(demo_dir, 
     assert "fix: check that PREFECT_HOME" in errors[0] and "PREFECT_API_URL" in errors[0]
 
 
+@pytest.mark.slow
 def test_the_users_startup_timeout_wins_and_a_late_server_is_one_error_line(demo_dir, tmp_path):
     env = _slow(
         tmp_path,

@@ -13,6 +13,8 @@ from camtrap.fit import RunFiles
 from camtrap.labels import load_dataset
 from camtrap.models import load_model
 
+pytestmark = pytest.mark.slow  # every test here trains
+
 METRIC_COLUMNS = ["epoch", "split", "accuracy", "loss", "log_loss", "top3_accuracy"]
 
 
@@ -160,7 +162,6 @@ def test_ena24_mini_real_photos_train_end_to_end(tmp_path, ena24_root, tiny_conf
     assert cm.to_numpy().sum() == 6 and list(cm.index) == info["classes"]
 
 
-@pytest.mark.slow
 def test_compiled_training_saves_plain_model_files(tmp_path, demo_root, tiny_config):
     # torch.compile wraps the model; the files must still hold the plain module's weights.
     config = tiny_config(**{"train.epochs": 1, "train.compile": True})

@@ -245,3 +245,15 @@ def test_pipeline_cache_step_reads_the_run_split(demo_root, tmp_path, tiny_confi
     pipeline.prepare(config, data, run_dir)
     report = pipeline.cache_images(config, run_dir, demo_root, cache_root=tmp_path / "images")
     assert report.decoded == 0 and list(report.pack.ids) == data.frame["id"].tolist()
+
+
+def test_an_unchanged_pack_is_not_hashed_again_a_touched_one_is(demo_root, tmp_path, monkeypatch):
+    data, _ = _validate(demo_root, tmp_path)
+    pack = ensure_pack(_entries(data), SIZE, tmp_path).pack
+    hashed: list[Path] = []
+    real = imagecache._file_sha256
+    monkeypatch.setattr(imagecache, "_file_sha256", lambda path: hashed.append(path) or real(path))
+    assert ensure_pack(_entries(data), SIZE, tmp_path).reused and hashed == []
+    os.utime(pack.path)  # any change to the file, even of its times alone, means a new check
+    assert ensure_pack(_entries(data), SIZE, tmp_path).reused and hashed == [pack.path]
+    assert ensure_pack(_entries(data), SIZE, tmp_path).reused and hashed == [pack.path]
