@@ -104,16 +104,30 @@ def make_loader(
 class DeviceNormalize:
     """uint8 (B, s, s, 3) on the host -> normalised float32 (B, 3, s, s) on `device`: the same
     arithmetic as ToTensor (/255) + Normalize ((x - mean) / std), after the copy, so 4x fewer
-    bytes cross to the GPU. On CUDA the result is channels_last (the permuted NHWC layout)."""
+    bytes cross to the GPU. On CUDA the result is channels_last (the permuted NHWC layout).
+
+    On CPU the result lives in one of two buffers used in turn, valid until the call after
+    next: a fresh 38 MB batch costs as much as the arithmetic (the allocator maps and unmaps
+    it each time). Autograd's version counters raise if a batch is overwritten too early."""
 
     def __init__(self, mean: Sequence[float], std: Sequence[float], device: torch.device) -> None:
         self.device = device
         self.mean = torch.tensor(mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+        self._buffers: list[torch.Tensor] = []
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         nchw = images.to(self.device, non_blocking=True).permute(0, 3, 1, 2)
-        cuda = self.device.type == "cuda"
-        layout = torch.channels_last if cuda else torch.contiguous_format
-        x = nchw.to(torch.float32, memory_format=layout).div_(255)
-        return x.sub_(self.mean).div_(self.std)
+        if self.device.type == "cuda":
+            x = nchw.to(torch.float32, memory_format=torch.channels_last)
+        else:
+            x = self._next_buffer(nchw.shape).copy_(nchw)
+        return x.div_(255).sub_(self.mean).div_(self.std)
+
+    def _next_buffer(self, shape: torch.Size) -> torch.Tensor:
+        self._buffers = [b for b in self._buffers if b.shape == shape]
+        if len(self._buffers) < 2:
+            self._buffers.append(torch.empty(shape, dtype=torch.float32))
+        else:
+            self._buffers.reverse()  # the older one is reused
+        return self._buffers[-1]

@@ -257,3 +257,16 @@ def test_an_unchanged_pack_is_not_hashed_again_a_touched_one_is(demo_root, tmp_p
     os.utime(pack.path)  # any change to the file, even of its times alone, means a new check
     assert ensure_pack(_entries(data), SIZE, tmp_path).reused and hashed == [pack.path]
     assert ensure_pack(_entries(data), SIZE, tmp_path).reused and hashed == [pack.path]
+
+
+def test_cpu_batches_reuse_two_buffers_and_autograd_catches_misuse():
+    normalize = DeviceNormalize(MEAN, STD, torch.device("cpu"))
+    pixels = torch.randint(0, 256, (2, 4, 4, 3), dtype=torch.uint8)
+    first, second, third = normalize(pixels), normalize(pixels), normalize(pixels)
+    assert first.data_ptr() != second.data_ptr() and third.data_ptr() == first.data_ptr()
+    weight = torch.ones(1, requires_grad=True)
+    loss = (normalize(pixels) * weight).sum()  # saved for backward: the buffer of `second`
+    normalize(pixels)
+    normalize(pixels)  # overwrites it: backward must refuse, not use wrong values
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
