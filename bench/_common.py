@@ -29,6 +29,7 @@ import psutil
 import torch.utils.data
 from PIL import Image
 
+from camtrap import pipeline
 from camtrap.demo import SEED_CLASSES
 from camtrap.images import open_rgb
 
@@ -259,11 +260,9 @@ def data_stages(config: Any, data_root: Path, runs_root: Path) -> Stages:
 
 
 def split_items(run_dir: Path, pack: Any, classes: Sequence[str]) -> pd.DataFrame:
-    """split.csv with each image's row in `pack` and its class index: what fit.fit takes
-    (the same as camtrap.pipeline's private _split_items)."""
-    items = pd.read_csv(Path(run_dir) / "split.csv", dtype=str, keep_default_na=False)
-    items["row"] = items["id"].map(pack.row_of()).astype(int)
-    items["label_idx"] = items["label"].map({c: i for i, c in enumerate(classes)}).astype(int)
+    """split.csv with each image's row in `pack` and its class index: what fit.fit takes."""
+    items, found = pipeline.split_items(Path(run_dir), pack)
+    assert list(found) == list(classes), (found, classes)
     return items
 
 

@@ -5,6 +5,7 @@ real name."""
 from __future__ import annotations
 
 import contextvars
+import hashlib
 import io
 import os
 import tempfile
@@ -35,6 +36,15 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file's bytes, read in blocks (run.json's file list, the image cache)."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        for block in iter(lambda: fh.read(8 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def save_torch(obj: Any, path: str | Path) -> None:

@@ -42,7 +42,7 @@ import numpy as np
 import PIL
 from PIL import Image
 
-from camtrap.checkpoint import atomic_write_text
+from camtrap.checkpoint import atomic_write_text, file_sha256
 from camtrap.errors import DataError, Problem, StorageError
 from camtrap.images import open_rgb
 from camtrap.storage import default_cache_root
@@ -55,7 +55,6 @@ FORMAT = 1
 METHOD = "exif-rgb-pil-bilinear"
 KEEP_DATASET_PACKS = 3  # most recently used dataset packs kept per store; older ones are removed
 STALE_TMP_SECONDS = 6 * 3600  # temp files older than this were left by a killed process
-_HASH_BLOCK = 8 << 20
 
 
 class CacheEntry(NamedTuple):
@@ -139,14 +138,6 @@ def store_lock(store: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(_HASH_BLOCK), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _read_manifest(path: Path) -> Pack | None:
     try:
         return _parse_manifest(path.read_text(), path.with_suffix(".u8"))
@@ -181,7 +172,7 @@ def _intact(pack: Pack, seal: bool = True) -> bool:
             return False
         if seal and _seal_path(pack).exists() and _seal_path(pack).read_text() == _stamp(pack):
             return True
-        if _file_sha256(pack.path) != pack.checksum:
+        if file_sha256(pack.path) != pack.checksum:
             return False
     except OSError:
         return False
@@ -226,7 +217,7 @@ def _commit(tmp: Path, store: Path, name: str, size: int, entries: Sequence[Cach
         size,
         tuple(e.id for e in entries),
         tuple(e.sha256 for e in entries),
-        _file_sha256(tmp),
+        file_sha256(tmp),
     )
     _seal_path(pack).unlink(missing_ok=True)
     os.replace(tmp, pack.path)
@@ -317,13 +308,6 @@ class Decoder:
                            self.kept)  # fmt: skip
         log.info("image cache: decoded %d new images into %s", len(self.kept), pack.path.name)
         return pack
-
-    def discard(self) -> None:
-        if self._fh is not None:
-            self._fh.close()
-            self._fh = None
-        if self._tmp is not None:
-            self._tmp.unlink(missing_ok=True)
 
 
 # --- building a dataset's pack ------------------------------------------------------------------

@@ -151,7 +151,7 @@ def prepare(config: RunConfig, data: LabelledData, run_dir: Path) -> Path:
     return files.split_csv
 
 
-def _split_items(run_dir: Path, pack: imagecache.Pack) -> tuple[pd.DataFrame, list[str]]:
+def split_items(run_dir: Path, pack: imagecache.Pack) -> tuple[pd.DataFrame, list[str]]:
     """split.csv with each image's class index and its row in the image cache's `pack`."""
     classes = read_run_json(run_dir).get("classes")
     if not classes:
@@ -172,7 +172,7 @@ def train(
     device = resolve_device(config.train.device)
     log_memory("start", device)
     pack = cache_images(config, run_dir, data_root, cache_root).pack
-    items, classes = _split_items(run_dir, pack)
+    items, classes = split_items(run_dir, pack)
     log_memory("after CSV load", device)
     return fit(config, items, classes, Path(run_dir), pack, on_epoch_end)
 
@@ -181,7 +181,7 @@ def _val_predictions(config: RunConfig, run_dir: Path, data_root: Path, cache_ro
     """The best model's probabilities on the val split, recomputed from the saved file."""
     files = RunFiles.for_config(run_dir, config)
     pack = cache_images(config, run_dir, data_root, cache_root).pack
-    items, classes = _split_items(run_dir, pack)
+    items, classes = split_items(run_dir, pack)
     val = items[items["split"] == "val"].reset_index(drop=True)
     device = resolve_device(config.train.device)
     model, meta = load_model(files.best_model, device)
@@ -237,14 +237,6 @@ def record_training(run_dir: Path, result: FitResult) -> None:
     write_run_json(run_dir, info)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _git_commit() -> str | None:
     try:
         out = subprocess.run(
@@ -273,7 +265,10 @@ def finalize(run_dir: Path, status: str = "completed", val: dict | None = None) 
         },
         git_commit=_git_commit(),
         files={
-            str(p.relative_to(run_dir)): {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+            str(p.relative_to(run_dir)): {
+                "bytes": p.stat().st_size,
+                "sha256": checkpoint.file_sha256(p),
+            }
             for p in outputs
             if not p.name.endswith(".tmp")
         },

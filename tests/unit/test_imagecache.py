@@ -251,8 +251,8 @@ def test_an_unchanged_pack_is_not_hashed_again_a_touched_one_is(demo_root, tmp_p
     data, _ = _validate(demo_root, tmp_path)
     pack = ensure_pack(_entries(data), SIZE, tmp_path).pack
     hashed: list[Path] = []
-    real = imagecache._file_sha256
-    monkeypatch.setattr(imagecache, "_file_sha256", lambda path: hashed.append(path) or real(path))
+    real = imagecache.file_sha256
+    monkeypatch.setattr(imagecache, "file_sha256", lambda path: hashed.append(path) or real(path))
     assert ensure_pack(_entries(data), SIZE, tmp_path).reused and hashed == []
     os.utime(pack.path)  # any change to the file, even of its times alone, means a new check
     assert ensure_pack(_entries(data), SIZE, tmp_path).reused and hashed == [pack.path]
