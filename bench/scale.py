@@ -58,7 +58,7 @@ from _common import (
 from torch import nn
 from torch.utils.data import DataLoader
 
-from camtrap import fit, pipeline
+from camtrap import fit, runfolder
 from camtrap.config import RunConfig, build_config
 from camtrap.data import seed_transform
 from camtrap.imagecache import Pack
@@ -202,7 +202,7 @@ def fit_child(run_dir: str, pack: Pack, out_dir: str, fit_workers: int) -> dict[
 
 
 def _classes(run_dir: str) -> list[str]:
-    return pipeline.read_run_json(Path(run_dir))["classes"]
+    return runfolder.read_run_json(Path(run_dir))["classes"]
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""`camtrap` command line: demo-data, validate, train, demo.
+"""`camtrap` command line: demo-data, validate, train, demo, runs verify.
 
 User errors (bad data, config, paths) print a plain report and exit 2 — never a traceback."""
 
@@ -93,6 +93,19 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_runs_verify(args: argparse.Namespace) -> int:
+    from camtrap.runfolder import verify
+
+    problems = verify(args.run_uri)
+    if problems:
+        print(f"{args.run_uri}: {len(problems)} problem(s)", file=sys.stderr)
+        for problem in problems:
+            print(f"  - {problem}", file=sys.stderr)
+        return 1
+    print(f"{args.run_uri}: every file run.json lists is there with its sha256")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from camtrap.demo import write_demo_dataset
     from camtrap.report import run_summary
@@ -176,6 +189,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="train again even if the run finished")
     _add_train_options(p)
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("runs", help="inspect finished runs")
+    runs = p.add_subparsers(dest="runs_command", required=True)
+    p = runs.add_parser("verify", help="check every file run.json lists (sizes and sha256)")
+    p.add_argument("run_uri", help="a run folder: OUT/STAGE/RUN_ID or s3://bucket/prefix/...")
+    p.set_defaults(func=_cmd_runs_verify)
 
     p = sub.add_parser("demo", help="write demo data and run the flow train-swin on it (CPU)")
     p.add_argument("--dir", default="camtrap-demo", help="where demo data and runs go")

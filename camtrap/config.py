@@ -6,11 +6,21 @@ file on top, then `key=value` overrides with dotted keys (`train.epochs=2`)."""
 from __future__ import annotations
 
 import copy
+import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_serializer,
+    field_validator,
+)
 
 from camtrap.errors import ConfigError
 
@@ -18,6 +28,14 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 BestMetric = Literal["val_accuracy", "val_loss", "val_log_loss", "val_top3_accuracy"]
+
+# Images larger than these are refused at validation, before their pixels are decoded: a
+# hostile or broken file must not take the machine's memory. 50 megapixels is above every
+# camera-trap camera (12-24 MP typical) and decodes to 150 MB of RGB. 50 MB is far above a
+# camera-trap JPEG (1-10 MB; even a 50 MP JPEG at quality 95 is about 20 MB) and bounds what
+# validation holds in memory at once (each of its 8 reader threads holds one whole file: 400 MB).
+DEFAULT_MAX_IMAGE_PIXELS = 50_000_000
+DEFAULT_MAX_IMAGE_BYTES = 50 * 2**20
 
 
 class _Section(BaseModel):
@@ -37,6 +55,8 @@ class DataConfig(_Section):
     # Also keep each dataset's image cache under {output_uri}/cache/, so a worker on another
     # machine downloads it instead of decoding every image again.
     cache_mirror: bool = False
+    max_image_pixels: int = Field(DEFAULT_MAX_IMAGE_PIXELS, ge=1)  # width x height, per image
+    max_image_bytes: int = Field(DEFAULT_MAX_IMAGE_BYTES, ge=1)  # file size, per image
 
 
 class ModelConfig(_Section):
@@ -56,6 +76,55 @@ class ModelConfig(_Section):
         if arch not in SUPPORTED_ARCHS:
             raise ValueError(f"unknown arch {arch!r}; choose one of {', '.join(SUPPORTED_ARCHS)}")
         return arch
+
+    # A weights URI may carry credentials (a presigned query string, user:password@). Every dump
+    # (run.json, model files, resume state, Prefect cache keys) and repr shows it redacted; the
+    # attribute keeps the real value, which is what loads the file.
+    @field_serializer("weights")
+    def _redacted_weights(self, weights: str) -> str:
+        return redact_uri(weights)
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        for name, value in super().__repr_args__():
+            yield name, redact_uri(value) if name == "weights" else value
+
+
+REDACTED = "REDACTED"
+# A URI inside a message, without the punctuation that usually follows one there.
+_URI_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]*[^\s'\"<>.,:;)\]]")
+
+
+def redact_uri(uri: str) -> str:
+    """`uri` without its secrets: user info (`user:password@`) and the values of its query
+    string and fragment (a presigned URL's signature and token) become REDACTED; the scheme,
+    host, path and query keys stay, so the file is still recognisable. Plain paths and names
+    are returned as they are."""
+    if "://" not in uri:
+        return uri
+    try:
+        parts = urlsplit(uri)
+    except ValueError:  # not parseable (e.g. an unclosed "[" in the host): hide all after ://
+        return uri.partition("://")[0] + "://" + REDACTED
+    if "@" not in parts.netloc and not parts.query and not parts.fragment:
+        return uri  # nothing secret: left byte for byte as given
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = f"{REDACTED}@{netloc.rpartition('@')[2]}"
+    query, fragment = _redact_pairs(parts.query), _redact_pairs(parts.fragment)
+    return urlunsplit((parts.scheme, netloc, parts.path, query, fragment))
+
+
+def _redact_pairs(text: str) -> str:
+    """`a=1&b=2` -> `a=REDACTED&b=REDACTED`; a part without `=` may itself be a token."""
+    if not text:
+        return text
+    pairs = (part.partition("=") for part in text.split("&"))
+    return "&".join(f"{key}={REDACTED}" if sep else REDACTED for key, sep, _ in pairs)
+
+
+def redact_text(text: str) -> str:
+    """`text` (an error message, a log line) with every URI in it redacted (`redact_uri`)."""
+    return _URI_IN_TEXT.sub(lambda match: redact_uri(match.group(0)), text)
 
 
 class TrainConfig(_Section):

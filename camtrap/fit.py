@@ -7,6 +7,7 @@ streams, optimizer and scaler states travel in state/last.pt."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import sys
 import time
@@ -19,7 +20,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from camtrap import checkpoint
+from camtrap import checkpoint, runfolder
 from camtrap.config import RunConfig
 from camtrap.data import CachedBatches, DeviceNormalize, EpochShuffle, make_loader
 from camtrap.engine import (
@@ -31,75 +32,17 @@ from camtrap.engine import (
     release_memory,
     train_one_epoch,
 )
-from camtrap.errors import CamtrapError, ConfigError
+from camtrap.errors import ConfigError, StorageError, TrainingDiverged
 from camtrap.imagecache import Pack
 from camtrap.metrics import per_class_metrics, summary_metrics
 from camtrap.models import ModelMeta, build_model, model_file_dict
+from camtrap.runfolder import RunFiles
 
 log = logging.getLogger("camtrap")
 
 LOWER_IS_BETTER = {"val_loss", "val_log_loss"}
-
-
-class TrainingDiverged(CamtrapError):
-    """The loss became NaN or infinite."""
-
-
-@dataclass(frozen=True)
-class RunFiles:
-    """Where each output of a run lives inside its folder (the layout of docs/architecture.md)."""
-
-    root: Path
-    arch: str
-    stage: str
-
-    @property
-    def best_model(self) -> Path:
-        return self.root / f"final_{self.arch}_model_{self.stage}_best.pth"
-
-    @property
-    def final_model(self) -> Path:
-        return self.root / f"final_{self.arch}_model_{self.stage}.pth"
-
-    @property
-    def state(self) -> Path:
-        return self.root / "state" / "last.pt"
-
-    @property
-    def epochs_csv(self) -> Path:
-        return self.root / "metrics" / "epochs.csv"
-
-    @property
-    def per_class_csv(self) -> Path:
-        return self.root / "metrics" / "per_class.csv"
-
-    @property
-    def confusion_csv(self) -> Path:
-        return self.root / "metrics" / "confusion_matrix.csv"
-
-    @property
-    def predictions_csv(self) -> Path:
-        return self.root / "predictions" / "val.csv"
-
-    @property
-    def split_csv(self) -> Path:
-        return self.root / "split.csv"
-
-    @property
-    def dataset_json(self) -> Path:
-        return self.root / "dataset.json"
-
-    @property
-    def run_json(self) -> Path:
-        return self.root / "run.json"
-
-    @property
-    def plots(self) -> Path:
-        return self.root / "plots"
-
-    @classmethod
-    def for_config(cls, run_dir: Path, config: RunConfig) -> RunFiles:
-        return cls(Path(run_dir), config.model.arch, config.output.stage)
+METRICS = ("accuracy", "loss", "log_loss", "top3_accuracy")  # epochs.csv, in this order
+STEP_COUNTS = ("skipped_steps", "nonfinite_steps")  # train steps not applied (epochs.csv)
 
 
 @dataclass
@@ -188,6 +131,7 @@ class _Trainer:
         self.per_class: list[dict[str, Any]] = []
         self.best_epoch = 0
         self.best_value: float | None = None
+        self.best_sha256: str | None = None  # of the best model file, kept in the state
         self.completed = 0
 
     def _loaders(self, items: pd.DataFrame, pack: Pack):
@@ -230,30 +174,70 @@ class _Trainer:
             "per_class": list(self.per_class),
             "best_epoch": self.best_epoch,
             "best_value": self.best_value,
+            "best_sha256": self.best_sha256,
             "classes": self.classes,
             "config": self.config.model_dump(mode="json"),
         })  # fmt: skip
 
     def resume_if_possible(self) -> None:
+        """Continue after the last epoch in state/last.pt, the commit point: the files an epoch
+        writes after it (best model, metrics CSVs) are brought back in line with it first."""
         # A kill -9 during an atomic write leaves only a temp file behind; the real file is intact.
         for partial in self.files.root.rglob(".*.tmp"):
             partial.unlink(missing_ok=True)
         if not self.files.state.exists():
             return
         state = checkpoint.load_torch(self.files.state)
+        self._refuse_changes(state)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        checkpoint.load_scaler_state(self.scaler, state["scaler"])
+        checkpoint.restore_rng_state(state["rng"])
+        self.history, self.per_class = state["history"], state["per_class"]
+        self.best_epoch, self.best_value = state["best_epoch"], state["best_value"]
+        self.best_sha256 = state.get("best_sha256")
+        self.completed = state["epoch"]
+        self._settle_best_model(state)
+        self._write_metrics(pd.DataFrame(self.history), pd.DataFrame(self.per_class))
+        log.info("resuming %s after epoch %d", self.files.root, self.completed)
+
+    def _refuse_changes(self, state: dict[str, Any]) -> None:
         if state["classes"] != self.classes:
             raise ConfigError(
                 f"{self.files.state} was trained on classes {state['classes']}, not "
                 f"{self.classes}; use a new output folder or --run-id"
             )
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scaler.load_state_dict(state["scaler"])
-        checkpoint.restore_rng_state(state["rng"])
-        self.history, self.per_class = state["history"], state["per_class"]
-        self.best_epoch, self.best_value = state["best_epoch"], state["best_value"]
-        self.completed = state["epoch"]
-        log.info("resuming %s after epoch %d", self.files.root, self.completed)
+        runfolder.refuse_changes(state["config"], self.config.model_dump(mode="json"),
+                                 self.files.root)  # fmt: skip
+        if state["epoch"] > self.config.train.epochs:
+            raise ConfigError(
+                f"{self.files.root} has {state['epoch']} epochs done, more than train.epochs="
+                f"{self.config.train.epochs} — fix: set train.epochs to {state['epoch']} or more"
+            )
+
+    def _settle_best_model(self, state: dict[str, Any]) -> None:
+        """Make the best model file the one the state names. The state is written before the
+        best model: a kill between them leaves the previous best file, while the state's own
+        weights are the new best's (best_epoch == epoch), so the file is rebuilt from them."""
+        path = self.files.best_model
+        if self.best_sha256 is None or (
+            path.exists() and checkpoint.file_sha256(path) == self.best_sha256
+        ):
+            return
+        if self.best_epoch != self.completed:
+            raise StorageError(
+                f"{path} is not the best model state/last.pt names (epoch {self.best_epoch}) "
+                "and that epoch's weights are gone — fix: delete the run folder (or use a new "
+                "--run-id) to train it again"
+            )
+        log.info("rebuilding %s from state/last.pt (epoch %d)", path.name, self.best_epoch)
+        best = self.model_file(self.best_epoch, self._val_metrics(self.best_epoch))
+        self.best_sha256 = checkpoint.save_torch(best, path)
+
+    def _val_metrics(self, epoch: int) -> dict[str, float]:
+        return val_metrics(
+            next(r for r in self.history if r["epoch"] == epoch and r["split"] == "val")
+        )
 
     # --- outputs -----------------------------------------------------------------------------
     def model_file(
@@ -283,29 +267,32 @@ class _Trainer:
         self.shuffle.set_epoch(epoch)
         train_out = train_one_epoch(
             self.forward_model, self.train_loader, self.optimizer, self.scaler, self.to_input,
-            self.precision, self.progress, desc=f"epoch {epoch}/{epochs} train",
+            self.precision, self.progress, desc=f"epoch {epoch}/{epochs} train", epoch=epoch,
         )  # fmt: skip
         val_out = predict(
             self.forward_model, self.val_loader, self.to_input, self.precision, self.progress,
             desc=f"epoch {epoch}/{epochs} val",
         )  # fmt: skip
-        train_m, val_m = _epoch_metrics(train_out), _epoch_metrics(val_out)
-        if not all(map(_finite, [train_m["loss"], val_m["loss"]])):
+        if not (_finite(train_out.loss) and _finite(val_out.loss)):  # before the metrics raise
             raise TrainingDiverged(
-                f"the loss is not finite at epoch {epoch} (train {train_m['loss']}, val "
-                f"{val_m['loss']}); lower train.lr or keep train.amp with a GradScaler"
+                f"the loss is not finite at epoch {epoch} (train {train_out.loss}, val "
+                f"{val_out.loss}); the last good state is the previous epoch's — fix: lower "
+                f"train.lr (now {self.config.train.lr}), or with train.amp use "
+                "train.amp_dtype=bfloat16"
             )
+        train_m, val_m = _epoch_metrics(train_out), _epoch_metrics(val_out)
+        counts = {name: getattr(train_out, name) for name in STEP_COUNTS}
         per_class = pd.concat(
             [_per_class_rows(epoch, "train", train_out, self.classes),
              _per_class_rows(epoch, "val", val_out, self.classes)],
             ignore_index=True,
         )  # fmt: skip
-        is_best = self._record(epoch, train_m, val_m, per_class)
+        is_best = self._record(epoch, train_m, val_m, per_class, counts)
         self.completed = epoch
         release_memory(self.device)
         memory = log_memory(f"epoch {epoch} end", self.device)
         seconds = time.perf_counter() - started
-        log.info(_epoch_line(epoch, epochs, train_m, val_m, seconds, is_best))
+        log.info(_epoch_line(epoch, epochs, train_m, val_m, seconds, is_best, counts))
         record = EpochRecord(
             epoch, epochs, train_m, val_m, per_class, is_best, self.best_epoch, seconds, memory,
             self.files,
@@ -315,28 +302,39 @@ class _Trainer:
     def save_in_background(
         self, record: EpochRecord, on_epoch_end: Callable[[EpochRecord], None] | None
     ) -> None:
-        """Snapshot the epoch's state now; write it (best model, state, metrics) and run
-        `on_epoch_end` (uploads, artifacts) while the next epoch trains. The state on disk is
-        always a whole epoch's: resume reads only what was fully written."""
+        """Snapshot the epoch's state now; write it and run `on_epoch_end` (uploads, artifacts)
+        while the next epoch trains. The state is written first: it is the commit point, and
+        it names the best model file it goes with (epoch and sha256)."""
+        best_bytes = None
         state = self.state_dict()  # one copy of the weights serves the best model file too
-        val = _prefixed(record.val)
-        best = self.model_file(record.epoch, val, state["model"]) if record.is_best else None
+        if record.is_best:
+            best = self.model_file(record.epoch, _prefixed(record.val), state["model"])
+            best_bytes = checkpoint.torch_bytes(best)
+            self.best_sha256 = state["best_sha256"] = hashlib.sha256(best_bytes).hexdigest()
         history, per_class = pd.DataFrame(self.history), pd.DataFrame(self.per_class)
 
         def write() -> None:
-            if best is not None:
-                checkpoint.save_torch(best, self.files.best_model)
-            checkpoint.save_torch(state, self.files.state)
-            checkpoint.atomic_write_text(self.files.epochs_csv, history.to_csv(index=False))
-            checkpoint.atomic_write_text(self.files.per_class_csv, per_class.to_csv(index=False))
+            state_bytes = checkpoint.torch_bytes(state)
+            checkpoint.atomic_write_bytes(self.files.state, state_bytes)
+            runfolder.write_state_info(self.files.root, record.epoch, len(state_bytes))
+            if best_bytes is not None:
+                checkpoint.atomic_write_bytes(self.files.best_model, best_bytes)
+            self._write_metrics(history, per_class)
             if on_epoch_end is not None:
                 on_epoch_end(record)
 
         self.writer.submit(write)
 
-    def _record(self, epoch, train_m, val_m, per_class: pd.DataFrame) -> bool:
-        for split, metrics in (("train", train_m), ("val", val_m)):
-            self.history.append({"epoch": epoch, "split": split, **_as_floats(metrics)})
+    def _write_metrics(self, history: pd.DataFrame, per_class: pd.DataFrame) -> None:
+        if history.empty:
+            return
+        checkpoint.atomic_write_text(self.files.epochs_csv, history.to_csv(index=False))
+        checkpoint.atomic_write_text(self.files.per_class_csv, per_class.to_csv(index=False))
+
+    def _record(self, epoch, train_m, val_m, per_class: pd.DataFrame, counts) -> bool:
+        no_steps = dict.fromkeys(STEP_COUNTS, 0)  # evaluation takes no optimizer steps
+        for split, metrics, steps in (("train", train_m, counts), ("val", val_m, no_steps)):
+            self.history.append({"epoch": epoch, "split": split, **_as_floats(metrics), **steps})
         self.per_class.extend(per_class.to_dict("records"))
         metric = self.config.train.best_metric
         value = val_m[metric.removeprefix("val_")]
@@ -359,13 +357,20 @@ def _as_floats(metrics: dict[str, float]) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items()}
 
 
-def _epoch_line(epoch, epochs, train_m, val_m, seconds, is_best) -> str:
+def _epoch_line(epoch, epochs, train_m, val_m, seconds, is_best, counts) -> str:
+    skipped = "".join(f" | {n} {name.replace('_', ' ')}" for name, n in counts.items() if n)
     return (
         f"Epoch {epoch}/{epochs} | train loss {train_m['loss']:.4f} acc {train_m['accuracy']:.4f} "
         f"top3 {train_m['top3_accuracy']:.4f} | val loss {val_m['loss']:.4f} "
         f"acc {val_m['accuracy']:.4f} log_loss {val_m['log_loss']:.4f} "
-        f"top3 {val_m['top3_accuracy']:.4f} | {seconds:.1f}s" + (" | best" if is_best else "")
+        f"top3 {val_m['top3_accuracy']:.4f} | {seconds:.1f}s{skipped}"
+        + (" | best" if is_best else "")
     )
+
+
+def val_metrics(row: dict[str, Any]) -> dict[str, float]:
+    """A history row's metrics as a model file stores them: val_accuracy, val_loss, ..."""
+    return {f"val_{k}": float(row[k]) for k in METRICS if k in row}
 
 
 def fit(
@@ -398,8 +403,7 @@ def fit(
             raise
         trainer.writer.wait()  # the last epoch's files, before anything else reads them
         if resumed_from < config.train.epochs or not trainer.files.final_model.exists():
-            last = trainer.history[-1] if trainer.history else {}
-            final_metrics = {f"val_{k}": v for k, v in last.items() if k not in ("epoch", "split")}
+            final_metrics = val_metrics(trainer.history[-1] if trainer.history else {})
             checkpoint.save_torch(
                 trainer.model_file(trainer.completed, final_metrics), trainer.files.final_model
             )

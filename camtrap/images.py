@@ -3,11 +3,20 @@
 Every decode in camtrap goes through here, so a bad image is always a `DataError` naming the file,
 never a bare PIL/OSError from deep inside a DataLoader worker. Truncated files raise: this module
 relies on PIL's `ImageFile.LOAD_TRUNCATED_IMAGES` staying False and never changes it.
+
+Hostile input: a file over `max_bytes` is refused before more than `max_bytes + 1` of it is read,
+and an image whose header declares more than `max_pixels` pixels before any pixel is decoded.
+PIL's own decompression-bomb guard (a warning above `Image.MAX_IMAGE_PIXELS`, an error above
+twice that) stays on underneath; its error is a DataError like any other.
 """
 
 from __future__ import annotations
 
 import io
+import threading
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -24,24 +33,36 @@ _WIDE_MODES = ("I", "F")  # "I;16", "I;16B", "I;16L", ... all start with "I"
 
 _REPLACE = "re-export or re-download it (JPEG or PNG), or remove its row from both CSV files"
 
+# warnings.catch_warnings swaps process-wide state: one thread at a time, and only around the
+# header parse (Image.open), which is short.
+_WARNINGS_LOCK = threading.Lock()
 
-def open_rgb(source: str | Path | bytes, name: str | None = None) -> Image.Image:
+
+def open_rgb(
+    source: str | Path | bytes, name: str | None = None, max_pixels: int | None = None
+) -> Image.Image:
     """Decode `source` (a path or the file's bytes) fully into an RGB image, EXIF-rotated.
 
     `name` is how errors refer to the image (default: the path, or "<bytes>"). Raises DataError
-    with one Problem naming the file if it is missing, empty, not an image, truncated or corrupt.
+    with one Problem naming the file if it is missing, empty, not an image, truncated or corrupt,
+    or (with `max_pixels`) has more pixels than that.
     """
     label = _label(source, name)
-    return _decode(_read(source, label), label, draft=None)
+    return _decode(_read(source, label), label, draft=None, max_pixels=max_pixels)
 
 
-def read_image_bytes(path: str | Path, name: str | None = None) -> bytes:
-    """The bytes of an image file; DataError (naming `name` or the path) if missing, unreadable
-    or empty. Lets a caller hash a file and `check_image` the same bytes, reading it once."""
-    return _read(path, _label(path, name))
+def read_image_bytes(
+    path: str | Path, name: str | None = None, max_bytes: int | None = None
+) -> bytes:
+    """The bytes of an image file; DataError (naming `name` or the path) if missing, unreadable,
+    empty or (with `max_bytes`) larger than that, found without reading more than `max_bytes`
+    + 1 bytes. Lets a caller hash a file and `check_image` the same bytes, reading it once."""
+    return _read(path, _label(path, name), max_bytes)
 
 
-def check_image(source: str | Path | bytes, name: str | None = None) -> Problem | None:
+def check_image(
+    source: str | Path | bytes, name: str | None = None, max_pixels: int | None = None
+) -> Problem | None:
     """The Problem `open_rgb` would raise for `source`, or None if it decodes.
 
     Cheaper than `open_rgb` (JPEGs decode at reduced scale) but real: every byte of the pixel
@@ -49,7 +70,18 @@ def check_image(source: str | Path | bytes, name: str | None = None) -> Problem 
     """
     label = _label(source, name)
     try:
-        _decode(_read(source, label), label, draft=CHECK_DRAFT_SIZE)
+        _decode(_read(source, label), label, draft=CHECK_DRAFT_SIZE, max_pixels=max_pixels)
+    except DataError as err:
+        return err.problems[0]
+    return None
+
+
+def header_problem(data: bytes, name: str, max_pixels: int) -> Problem | None:
+    """What the image's header alone tells is wrong, before any pixel is decoded: more than
+    `max_pixels` pixels, a decompression bomb by PIL's own limit, or not an image at all (the
+    same Problem `open_rgb` would raise). None if the header is fine."""
+    try:
+        _open(data, name, max_pixels)
     except DataError as err:
         return err.problems[0]
     return None
@@ -65,18 +97,39 @@ def _fail(label: str, message: str, fix: str = _REPLACE) -> DataError:
     return DataError(Problem(file=label, message=message, fix=fix))
 
 
-def _read(source: str | Path | bytes, label: str) -> bytes:
-    """The file's bytes; a missing/unreadable/empty file becomes a DataError."""
+def _read(source: str | Path | bytes, label: str, max_bytes: int | None = None) -> bytes:
+    """The file's bytes; a missing/unreadable/empty/too large file becomes a DataError."""
     if isinstance(source, bytes | bytearray):
         data = bytes(source)
     else:
         try:
-            data = Path(source).read_bytes()
+            with Path(source).open("rb") as fh:
+                # One byte past the limit tells "too large" without reading a huge file.
+                data = fh.read() if max_bytes is None else fh.read(max_bytes + 1)
         except OSError as err:
             raise _fail(label, *_read_failure(err)) from None
     if not data:
         raise _fail(label, "is empty (0 bytes)", _REPLACE)
+    if max_bytes is not None and len(data) > max_bytes:
+        raise _too_many_bytes(source, label, max_bytes)
     return data
+
+
+def _too_many_bytes(source: str | Path | bytes, label: str, max_bytes: int) -> DataError:
+    """The file is over the size limit; its size is told where a stat can tell it (not for a
+    device or a file that changed meanwhile)."""
+    size = len(source) if isinstance(source, bytes | bytearray) else _stat_size(Path(source))
+    told = f"{size:,} bytes, " if size > max_bytes else ""
+    message = f"is too large ({told}over the limit of {max_bytes:,} bytes: data.max_image_bytes)"
+    fix = "re-export it smaller (e.g. as JPEG), or raise data.max_image_bytes if it is genuine"
+    return _fail(label, message, fix)
+
+
+def _stat_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
 
 
 def _read_failure(err: OSError) -> tuple[str, str]:
@@ -90,17 +143,11 @@ def _read_failure(err: OSError) -> tuple[str, str]:
     return f"cannot be read: {err.strerror or err}", "check the disk or file system"
 
 
-def _decode(data: bytes, label: str, draft: tuple[int, int] | None) -> Image.Image:
+def _decode(
+    data: bytes, label: str, draft: tuple[int, int] | None, max_pixels: int | None = None
+) -> Image.Image:
     """Decode, rotate per EXIF and convert to RGB; any decoder failure becomes a DataError."""
-    try:
-        image = Image.open(io.BytesIO(data))
-    except UnidentifiedImageError:
-        raise _fail(label, "is not an image Pillow can read (unknown or damaged format)") from None
-    except Image.DecompressionBombError as err:
-        fix = "downscale the image"
-        raise _fail(label, f"is too large to decode safely ({err})", fix) from None
-    except Exception as err:  # cut inside its header: PIL raises OSError, SyntaxError, ...
-        raise _fail(label, f"is truncated or corrupt ({type(err).__name__}: {err})") from None
+    image = _open(data, label, max_pixels)
     try:
         if draft is not None:
             image.draft("RGB", draft)  # JPEG only; a no-op for other formats
@@ -108,6 +155,8 @@ def _decode(data: bytes, label: str, draft: tuple[int, int] | None) -> Image.Ima
         image = ImageOps.exif_transpose(image)
     except MemoryError:
         raise
+    except Image.DecompressionBombError as err:  # some plugins check again while loading
+        raise _bomb(label, err) from None
     except Exception as err:  # PIL raises OSError, SyntaxError, ValueError, struct.error, ...
         raise _fail(label, f"is truncated or corrupt ({type(err).__name__}: {err})") from None
     try:
@@ -116,6 +165,44 @@ def _decode(data: bytes, label: str, draft: tuple[int, int] | None) -> Image.Ima
         raise _fail(
             label, f"has pixel mode {image.mode!r}, which cannot become RGB ({err})"
         ) from None
+
+
+def _open(data: bytes, label: str, max_pixels: int | None) -> Image.Image:
+    """The image with only its header parsed (no pixel decoded yet), refused if it declares
+    more than `max_pixels` pixels. With a limit, camtrap's check replaces PIL's warning (which
+    would otherwise fire, uncaught, for an image this check refuses anyway)."""
+    quiet = _no_bomb_warning() if max_pixels is not None else nullcontext()
+    try:
+        with quiet:
+            image = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise _fail(label, "is not an image Pillow can read (unknown or damaged format)") from None
+    except Image.DecompressionBombError as err:
+        raise _bomb(label, err) from None
+    except Exception as err:  # cut inside its header: PIL raises OSError, SyntaxError, ...
+        raise _fail(label, f"is truncated or corrupt ({type(err).__name__}: {err})") from None
+    width, height = image.size
+    if max_pixels is not None and width * height > max_pixels:
+        message = (
+            f"has {width * height:,} pixels ({width} x {height}), over the limit of "
+            f"{max_pixels:,} pixels: data.max_image_pixels"
+        )
+        fix = f"downscale it to at most {max_pixels:,} pixels, or raise data.max_image_pixels"
+        raise _fail(label, message, fix)
+    return image
+
+
+@contextmanager
+def _no_bomb_warning() -> Iterator[None]:
+    with _WARNINGS_LOCK, warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        yield
+
+
+def _bomb(label: str, err: Image.DecompressionBombError) -> DataError:
+    """PIL's hard limit (twice Image.MAX_IMAGE_PIXELS), which no setting of camtrap lifts."""
+    message = f"has too many pixels to decode safely ({err})"
+    return _fail(label, message, f"downscale it to at most {Image.MAX_IMAGE_PIXELS:,} pixels")
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

@@ -25,11 +25,17 @@ from typing import Any
 
 import pandas as pd
 
+from camtrap.config import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS
 from camtrap.errors import DataError, Problem
-from camtrap.images import check_image, read_image_bytes
+from camtrap.images import check_image, header_problem, read_image_bytes
 
 FEATURE_COLUMNS = ("id", "filepath", "site")
 MIN_CLASSES = 2
+# Columns the pipeline writes beside the class columns (the labels frame, split.csv,
+# predictions/val.csv, pipeline.split_items): a class with one of these names would collide
+# with them after training, so validation refuses it.
+RESERVED_COLUMNS = ("id", "filepath", "path", "site", "label", "label_idx", "split", "sha256",
+                    "row")  # fmt: skip
 
 # How validation checks one image: (file bytes, their sha256, the image's path) -> the Problem
 # with it, or None. The default decodes it (at reduced scale for JPEGs); the image cache's
@@ -51,6 +57,15 @@ class LabelledData:
     fingerprint: str  # sha256 over both CSVs, every image's sha256 (by id) and the classes
 
 
+@dataclass(frozen=True)
+class ImageLimits:
+    """Per image: files over `max_bytes` are not read past the limit, images whose header
+    declares over `max_pixels` pixels are not decoded (data.max_image_bytes / _pixels)."""
+
+    max_bytes: int = DEFAULT_MAX_IMAGE_BYTES
+    max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+
+
 @dataclass
 class _Table:
     """One parsed CSV: its name as given (for messages), raw bytes, header and good rows."""
@@ -69,9 +84,12 @@ def load_dataset(
     labels_csv: str = "train_labels.csv",
     check_images: bool = True,
     check: ImageCheck = decode_check,
+    limits: ImageLimits = ImageLimits(),
 ) -> LabelledData:
     """`validate_dataset`, raising DataError with every problem if there are any."""
-    data, problems = validate_dataset(root, features_csv, labels_csv, check_images, check=check)
+    data, problems = validate_dataset(
+        root, features_csv, labels_csv, check_images, check=check, limits=limits
+    )
     if problems or data is None:
         raise DataError(problems, root=str(root))
     return data
@@ -84,13 +102,15 @@ def validate_dataset(
     check_images: bool = True,
     workers: int = 8,
     check: ImageCheck = decode_check,
+    limits: ImageLimits = ImageLimits(),
 ) -> tuple[LabelledData | None, list[Problem]]:
     """(data, []) for a valid dataset, else (None, every problem found).
 
     Each image is read once: its bytes are hashed for the fingerprint and, with `check_images`,
-    passed to `check` (in a thread pool; PIL releases the GIL while decoding). Without
-    `check_images` the images are still read and hashed (the fingerprint must follow the data)
-    but not decoded.
+    its header is checked against `limits.max_pixels` and the bytes passed to `check` (in a
+    thread pool; PIL releases the GIL while decoding). Without `check_images` the images are
+    still read and hashed (the fingerprint must follow the data) but not decoded. A file over
+    `limits.max_bytes` is a problem either way, found without reading it whole.
     """
     root = Path(root)
     _filepath_problem.cache_clear()  # files may have become links since the last validation
@@ -109,7 +129,8 @@ def validate_dataset(
     hashes: dict[str, str] = {}
     if features is not None:
         problems += _feature_row_problems(features, root)
-        hashes = _check_images(features, root, check if check_images else None, workers, problems)
+        checked = check if check_images else None
+        hashes = _check_images(features, root, checked, workers, limits, problems)
     if labels is not None and classes is not None:
         problems += _label_row_problems(labels, classes, label_of)
     if features is not None and labels is not None:
@@ -230,7 +251,24 @@ def _class_columns(labels: _Table, problems: list[Problem]) -> list[str] | None:
         message = f"needs at least {MIN_CLASSES} class columns after 'id', has {len(classes)}"
         problems.append(Problem(labels.name, message, "add one 0/1 column per class", 1))
         return None
+    problems += _reserved_class_problems(labels, classes)
     return classes
+
+
+def _reserved_class_problems(labels: _Table, classes: list[str]) -> list[Problem]:
+    """A class named like a column the pipeline adds (e.g. `label`) would break its outputs
+    after training; refused here, with the line of the header."""
+    return [
+        Problem(
+            labels.name,
+            f"class column {name!r} has a name the pipeline reserves for its own "
+            f"column (reserved: {', '.join(RESERVED_COLUMNS)})",
+            f"rename the class column {name!r} in the header (e.g. to '{name}_class')",
+            1,
+        )
+        for name in classes
+        if name in RESERVED_COLUMNS
+    ]
 
 
 # --- row checks ----------------------------------------------------------------------------
@@ -356,13 +394,14 @@ def _check_images(
     root: Path,
     check: ImageCheck | None,
     workers: int,
+    limits: ImageLimits,
     problems: list[Problem],
 ) -> dict[str, str]:
     """Read every image once (a thread pool); returns id -> sha256, appends the problems."""
     rows = [(ln, r) for ln, r in features.rows if _filepath_problem(root, r["filepath"]) is None]
     paths = sorted({str(_image_path(root, row["filepath"])) for _, row in rows})
     with ThreadPoolExecutor(max_workers=max(1, min(workers, len(paths) or 1))) as pool:
-        found = list(pool.map(lambda path: _inspect_image(path, check), paths))
+        found = list(pool.map(lambda path: _inspect_image(path, check, limits), paths))
     results = dict(zip(paths, found, strict=True))
     hashes: dict[str, str] = {}
     for line, row in rows:
@@ -375,14 +414,19 @@ def _check_images(
     return hashes
 
 
-def _inspect_image(path: str, check: ImageCheck | None) -> tuple[str | None, Problem | None]:
-    """(sha256 of the file, the Problem with it or None), reading the file once."""
+def _inspect_image(
+    path: str, check: ImageCheck | None, limits: ImageLimits
+) -> tuple[str | None, Problem | None]:
+    """(sha256 of the file, the Problem with it or None), reading the file once. The size
+    limits come first, so an oversized file is neither read whole nor decoded."""
     try:
-        data = read_image_bytes(path)
+        data = read_image_bytes(path, max_bytes=limits.max_bytes)
     except DataError as err:
         return None, err.problems[0]
     digest = hashlib.sha256(data).hexdigest()
-    return digest, check(data, digest, path) if check is not None else None
+    if check is None:
+        return digest, None
+    return digest, header_problem(data, path, limits.max_pixels) or check(data, digest, path)
 
 
 # --- result --------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ import torchvision
 from torch import nn
 from torchvision.ops import StochasticDepth
 
+from camtrap.config import redact_text, redact_uri
 from camtrap.errors import ConfigError, StorageError
 
 log = logging.getLogger("camtrap")
@@ -105,18 +106,19 @@ def _load_weights_file(model: nn.Module, uri: str, arch: str) -> None:
     blob = read_model_file(uri)
     state = blob["model"] if isinstance(blob, dict) and "model" in blob else blob
     if isinstance(blob, dict) and blob.get("arch") not in (None, arch):
-        raise ConfigError(f"weights file {uri} holds a {blob['arch']} model, not {arch}")
+        shown = redact_uri(uri)
+        raise ConfigError(f"weights file {shown} holds a {blob['arch']} model, not {arch}")
     head = HEADS[arch] + "."
     own = model.state_dict()
     backbone = {k: v for k, v in state.items() if not k.startswith(head)}
     missing = [k for k in own if not k.startswith(head) and k not in backbone]
     if missing:
         raise ConfigError(
-            f"weights file {uri} does not fit {arch}: {len(missing)} tensors missing "
+            f"weights file {redact_uri(uri)} does not fit {arch}: {len(missing)} tensors missing "
             f"(first: {missing[0]}); use a file saved from the same architecture"
         )
     model.load_state_dict(backbone, strict=False)
-    log.info("loaded backbone weights for %s from %s", arch, uri)
+    log.info("loaded backbone weights for %s from %s", arch, redact_uri(uri))
 
 
 def _replace_head(model: nn.Module, arch: str, num_classes: int) -> None:
@@ -141,18 +143,25 @@ def _set_drop_path(model: nn.Module, arch: str, drop_path: float) -> None:
 
 
 def read_model_file(uri: str | Path) -> dict[str, Any]:
-    """torch.load a local path or an fsspec URI, tensors only (weights_only=True)."""
+    """torch.load a local path or an fsspec URI, tensors only (weights_only=True).
+
+    Errors show the URI redacted (a presigned URL's signature, user:password@) and are raised
+    `from None`: the underlying error's text may hold the full URL, and a chained traceback
+    would print it."""
+    shown = redact_uri(str(uri))
     try:
         with fsspec.open(str(uri), "rb") as fh:
             data = fh.read()
-    except FileNotFoundError as err:
-        raise StorageError(f"model file {uri} does not exist; check the path or URI") from err
+    except FileNotFoundError:
+        raise StorageError(f"model file {shown} does not exist; check the path or URI") from None
     except OSError as err:
-        raise StorageError(f"cannot read model file {uri}: {err}") from err
+        reason = redact_text(str(err))
+        raise StorageError(f"cannot read model file {shown}: {reason}") from None
     try:
         return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several types for a file that is not a checkpoint
-        raise StorageError(f"{uri} is not a readable PyTorch file: {err}") from err
+        reason = redact_text(str(err))
+        raise StorageError(f"{shown} is not a readable PyTorch file: {reason}") from None
 
 
 def model_file_dict(model: nn.Module, meta: ModelMeta) -> dict[str, Any]:
@@ -167,8 +176,17 @@ def model_file_dict(model: nn.Module, meta: ModelMeta) -> dict[str, Any]:
         "std": [float(x) for x in meta.std],
         "epoch": meta.epoch,
         "metrics": {k: float(v) for k, v in meta.metrics.items()},
-        "config": meta.config,
+        "config": _redacted_config(meta.config),
     }
+
+
+def _redacted_config(config: dict[str, Any]) -> dict[str, Any]:
+    """The config as stored in a model file, its weights URI redacted even when the caller
+    passed a dict that did not come from RunConfig's own (redacting) dump."""
+    model = config.get("model")
+    if not isinstance(model, dict) or not isinstance(model.get("weights"), str):
+        return config
+    return {**config, "model": {**model, "weights": redact_uri(model["weights"])}}
 
 
 def load_model(uri: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, ModelMeta]:

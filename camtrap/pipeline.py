@@ -23,13 +23,13 @@ import pandas as pd
 import torch
 import torchvision
 
-from camtrap import __version__, checkpoint, imagecache
+from camtrap import __version__, checkpoint, imagecache, runfolder
 from camtrap.config import RunConfig
 from camtrap.data import CachedBatches, DeviceNormalize, make_loader
 from camtrap.engine import log_memory, precision_for, predict
 from camtrap.errors import StorageError
-from camtrap.fit import EpochRecord, FitResult, RunFiles, fit, resolve_device
-from camtrap.labels import LabelledData, load_dataset
+from camtrap.fit import EpochRecord, FitResult, fit, resolve_device
+from camtrap.labels import ImageLimits, LabelledData, load_dataset
 from camtrap.metrics import confusion_matrix, per_class_metrics, summary_metrics
 from camtrap.models import load_model
 from camtrap.plots import (
@@ -38,15 +38,10 @@ from camtrap.plots import (
     curves_figure,
     figure_to_png_bytes,
 )
+from camtrap.runfolder import RunFiles, read_run_json, write_run_json
 from camtrap.split import split_frame
 
 log = logging.getLogger("camtrap")
-
-# Settings that change how fast a run goes, not what it computes: left out of the run id.
-_NOT_IN_RUN_ID = {
-    "data": {"num_workers", "cache_mirror"},
-    "train": {"progress", "eval_batch_size", "compile"},
-}
 
 
 @dataclass
@@ -64,7 +59,7 @@ def _utc_now() -> str:
 
 def run_id_for(config: RunConfig, data: LabelledData) -> str:
     """`{stage}-{fingerprint}`: the same config on the same data always gets the same id."""
-    settings = config.model_dump(mode="json", exclude=_NOT_IN_RUN_ID)
+    settings = config.model_dump(mode="json", exclude=runfolder.NOT_IN_RUN_ID)
     settings.pop("output", None)
     digest = hashlib.sha256(
         json.dumps({"config": settings, "data": data.fingerprint}, sort_keys=True).encode()
@@ -77,21 +72,8 @@ def resolve_run_id(
 ) -> str:
     """The given id, else the derived one; `force` adds a timestamp so a finished run with the
     same config and data is trained again into a new folder (nothing is overwritten)."""
-    run_id = run_id or run_id_for(config, data)
+    run_id = runfolder.check_run_id(run_id) if run_id else run_id_for(config, data)
     return f"{run_id}-{datetime.now(UTC):%Y%m%dT%H%M%S}" if force else run_id
-
-
-def read_run_json(run_dir: Path) -> dict[str, Any]:
-    path = Path(run_dir) / "run.json"
-    return json.loads(path.read_text()) if path.exists() else {}
-
-
-def write_run_json(run_dir: Path, info: dict[str, Any]) -> None:
-    checkpoint.atomic_write_text(Path(run_dir) / "run.json", json.dumps(info, indent=2) + "\n")
-
-
-def is_finished(run_dir: Path) -> bool:
-    return read_run_json(run_dir).get("status") == "completed"
 
 
 def validate(config: RunConfig, data_root: Path, cache_root: Path | None = None) -> LabelledData:
@@ -99,8 +81,13 @@ def validate(config: RunConfig, data_root: Path, cache_root: Path | None = None)
     decoded once here and its pixels kept for `cache_images`, even when other images fail."""
     decoder = imagecache.Decoder(config.data.image_size, _store(config, cache_root))
     try:
+        limits = ImageLimits(config.data.max_image_bytes, config.data.max_image_pixels)
         return load_dataset(
-            data_root, config.data.features_csv, config.data.labels_csv, check=decoder
+            data_root,
+            config.data.features_csv,
+            config.data.labels_csv,
+            check=decoder,
+            limits=limits,
         )
     finally:
         decoder.commit()
@@ -121,7 +108,7 @@ def cache_images(
 
 def cache_entries(run_dir: Path, data_root: Path) -> list[imagecache.CacheEntry]:
     """The run's images (split.csv order): id, file under `data_root`, sha256 of its bytes."""
-    items = pd.read_csv(Path(run_dir) / "split.csv", dtype=str, keep_default_na=False)
+    items = pd.read_csv(Path(run_dir) / runfolder.SPLIT_CSV, dtype=str, keep_default_na=False)
     return [
         imagecache.CacheEntry(row.id, str(Path(data_root) / row.filepath), row.sha256)
         for row in items.itertuples()
@@ -156,7 +143,7 @@ def split_items(run_dir: Path, pack: imagecache.Pack) -> tuple[pd.DataFrame, lis
     classes = read_run_json(run_dir).get("classes")
     if not classes:
         raise StorageError(f"{run_dir}/run.json has no classes; run `prepare` first")
-    items = pd.read_csv(Path(run_dir) / "split.csv", dtype=str, keep_default_na=False)
+    items = pd.read_csv(Path(run_dir) / runfolder.SPLIT_CSV, dtype=str, keep_default_na=False)
     items["row"] = items["id"].map(pack.row_of()).astype(int)
     items["label_idx"] = items["label"].map({c: i for i, c in enumerate(classes)}).astype(int)
     return items, classes
@@ -253,7 +240,10 @@ def finalize(run_dir: Path, status: str = "completed", val: dict | None = None) 
     best model's val metrics, and every output file with its size and sha256."""
     run_dir = Path(run_dir)
     info = read_run_json(run_dir)
-    outputs = sorted(p for p in run_dir.rglob("*") if p.is_file() and p.name != "run.json")
+    outputs = sorted(
+        p for p in run_dir.rglob("*")
+        if p.is_file() and p.name != runfolder.RUN_JSON and not runfolder.is_bookkeeping(p, run_dir)
+    )  # fmt: skip
     info.update(
         status=status,
         finished=_utc_now(),
@@ -270,7 +260,6 @@ def finalize(run_dir: Path, status: str = "completed", val: dict | None = None) 
                 "sha256": checkpoint.file_sha256(p),
             }
             for p in outputs
-            if not p.name.endswith(".tmp")
         },
     )
     if val is not None:
@@ -287,22 +276,27 @@ def run_all(
     force: bool = False,
 ) -> RunSummary:
     """Validate, split, train (resuming), evaluate and finalize one run under output_root."""
+    if run_id is not None:
+        runfolder.check_run_id(run_id)  # before the minutes validation takes
     data = validate(config, data_root)
     run_id = resolve_run_id(config, data, run_id, force)
-    run_dir = Path(output_root) / config.output.stage / run_id
-    if is_finished(run_dir):
+    stage = config.output.stage
+    run_dir = Path(runfolder.run_location(output_root, stage, run_id))
+    with runfolder.leased(runfolder.lease_location(output_root, stage, run_id)) as lease:
         info = read_run_json(run_dir)
-        log.info(
-            "%s is up to date (finished %s); use --force to train again", run_dir, info["finished"]
-        )
-        return RunSummary(
-            run_id, run_dir, "up-to-date", info.get("best_epoch", 0), info.get("val", {})
-        )
-    log.info("run %s -> %s", run_id, run_dir)
-    prepare(config, data, run_dir)
-    cache_images(config, run_dir, data.root)
-    result = train(config, data.root, run_dir)
-    record_training(run_dir, result)
-    val = evaluate(config, run_dir, data.root)
-    finalize(run_dir, val=val)
+        if "config" in info:
+            runfolder.refuse_changes(info["config"], config.model_dump(mode="json"), run_dir)
+        if runfolder.up_to_date(info, config.train.epochs):
+            log.info("%s is up to date (finished %s); use --force to train again", run_dir,
+                     info["finished"])  # fmt: skip
+            return RunSummary(
+                run_id, run_dir, "up-to-date", info.get("best_epoch", 0), info.get("val", {})
+            )
+        log.info("run %s -> %s", run_id, run_dir)
+        prepare(config, data, run_dir)
+        cache_images(config, run_dir, data.root)
+        result = train(config, data.root, run_dir, on_epoch_end=lambda _: lease.check())
+        record_training(run_dir, result)
+        val = evaluate(config, run_dir, data.root)
+        finalize(run_dir, val=val)
     return RunSummary(run_id, run_dir, "completed", result.best_epoch, val)

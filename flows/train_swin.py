@@ -21,7 +21,10 @@ from prefect.runtime import flow_run
 
 from camtrap.config import PRESETS, build_config, parse_override
 from camtrap.errors import CamtrapError
+from camtrap.runfolder import check_run_id
+from flows.hooks import restart_after_crash
 from flows.local_prefect import prepare_temporary_server
+from tasks.common import release_lease
 from tasks.data import (
     cache_images,
     fetch_images,
@@ -30,6 +33,7 @@ from tasks.data import (
     validate_and_split,
 )
 from tasks.evaluation import evaluate
+from tasks.gpu import gpu_slot
 from tasks.publish import publish, report_up_to_date
 from tasks.training import train
 
@@ -49,7 +53,12 @@ def _rename_flow_run(name: str) -> None:
         client.update_flow_run(flow_run_id=context.flow_run.id, name=name)
 
 
-@flow(name="train-swin", flow_run_name=initial_run_name, validate_parameters=True)
+@flow(
+    name="train-swin",
+    flow_run_name=initial_run_name,
+    validate_parameters=True,
+    on_crashed=[restart_after_crash],  # a deployment run whose process died runs again
+)
 def train_swin(
     data_uri: str,
     output_uri: str,
@@ -63,27 +72,33 @@ def train_swin(
     same config and data is reported as up to date unless `force`. Returns the run's URI."""
     logger = get_run_logger()
     config = build_config(preset, None, dict(overrides))  # ConfigError before any work
+    if run_id is not None:
+        check_run_id(run_id)  # it becomes a path: `../x` must not write outside output_uri
     snapshot = fetch_metadata(data_uri, config.data)
     snapshot = fetch_images(snapshot, config.data)
     split = validate_and_split.with_options(refresh_cache=force or None)
     run = split(snapshot, config, output_uri, run_id, force)
-    status = run_status(run)
+    status = run_status(run, config)
     if status == "new":  # the cached split points at a run folder that was deleted
         run = validate_and_split.with_options(refresh_cache=True)(
             snapshot, config, output_uri, run_id, force
         )
-        status = run_status(run)
+        status = run_status(run, config)
     _rename_flow_run(run.run_id)
     logger.info("run %s (%s) -> %s", run.run_id, status, run.run_uri)
-    if status == "completed":
+    if status == "up-to-date":
         report_up_to_date(run)
         return run.run_uri
-    cache = cache_images(snapshot, config, run, output_uri)
-    logger.info("image cache: %d images (%d decoded now)", cache.images, cache.decoded)
-    summary = train(config, snapshot, run)
-    logger.info("best epoch %d (%.4f)", summary.best_epoch, summary.best_value)
-    val = evaluate(config, snapshot, run)
-    publish(run, val)
+    try:
+        cache = cache_images(snapshot, config, run, output_uri)
+        logger.info("image cache: %d images (%d decoded now)", cache.images, cache.decoded)
+        with gpu_slot():  # one run per GPU, whichever deployment it comes from
+            summary = train(config, snapshot, run)
+            logger.info("best epoch %d (%.4f)", summary.best_epoch, summary.best_value)
+            val = evaluate(config, snapshot, run)
+        publish(run, val)
+    finally:
+        release_lease(run)  # a failed run frees its folder for the next attempt at once
     return run.run_uri
 
 
@@ -105,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
     try:
         overrides = dict(parse_override(text) for text in args.set)
+        if args.run_id is not None:
+            check_run_id(args.run_id)  # before a server starts: one line, no flow run
         prepare_temporary_server()  # no-op with PREFECT_API_URL; else works on a fresh machine
     except CamtrapError as err:
         print(f"error: {err}", file=sys.stderr)

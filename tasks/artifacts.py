@@ -19,7 +19,7 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 
-from camtrap import storage
+from camtrap import runfolder, storage
 from tasks.common import RunRef, artifact_key
 
 log = logging.getLogger("camtrap")
@@ -102,7 +102,7 @@ def _at_epoch(epochs: pd.DataFrame, epoch: int, split: str) -> dict[str, float]:
 
 def summary_markdown(run: RunRef, info: dict[str, Any], run_dir: Path) -> str:
     """Best epoch, the best model's val metrics, the generalisation gap, links to every file."""
-    epochs = pd.read_csv(run_dir / "metrics" / "epochs.csv")
+    epochs = pd.read_csv(run_dir / runfolder.EPOCHS_CSV)
     best = int(info.get("best_epoch") or 0)
     config = info.get("config", {})
     metric = config.get("train", {}).get("best_metric", "val_accuracy")
@@ -152,7 +152,7 @@ def plots_markdown(run: RunRef, plots_dir: Path) -> str:
     lines = [f"# {run.run_id}: plots", ""]
     for name in PLOT_NAMES:
         path = plots_dir / f"{name}.png"
-        uri = storage.join(run.run_uri, "plots", f"{name}.png")
+        uri = storage.join(run.run_uri, runfolder.PLOTS, f"{name}.png")
         if not path.exists():
             continue
         lines += [f"## {name}", "", f"`{uri}`", ""]
@@ -165,9 +165,9 @@ def plots_markdown(run: RunRef, plots_dir: Path) -> str:
 def publish_summary(run: RunRef, info: dict[str, Any], run_dir: Path) -> list[UUID]:
     """Every end-of-run artifact: final tables, the summary and the plots."""
     best = int(info.get("best_epoch") or 0)
-    per_class = pd.read_csv(run_dir / "metrics" / "per_class.csv", keep_default_na=False)
+    per_class = pd.read_csv(run_dir / runfolder.PER_CLASS_CSV, keep_default_na=False)
     return [
-        epochs_table(run, run_dir / "metrics" / "epochs.csv"),
+        epochs_table(run, run_dir / runfolder.EPOCHS_CSV),
         per_class_table(run, per_class, best),
         create_markdown_artifact(
             markdown=summary_markdown(run, info, run_dir),
@@ -175,7 +175,7 @@ def publish_summary(run: RunRef, info: dict[str, Any], run_dir: Path) -> list[UU
             description=f"{run.run_id}: summary",
         ),
         create_markdown_artifact(
-            markdown=plots_markdown(run, run_dir / "plots"),
+            markdown=plots_markdown(run, run_dir / runfolder.PLOTS),
             key=artifact_key(run.run_id, "plots"),
             description=f"{run.run_id}: plots",
         ),

@@ -3,7 +3,10 @@ cache rules, and the bridge that sends the library's `camtrap` logs to the Prefe
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import logging
+import os
 import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -14,11 +17,12 @@ from typing import Any
 from prefect.cache_policies import INPUTS, TASK_SOURCE, CachePolicy
 from prefect.context import TaskRunContext
 from prefect.logging import get_run_logger
+from prefect.runtime import flow_run
 from prefect.tasks import exponential_backoff
 from prefect.utilities.hashing import hash_objects
 from pydantic import BaseModel, ConfigDict
 
-from camtrap import storage
+from camtrap import runfolder, storage
 from camtrap.errors import CamtrapError, StorageError
 
 CACHE_DIR_ENV = storage.CACHE_DIR_ENV
@@ -52,6 +56,7 @@ class RunRef(_Model):
     run_id: str
     run_uri: str  # {output_uri}/{stage}/{run_id}
     local_dir: str  # == run_uri for a local output_uri
+    lease_uri: str  # {output_uri}/{stage}/.leases/{run_id}.json: one writer per run
 
 
 class ImageCacheRef(_Model):
@@ -92,8 +97,38 @@ def data_cache_dir(data_uri: str) -> Path:
 def local_run_dir(output_uri: str, stage: str, run_id: str) -> Path:
     """Where a run is built: the output folder itself when local, else a local mirror."""
     if not storage.is_remote(output_uri):
-        return Path(output_uri, stage, run_id)
-    return storage.cache_path_for(output_uri, cache_root() / "runs") / stage / run_id
+        return Path(runfolder.run_location(output_uri, stage, run_id))
+    runs = storage.cache_path_for(output_uri, cache_root() / "runs")
+    return Path(runfolder.run_location(runs, stage, run_id))
+
+
+def _lease_owner() -> str:
+    return f"flow-run-{flow_run.id}" if flow_run.id else f"process-{os.getpid()}"
+
+
+@contextmanager
+def holding_lease(run: RunRef, release: bool = False) -> Iterator[runfolder.RunLease]:
+    """The run's lease for a task that writes its folder. The owner is the flow run, so the
+    flow's tasks (and their retries) take it in turn; another flow run waits up to the lease's
+    length (a lease left by a dead machine expires by then), then stops with RunBusy. Kept
+    between tasks (renewed only inside them, so it expires on its own if the flow dies);
+    released by the last task (`release`) and by a task that fails."""
+    lease = runfolder.RunLease(run.lease_uri, _lease_owner())
+    lease.acquire(wait_seconds=lease.seconds + 60)
+    try:
+        yield lease
+    except BaseException:
+        lease.release()
+        raise
+    if release:
+        lease.release()
+    else:
+        lease.stop_renewing()
+
+
+def release_lease(run: RunRef) -> None:
+    """Free the run for the next attempt now (the flow ends, failed or not), if still ours."""
+    runfolder.RunLease(run.lease_uri, _lease_owner()).release()
 
 
 def artifact_key(*parts: str) -> str:
@@ -127,13 +162,34 @@ IO_TASK: dict[str, Any] = {
 }
 
 
-@dataclass
-class RemoteState(CachePolicy):
-    """INPUTS + TASK_SOURCE, plus the state of the data where it lives (ETags of the files at the
-    URI and the local cache's id), so a rerun on unchanged data is a cache hit and any change a
-    miss. When that state cannot be read there is no key at all: the task runs, uncached."""
+# The packages whose code computes what a cached task returns. Prefect's TASK_SOURCE hashes only
+# the task function's own body, so a fix in camtrap (or in a helper beside the task) would still
+# hit results the old code computed.
+LIBRARY_PACKAGES = (Path(storage.__file__).resolve().parent, Path(__file__).resolve().parent)
 
-    state_fn: Callable[[dict[str, Any]], str] | None = None
+
+def source_digest(roots: tuple[Path, ...]) -> str:
+    """sha256 over the path (relative to its root's parent) and bytes of every .py file under
+    `roots`, in a fixed order."""
+    digest = hashlib.sha256()
+    for root in roots:
+        for path in sorted(root.rglob("*.py")):
+            name = path.relative_to(root.parent).as_posix()
+            content = hashlib.sha256(storage.read_bytes(path)).hexdigest()
+            digest.update(f"{name}\0{content}\n".encode())
+    return digest.hexdigest()
+
+
+@functools.cache
+def library_digest() -> str:
+    """`source_digest` of camtrap and tasks, once per process (the code does not change under a
+    running process; a new deployment or checkout starts new processes)."""
+    return source_digest(LIBRARY_PACKAGES)
+
+
+@dataclass
+class LibrarySource(CachePolicy):
+    """A key ingredient: the source of the camtrap and tasks packages (`library_digest`)."""
 
     def compute_key(
         self,
@@ -142,13 +198,38 @@ class RemoteState(CachePolicy):
         flow_parameters: dict[str, Any],
         **kwargs: Any,
     ) -> str | None:
-        base = (INPUTS + TASK_SOURCE).compute_key(task_ctx, inputs, flow_parameters, **kwargs)
+        return library_digest()
+
+
+# Every cached task's policy starts from this: its inputs, its own source and the library's.
+CODE_AND_INPUTS = INPUTS + TASK_SOURCE + LibrarySource()
+
+
+@dataclass
+class RemoteState(CachePolicy):
+    """CODE_AND_INPUTS, plus the state of the data where it lives (ETags of the files at the URI
+    and the local cache's id), so a rerun on unchanged data is a cache hit and any change a
+    miss. When that state cannot be read, or `state_fn` returns None (the local copy cannot
+    back a cached result), there is no key at all: the task runs, uncached."""
+
+    state_fn: Callable[[dict[str, Any]], str | None] | None = None
+
+    def compute_key(
+        self,
+        task_ctx: TaskRunContext,
+        inputs: dict[str, Any],
+        flow_parameters: dict[str, Any],
+        **kwargs: Any,
+    ) -> str | None:
+        base = CODE_AND_INPUTS.compute_key(task_ctx, inputs, flow_parameters, **kwargs)
         if base is None or self.state_fn is None:
             return None
         try:
             state = self.state_fn(inputs)
         except CamtrapError as err:
             logging.getLogger("camtrap").warning("no cache key (%s); running uncached", err)
+            return None
+        if state is None:
             return None
         return hash_objects(base, state, raise_on_failure=True)
 

@@ -12,17 +12,19 @@ from pathlib import Path
 from typing import Any
 
 from prefect import task
-from prefect.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE
+from prefect.cache_policies import NO_CACHE
 
-from camtrap import imagecache, pipeline, storage
+from camtrap import imagecache, pipeline, runfolder, storage
 from camtrap.config import DataConfig, RunConfig
 from tasks.common import (
+    CODE_AND_INPUTS,
     IO_TASK,
     DataSnapshot,
     ImageCacheRef,
     RemoteState,
     RunRef,
     data_cache_dir,
+    holding_lease,
     library_logs,
     local_run_dir,
 )
@@ -30,18 +32,53 @@ from tasks.common import (
 log = logging.getLogger("camtrap")
 
 
-def _s3_state(data_uri: str, names: list[str] | None) -> str:
+def _s3_state(data_uri: str, names: list[str] | None) -> str | None:
     """(size, ETag) of `names` (None: every file) under an s3:// URI, one LIST request per 1000
-    files, plus the id of the local cache they are fetched into."""
+    files, plus the id of the local cache they are fetched into.
+
+    None (no key: the task runs, uncached) while that local cache holds another version of any
+    of them. The cache folder is shared by every state of the URI, so after A -> B -> A at the
+    URI, the result cached for A would name a folder that now holds B's files."""
     files = storage.list_files(data_uri)
     if names is not None:
         files = {n: files[n] for n in names if n in files}
-    return f"{storage.etags_digest(files)}:{storage.cache_token(data_cache_dir(data_uri))}"
+    cache_dir = data_cache_dir(data_uri)
+    stale = _stale_local_copies(cache_dir, files)
+    if stale:
+        log.info(
+            "the local copy of %s holds other versions of %d files (first: %s); fetching again",
+            data_uri, len(stale), stale[0],
+        )  # fmt: skip
+        return None
+    return f"{storage.etags_digest(files)}:{storage.cache_token(cache_dir)}"
+
+
+def _stale_local_copies(cache_dir: Path, files: dict[str, storage.RemoteFile]) -> list[str]:
+    """The names among `files` whose copy in `cache_dir` is not the version at the URI: fetched
+    with another ETag (per the fetch manifest), or gone, or of another size since. Names never
+    fetched into it are not stale: the task fetches them, and its result is then true."""
+    manifest_path = cache_dir / storage.MANIFEST_NAME
+    try:
+        fetched = json.loads(storage.read_text(manifest_path)) if manifest_path.exists() else {}
+    except ValueError:
+        fetched = None  # unreadable: nothing it says can be trusted
+    if not isinstance(fetched, dict):
+        return sorted(files)
+    return [
+        name
+        for name, remote in sorted(files.items())
+        if name in fetched and not _holds(cache_dir / name, fetched[name], remote)
+    ]
+
+
+def _holds(local: Path, fetched_etag: str, remote: storage.RemoteFile) -> bool:
+    """The local copy, fetched with `fetched_etag`, is still the file at the URI."""
+    return fetched_etag == remote.etag and local.is_file() and local.stat().st_size == remote.size
 
 
 # The state functions below feed RemoteState cache keys; a local folder's state is the sizes and
 # modification times of the files.
-def _csv_state(inputs: dict[str, Any]) -> str:
+def _csv_state(inputs: dict[str, Any]) -> str | None:
     data: DataConfig = inputs["data"]
     uri = inputs["data_uri"]
     if not storage.is_remote(uri):
@@ -50,7 +87,7 @@ def _csv_state(inputs: dict[str, Any]) -> str:
     return _s3_state(uri, [data.features_csv, data.labels_csv])
 
 
-def _images_state(inputs: dict[str, Any]) -> str:
+def _images_state(inputs: dict[str, Any]) -> str | None:
     snapshot: DataSnapshot = inputs["snapshot"]
     if not storage.is_remote(snapshot.data_uri):
         return _local_images(snapshot, inputs["data"]).digest
@@ -62,7 +99,12 @@ def _local_images(snapshot: DataSnapshot, data: DataConfig) -> storage.FetchRepo
     return storage.fetch_files(snapshot.data_uri, names, snapshot.root)
 
 
-@task(name="fetch-metadata", cache_policy=RemoteState(state_fn=_csv_state), **IO_TASK)
+@task(
+    name="fetch-metadata",
+    cache_policy=RemoteState(state_fn=_csv_state),
+    timeout_seconds=600,  # two CSVs
+    **IO_TASK,
+)
 def fetch_metadata(data_uri: str, data: DataConfig) -> DataSnapshot:
     """The two CSVs into the local cache (ETag-keyed); a local folder is used in place."""
     with library_logs():
@@ -76,7 +118,12 @@ def fetch_metadata(data_uri: str, data: DataConfig) -> DataSnapshot:
     return DataSnapshot(data_uri=data_uri, root=str(report.root), csv_digest=report.digest)
 
 
-@task(name="fetch-images", cache_policy=RemoteState(state_fn=_images_state), **IO_TASK)
+@task(
+    name="fetch-images",
+    cache_policy=RemoteState(state_fn=_images_state),
+    timeout_seconds=4 * 3600,  # a first fetch of a large dataset over a slow link
+    **IO_TASK,
+)
 def fetch_images(snapshot: DataSnapshot, data: DataConfig) -> DataSnapshot:
     """Every image train_features.csv lists, in parallel, into the local cache; only files
     whose ETag changed since the last fetch are downloaded. Missing ones are left for
@@ -91,7 +138,12 @@ def fetch_images(snapshot: DataSnapshot, data: DataConfig) -> DataSnapshot:
     return snapshot.model_copy(update={"images_digest": report.digest})
 
 
-@task(name="validate-and-split", cache_policy=INPUTS + TASK_SOURCE, **IO_TASK)
+@task(
+    name="validate-and-split",
+    cache_policy=CODE_AND_INPUTS,
+    timeout_seconds=2 * 3600,  # decodes every image not yet in the image cache
+    **IO_TASK,
+)
 def validate_and_split(
     snapshot: DataSnapshot,
     config: RunConfig,
@@ -107,39 +159,54 @@ def validate_and_split(
             pull_image_cache(config, output_uri)
         data = pipeline.validate(config, Path(snapshot.root))
         run_id = pipeline.resolve_run_id(config, data, run_id, force)
-        run = RunRef(
-            run_id=run_id,
-            run_uri=storage.join(output_uri, config.output.stage, run_id),
-            local_dir=str(local_run_dir(output_uri, config.output.stage, run_id)),
-        )
-        if remote_status(run) == "completed":
+        run = run_ref(output_uri, config.output.stage, run_id)
+        if remote_status(run, config) == "up-to-date":
             return run
-        storage.sync_uri_to_dir(run.run_uri, run.local_dir, delete=True)
-        pipeline.prepare(config, data, Path(run.local_dir))
-        storage.sync_dir_to_uri(run.local_dir, run.run_uri)
+        with holding_lease(run):
+            runfolder.reconcile(run.run_uri, run.local_dir)
+            pipeline.prepare(config, data, Path(run.local_dir))
+            runfolder.push(run.local_dir, run.run_uri)
     return run
 
 
-def remote_status(run: RunRef) -> str:
-    """`completed` or `running` (run.json in output_uri), or `new`: no split.csv there yet."""
-    if not storage.exists(storage.join(run.run_uri, "split.csv")):
-        return "new"
-    uri = storage.join(run.run_uri, "run.json")
-    if not storage.exists(uri):
-        return "running"
+def run_ref(output_uri: str, stage: str, run_id: str) -> RunRef:
+    """The places of run `run_id` (checked: a plain folder name)."""
+    return RunRef(
+        run_id=run_id,
+        run_uri=runfolder.run_location(output_uri, stage, run_id),
+        local_dir=str(local_run_dir(output_uri, stage, run_id)),
+        lease_uri=runfolder.lease_location(output_uri, stage, run_id),
+    )
+
+
+def remote_status(run: RunRef, config: RunConfig) -> str:
+    """`up-to-date` (finished with at least config's epochs), `running` (started, or finished
+    with fewer epochs: it is extended), or `new` (no split.csv in output_uri yet). A run started
+    with another config (an explicit run id reused) is a ConfigError."""
+    status = runfolder.remote_status(run.run_uri)
+    if status == "new":
+        return status
+    info = _remote_run_json(run)
+    if "config" in info:
+        runfolder.refuse_changes(info["config"], config.model_dump(mode="json"), run.run_uri)
+    return "up-to-date" if runfolder.up_to_date(info, config.train.epochs) else "running"
+
+
+def _remote_run_json(run: RunRef) -> dict[str, Any]:
+    uri = storage.join(run.run_uri, runfolder.RUN_JSON)
     try:
-        return str(json.loads(storage.read_text(uri)).get("status", "running"))
+        return json.loads(storage.read_text(uri)) if storage.exists(uri) else {}
     except ValueError:
-        return "running"
+        return {}
 
 
-@task(name="run-status", cache_policy=NO_CACHE, **IO_TASK)
-def run_status(run: RunRef) -> str:
+@task(name="run-status", cache_policy=NO_CACHE, timeout_seconds=300, **IO_TASK)
+def run_status(run: RunRef, config: RunConfig) -> str:
     """The run's status in output_uri now (the split task's result may come from the cache)."""
-    return remote_status(run)
+    return remote_status(run, config)
 
 
-@task(name="cache-images", cache_policy=NO_CACHE, **IO_TASK)
+@task(name="cache-images", cache_policy=NO_CACHE, timeout_seconds=2 * 3600, **IO_TASK)
 def cache_images(
     snapshot: DataSnapshot, config: RunConfig, run: RunRef, output_uri: str
 ) -> ImageCacheRef:

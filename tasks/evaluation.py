@@ -9,22 +9,23 @@ from pathlib import Path
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from camtrap import pipeline, storage
+from camtrap import pipeline, runfolder
 from camtrap.config import RunConfig
 from tasks.common import (
     IO_TASK,
     DataSnapshot,
     RunRef,
     ValMetrics,
+    holding_lease,
     library_logs,
 )
 
 
-@task(name="evaluate", cache_policy=NO_CACHE, **IO_TASK)
+@task(name="evaluate", cache_policy=NO_CACHE, timeout_seconds=2 * 3600, **IO_TASK)
 def evaluate(config: RunConfig, snapshot: DataSnapshot, run: RunRef) -> ValMetrics:
     run_dir = Path(run.local_dir)
-    with library_logs():
-        storage.sync_uri_to_dir(run.run_uri, run_dir, delete=True)
+    with library_logs(), holding_lease(run):
+        runfolder.reconcile(run.run_uri, run_dir)
         metrics = pipeline.evaluate(config, run_dir, Path(snapshot.root))
-        storage.sync_dir_to_uri(run_dir, run.run_uri)
+        runfolder.push(run_dir, run.run_uri)
     return ValMetrics(metrics={k: float(v) for k, v in metrics.items()})

@@ -10,37 +10,39 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from camtrap import pipeline, storage
+from camtrap import pipeline, runfolder, storage
 from tasks import artifacts
 from tasks.common import (
     IO_TASK,
     RunRef,
     ValMetrics,
     artifact_key,
+    holding_lease,
     library_logs,
 )
 
 PUBLISH_TASK = {"cache_policy": NO_CACHE, **IO_TASK}
 
 
-@task(name="publish", **PUBLISH_TASK)
+@task(name="publish", timeout_seconds=1800, **PUBLISH_TASK)
 def publish(run: RunRef, val: ValMetrics) -> str:
     """Finish the run: run.json with every output's sha256 to output_uri (after every other
     file, so a finished run.json means a complete folder), then the summary artifacts.
     Returns the URI of run.json."""
     run_dir = Path(run.local_dir)
     with library_logs():
-        storage.sync_uri_to_dir(run.run_uri, run_dir, delete=True)
-        info = pipeline.finalize(run_dir, val=val.metrics)
-        storage.sync_dir_to_uri(run_dir, run.run_uri)
+        with holding_lease(run, release=True):  # the run's last write
+            runfolder.reconcile(run.run_uri, run_dir)
+            info = pipeline.finalize(run_dir, val=val.metrics)
+            runfolder.push(run_dir, run.run_uri)
         artifacts.publish_summary(run, info, run_dir)
-    return storage.join(run.run_uri, "run.json")
+    return storage.join(run.run_uri, runfolder.RUN_JSON)
 
 
-@task(name="report-up-to-date", **PUBLISH_TASK)
+@task(name="report-up-to-date", timeout_seconds=300, **PUBLISH_TASK)
 def report_up_to_date(run: RunRef) -> str:
     """A finished run with this config and data exists: say so in the UI, train nothing."""
-    info = json.loads(storage.read_text(storage.join(run.run_uri, "run.json")))
+    info = json.loads(storage.read_text(storage.join(run.run_uri, runfolder.RUN_JSON)))
     val = "  ".join(f"{k} {v:.4f}" for k, v in info.get("val", {}).items())
     create_markdown_artifact(
         markdown=(
@@ -52,4 +54,4 @@ def report_up_to_date(run: RunRef) -> str:
         key=artifact_key(run.run_id, "summary"),
         description=f"{run.run_id}: up to date",
     )
-    return storage.join(run.run_uri, "run.json")
+    return storage.join(run.run_uri, runfolder.RUN_JSON)

@@ -11,11 +11,10 @@ import logging
 from pathlib import Path
 from uuid import UUID
 
-import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from camtrap import pipeline, storage
+from camtrap import pipeline, runfolder
 from camtrap.config import RunConfig
 from camtrap.errors import StorageError
 from camtrap.fit import EpochRecord
@@ -26,32 +25,30 @@ from tasks.common import (
     DataSnapshot,
     RunRef,
     TrainSummary,
+    holding_lease,
     library_logs,
     retry_unless_user_error,
 )
+from tasks.gpu import train_timeout_s
 
 log = logging.getLogger("camtrap")
-
-
-def completed_epochs(run_dir: Path) -> int:
-    """The last epoch in metrics/epochs.csv (0 when there is none yet)."""
-    path = run_dir / "metrics" / "epochs.csv"
-    if not path.exists():
-        return 0
-    epochs = pd.read_csv(path)
-    return int(epochs["epoch"].max()) if not epochs.empty else 0
 
 
 class EpochPublisher:
     """on_epoch_end: upload what changed, then update the progress bar and the tables."""
 
-    def __init__(self, run: RunRef, progress_id: UUID | None) -> None:
+    def __init__(
+        self, run: RunRef, progress_id: UUID | None, lease: runfolder.RunLease | None = None
+    ) -> None:
         self.run = run
         self.progress_id = progress_id
+        self.lease = lease
 
     def __call__(self, record: EpochRecord) -> None:
+        if self.lease is not None:
+            self.lease.check()  # another process took the run: stop before writing more
         try:
-            storage.sync_dir_to_uri(self.run.local_dir, self.run.run_uri)
+            runfolder.push(self.run.local_dir, self.run.run_uri)
         except StorageError as err:  # the next epoch's sync, or the final one, catches up
             log.warning("epoch %d not saved to output_uri yet: %s", record.epoch, err)
         note = (
@@ -79,25 +76,24 @@ class EpochPublisher:
     retries=TRAIN_RETRIES,
     retry_delay_seconds=TRAIN_RETRY_DELAY_S,
     retry_condition_fn=retry_unless_user_error,
+    timeout_seconds=train_timeout_s(),  # $CAMTRAP_TRAIN_TIMEOUT_S; a hung run fails, then resumes
 )
 def train(config: RunConfig, snapshot: DataSnapshot, run: RunRef) -> TrainSummary:
     """Train (or resume) the run; its folder in output_uri holds every epoch's state."""
     run_dir = Path(run.local_dir)
-    with library_logs():
-        pulled = storage.sync_uri_to_dir(run.run_uri, run_dir, delete=True)
-        done = completed_epochs(run_dir)
+    with library_logs(), holding_lease(run) as lease:
+        moved = runfolder.reconcile(run.run_uri, run_dir)
+        done = runfolder.epochs_done(run_dir)
         if done:
-            log.info("resuming %s after epoch %d (%d files from output_uri)", run.run_id, done,
-                     len(pulled))  # fmt: skip
+            log.info("resuming %s after epoch %d (%s)", run.run_id, done, moved)
         total = config.train.epochs
         progress_id = artifacts.best_effort(
             "progress", lambda: artifacts.start_progress(run, min(done, total), total)
         )
-        result = pipeline.train(
-            config, Path(snapshot.root), run_dir, on_epoch_end=EpochPublisher(run, progress_id)
-        )
+        publisher = EpochPublisher(run, progress_id, lease)
+        result = pipeline.train(config, Path(snapshot.root), run_dir, on_epoch_end=publisher)
         pipeline.record_training(run_dir, result)
-        storage.sync_dir_to_uri(run_dir, run.run_uri)
+        runfolder.push(run_dir, run.run_uri)
     return TrainSummary(
         best_epoch=result.best_epoch,
         best_value=result.best_value,

@@ -167,7 +167,8 @@ class FlakyS3Proxy:
                     self.send_header("Content-Type", "application/xml")
                     self.send_header("Content-Length", str(len(error)))
                     self.end_headers()
-                    self.wfile.write(error)
+                    if self.command != "HEAD":  # a HEAD reply has no body
+                        self.wfile.write(error)
                     return
                 self._forward(body)
 

@@ -31,6 +31,7 @@ def test_library_never_imports_prefect():
     assert offenders == []
 
 
+@pytest.mark.slow  # a second Python process: several seconds
 def test_importing_the_library_does_not_load_prefect():
     code = "import sys, camtrap.pipeline, camtrap.cli; print('prefect' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -31,6 +31,7 @@ LAYOUT = sorted(
         "final_resnet18_model_part1_best.pth",
         "final_resnet18_model_part1.pth",
         "state/last.pt",
+        "state/last.json",
         "split.csv",
         "metrics/epochs.csv",
         "metrics/per_class.csv",

@@ -17,7 +17,7 @@ from camtrap.config import build_config
 from camtrap.errors import ConfigError, DataError, StorageError
 from flows.train_swin import train_swin
 from tasks import training
-from tasks.common import RunRef, TrainSummary
+from tasks.common import RunRef, TrainSummary, release_lease
 from tasks.data import (
     cache_images,
     fetch_images,
@@ -35,6 +35,7 @@ LAYOUT = sorted(
         "final_resnet18_model_smoke_best.pth",
         "final_resnet18_model_smoke.pth",
         "state/last.pt",
+        "state/last.json",
         "split.csv",
         "metrics/epochs.csv",
         "metrics/per_class.csv",
@@ -299,7 +300,10 @@ def test_a_mirrored_image_cache_spares_another_machine_every_decode(
     def prepare_and_cache():
         snapshot = fetch_images(fetch_metadata(demo_uri, config.data), config.data)
         run = validate_and_split(snapshot, config, output_uri)
-        return cache_images(snapshot, config, run, output_uri)
+        try:
+            return cache_images(snapshot, config, run, output_uri)
+        finally:
+            release_lease(run)  # as train-swin does when it ends: machine b takes the run next
 
     decodes: list[str] = []
     decode = imagecache.decode_resized

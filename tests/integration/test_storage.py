@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import json
 from pathlib import Path
 
 import pytest
 
-from camtrap import storage
+from camtrap import checkpoint, storage
 from camtrap.errors import StorageError
 
 
@@ -96,7 +97,8 @@ def test_unreachable_endpoint_is_a_storage_error_without_the_endpoint(monkeypatc
     monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "k")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s")
-    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")  # botocore would retry for ~20 s
+    # botocore's own retries are off in s3_filesystem (else ~20 s here); camtrap's budget is 1 s.
+    monkeypatch.setenv("CAMTRAP_S3_RETRY_SECONDS", "1")
     monkeypatch.setattr(storage, "BACKOFF_SECONDS", 0.01)
     with pytest.raises(StorageError) as info:
         storage.read_bytes("s3://bucket-x/file.csv")
@@ -116,6 +118,17 @@ def test_transient_errors_are_retried(monkeypatch):
 
     assert storage._attempt(flaky, "read", "s3://b/k") == "ok"
     assert len(calls) == 3
+
+
+def test_errors_s3fs_used_to_retry_are_retried_here():
+    # s3fs's own retries are off now (s3_filesystem); these it retried must still be retried.
+    from botocore.exceptions import FlexibleChecksumError, HTTPClientError
+    from botocore.parsers import ResponseParserError
+
+    assert storage._is_transient(HTTPClientError(error="Bad status line"))
+    assert storage._is_transient(ResponseParserError("unparseable XML from a throttled S3"))
+    assert storage._is_transient(FlexibleChecksumError(error_msg="crc32 of the body differs"))
+    assert not storage._is_transient(OSError(errno.EINVAL, "At least one of the pre-conditions"))
 
 
 def test_permanent_errors_are_not_retried(monkeypatch):
@@ -186,7 +199,7 @@ def test_sync_dir_to_uri_uploads_only_changes_and_state_last(s3_server, bucket, 
     _write(run / ".x.pt.abcd.tmp", b"partial")
     uri = f"s3://{bucket}/runs/part1/r1"
 
-    uploaded = storage.sync_dir_to_uri(run, uri)
+    uploaded = storage.sync_dir_to_uri(run, uri, last=("state/last.pt", "run.json"))
     assert uploaded == ["metrics/epochs.csv", "state/last.pt", "run.json"]
     assert s3_server.keys(bucket) == [
         "runs/part1/r1/metrics/epochs.csv",
@@ -211,6 +224,56 @@ def test_sync_uri_to_dir_mirrors_and_deletes(s3_server, bucket, tmp_path):
     assert (local / "state" / "last.pt").read_bytes() == b"remote-state"
     assert not (local / "stale.pth").exists()
     assert storage.sync_uri_to_dir(uri, local) == []
+
+
+def test_sync_skips_keys_that_lead_outside_the_folder(s3_server, bucket, tmp_path, caplog):
+    client = s3_server.client()
+    client.put_object(Bucket=bucket, Key="runs/part1/r1/../../../x", Body=b"escaped")
+    client.put_object(Bucket=bucket, Key="runs/part1/r1/ok.txt", Body=b"ok")
+    local = tmp_path / "a" / "b" / "c" / "local"
+    with caplog.at_level("WARNING", logger="camtrap"):
+        assert storage.sync_uri_to_dir(f"s3://{bucket}/runs/part1/r1", local) == ["ok.txt"]
+    assert (local / "ok.txt").read_bytes() == b"ok"
+    assert not (tmp_path / "a" / "x").exists()  # local/../../../x
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["ok.txt"]
+    assert f"s3://{bucket}/runs/part1/r1/../../../x" in caplog.text
+
+
+def test_sync_never_writes_through_a_link_that_leads_outside(s3_server, bucket, tmp_path):
+    storage.write_bytes(f"s3://{bucket}/r/linked/evil.txt", b"evil")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    local = tmp_path / "local"
+    local.mkdir()
+    (local / "linked").symlink_to(outside, target_is_directory=True)
+    with pytest.raises(StorageError, match="linked/evil.txt would be written outside"):
+        storage.sync_uri_to_dir(f"s3://{bucket}/r", local)
+    assert list(outside.iterdir()) == []
+
+
+def test_sync_delete_keeps_what_a_link_leads_to(s3_server, bucket, tmp_path):
+    # A regression guard: rglob (Python 3.11) does not descend into linked folders, and the
+    # delete branch also checks that each file it unlinks lies inside the folder.
+    storage.write_bytes(f"s3://{bucket}/r/kept.txt", b"k")
+    outside = _write(tmp_path / "outside" / "precious.txt", b"p").parent
+    local = tmp_path / "local"
+    _write(local / "stale.txt", b"s")
+    (local / "linked").symlink_to(outside, target_is_directory=True)
+    (local / "file-link").symlink_to(outside / "precious.txt")
+    assert storage.sync_uri_to_dir(f"s3://{bucket}/r", local, delete=True) == ["kept.txt"]
+    assert (outside / "precious.txt").read_bytes() == b"p"
+    assert not (local / "stale.txt").exists() and not (local / "file-link").is_symlink()
+    assert (local / "linked").is_symlink()
+
+
+def test_inside_checks_the_resolved_folder(tmp_path):
+    (tmp_path / "root" / "d").mkdir(parents=True)
+    (tmp_path / "root" / "out").symlink_to(tmp_path, target_is_directory=True)
+    root = tmp_path / "root"
+    assert storage.inside(root, "d/x.txt") == root / "d" / "x.txt"
+    for rel in ("../x.txt", "/etc/x", "out/x.txt", "d/../../x.txt"):
+        with pytest.raises(StorageError, match="would be written outside"):
+            storage.inside(root, rel)
 
 
 def test_sync_from_a_prefix_that_does_not_exist_yet_is_empty(s3_server, bucket, tmp_path):
@@ -242,3 +305,24 @@ def test_camtrap_validate_checks_a_dataset_in_s3(
     assert main(["validate", "--data", uri]) == 2
     err = capsys.readouterr().err
     assert "ZJ000003" in err and "does not exist" in err
+
+
+def test_runs_verify_checks_a_run_in_s3(s3_server, bucket, tmp_path):
+    from camtrap import runfolder
+
+    run = tmp_path / "run"
+    _write(run / "a.txt", b"alpha")
+    _write(run / "state" / "last.pt", b"state")
+    files = {rel: {"bytes": (run / rel).stat().st_size,
+                   "sha256": checkpoint.file_sha256(run / rel)}
+             for rel in ("a.txt", "state/last.pt")}  # fmt: skip
+    runfolder.write_run_json(run, {"status": "completed", "files": files})
+    uri = f"s3://{bucket}/runs/smoke/r1"
+    runfolder.push(run, uri)
+    assert runfolder.verify(uri) == []
+    s3_server.client().put_object(Bucket=bucket, Key="runs/smoke/r1/a.txt", Body=b"alphx")
+    s3_server.client().delete_object(Bucket=bucket, Key="runs/smoke/r1/state/last.pt")
+    assert runfolder.verify(uri) == [
+        "a.txt: sha256 differs from run.json",
+        "state/last.pt: missing",
+    ]

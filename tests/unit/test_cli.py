@@ -29,6 +29,7 @@ def test_validate_clean_dataset_exits_0(demo_root, capsys):
     assert "32 images, 8 classes, no problems" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # a second Python process: several seconds
 def test_train_on_bad_data_prints_a_report_not_a_traceback(tmp_path, demo_root):
     bad = tmp_path / "bad"
     bad.mkdir()
@@ -124,3 +125,26 @@ def test_demo_without_prefect_ends_with_the_run_summary(tmp_path, capsys):
     assert lines[0] == f"Run folder: {run_dir}"
     assert lines[1].startswith("Best epoch 1 of 1: val accuracy ")
     assert not any("Prefect" in line for line in lines)  # no Prefect run to look at
+
+
+@pytest.mark.slow
+def test_a_diverging_run_stops_with_a_fix_not_a_traceback(tmp_path, demo_root, capsys):
+    # Reproduced before: `--set train.lr=1e30` ended in "ValueError: probs must be finite".
+    code = main(
+        ["train", "--data", str(demo_root), "--out", str(tmp_path), "--preset", "smoke",
+         "--set", "train.lr=1e30", "--set", "train.epochs=2", "--set", "data.image_size=32",
+         "--set", "train.batch_size=8", "--set", "train.progress=false"]
+    )  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "not finite" in err or "diverged" in err
+    assert "fix: lower train.lr" in err or "lower train.lr" in err
+    assert "Traceback" not in err
+
+
+def test_an_escaping_run_id_is_refused_and_nothing_is_written(tmp_path, demo_root, capsys):
+    out = tmp_path / "a" / "b" / "out"
+    for run_id in ("../../escape", str(tmp_path / "abs")):
+        assert main(["train", "--data", str(demo_root), "--out", str(out), "--run-id", run_id]) == 2
+        assert "plain folder name" in capsys.readouterr().err
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == []  # nothing, anywhere

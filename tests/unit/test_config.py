@@ -1,6 +1,16 @@
+import json
+
 import pytest
 
-from camtrap.config import PRESETS, RunConfig, build_config, parse_override
+from camtrap.config import (
+    PRESETS,
+    DataConfig,
+    RunConfig,
+    build_config,
+    parse_override,
+    redact_text,
+    redact_uri,
+)
 from camtrap.errors import ConfigError
 
 
@@ -87,3 +97,69 @@ def test_overrides_never_leak_into_the_presets():
     # A second build from the same preset starts from the preset, not from the last overrides.
     cfg = build_config("smoke")
     assert (cfg.data.image_size, cfg.train.epochs) == (64, 15)
+
+
+# --- hostile input: image size limits -------------------------------------------------------
+
+
+def test_image_size_limits_default_to_50_megapixels_and_50_mb():
+    data = DataConfig()
+    assert data.max_image_pixels == 50_000_000
+    assert data.max_image_bytes == 52_428_800  # 50 * 1024 * 1024
+    cfg = build_config(
+        "smoke", overrides=["data.max_image_pixels=100000000", "data.max_image_bytes=1"]
+    )
+    assert (cfg.data.max_image_pixels, cfg.data.max_image_bytes) == (100_000_000, 1)
+    for key in ("data.max_image_pixels", "data.max_image_bytes"):
+        with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+            build_config("smoke", overrides=[f"{key}=0"])
+
+
+# --- secrets in model.weights ----------------------------------------------------------------
+
+PRESIGNED = (
+    "s3://b/w.pth?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=ASIACANARY456%2F20260101"
+    "&X-Amz-Signature=CANARY123"
+)
+
+
+@pytest.mark.parametrize(
+    "weights, shown",
+    [
+        (
+            PRESIGNED,
+            "s3://b/w.pth?X-Amz-Algorithm=REDACTED&X-Amz-Credential=REDACTED"
+            "&X-Amz-Signature=REDACTED",
+        ),
+        ("https://user:CANARY123@models.example/w.pth", "https://REDACTED@models.example/w.pth"),
+        (
+            "https://CANARY123@h:8443/w.pth?v=2#t=CANARY123",
+            "https://REDACTED@h:8443/w.pth?v=REDACTED#t=REDACTED",
+        ),
+        ("https://h/w.pth?CANARY123", "https://h/w.pth?REDACTED"),
+    ],
+)
+def test_weights_with_credentials_are_redacted_in_every_dump_and_repr(weights, shown):
+    cfg = build_config("smoke", overrides={"model.weights": weights})
+    assert cfg.model.weights == weights  # the real value, which loads the file
+    as_json = cfg.model_dump(mode="json")  # what run.json, model files and resume state hold
+    assert as_json["model"]["weights"] == shown
+    for text in (json.dumps(as_json), cfg.model_dump_json(), str(cfg.model_dump()), repr(cfg)):
+        assert "CANARY" not in text
+    assert f"weights='{shown}'" in repr(cfg.model)
+
+
+@pytest.mark.parametrize(
+    "weights", ["IMAGENET1K_V1", "none", "/data/w?.pth", "s3://b/models/w.pth", "file:///w.pth"]
+)
+def test_weights_without_credentials_are_dumped_as_given(weights):
+    cfg = build_config("smoke", overrides={"model.weights": weights})
+    assert cfg.model_dump(mode="json")["model"]["weights"] == weights
+    assert redact_uri(weights) == weights
+
+
+def test_redact_text_redacts_every_uri_in_a_message():
+    text = "cannot read https://u:CANARY123@h/x?sig=CANARY123: 403 (see s3://b/k?t=CANARY123)."
+    assert redact_text(text) == (
+        "cannot read https://REDACTED@h/x?sig=REDACTED: 403 (see s3://b/k?t=REDACTED)."
+    )

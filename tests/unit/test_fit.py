@@ -7,15 +7,19 @@ import pandas as pd
 import pytest
 import torch
 
-from camtrap import pipeline
+from camtrap import checkpoint, pipeline
 from camtrap.checkpoint import load_torch
-from camtrap.fit import RunFiles
+from camtrap.errors import ConfigError, StorageError
 from camtrap.labels import load_dataset
 from camtrap.models import load_model
+from camtrap.runfolder import RunFiles
 
 pytestmark = pytest.mark.slow  # every test here trains
 
-METRIC_COLUMNS = ["epoch", "split", "accuracy", "loss", "log_loss", "top3_accuracy"]
+METRIC_COLUMNS = [
+    "epoch", "split", "accuracy", "loss", "log_loss", "top3_accuracy", "skipped_steps",
+    "nonfinite_steps",
+]  # fmt: skip
 
 
 def _run(config, data_root, out):
@@ -170,3 +174,57 @@ def test_compiled_training_saves_plain_model_files(tmp_path, demo_root, tiny_con
     assert not any(key.startswith("_orig_mod") for key in state["model"])
     model, meta = load_model(summary.run_dir / "final_resnet18_model_smoke_best.pth")
     assert meta.epoch == 1 and isinstance(model, torch.nn.Module)
+
+
+def test_best_model_rebuilt_when_a_kill_came_between_state_and_best(tmp_path, demo_root,
+                                                                   tiny_config):  # fmt: skip
+    # The state (the commit point) is written before the best model: a kill between them
+    # leaves the previous best file beside a state whose own weights are the new best.
+    config = tiny_config(**{"train.epochs": 1})
+    summary = _run(config, demo_root, tmp_path)
+    files = RunFiles.for_config(summary.run_dir, config)
+    state = load_torch(files.state)
+    assert state["best_epoch"] == 1 and state["best_sha256"] == checkpoint.file_sha256(
+        files.best_model
+    )
+    files.best_model.write_bytes(b"the previous best")
+    pipeline.train(config, demo_root, summary.run_dir)  # nothing to train: settles the folder
+    assert checkpoint.file_sha256(files.best_model) == state["best_sha256"]
+    weights = load_torch(files.best_model)["model"]
+    assert all(torch.equal(weights[k], state["model"][k]) for k in weights)
+
+
+def test_best_model_of_an_abandoned_attempt_is_refused(tmp_path, demo_root, tiny_config):
+    config = tiny_config(**{"train.epochs": 2, "train.lr": 1e-9})  # epoch 1 stays best
+    summary = _run(config, demo_root, tmp_path)
+    files = RunFiles.for_config(summary.run_dir, config)
+    if load_torch(files.state)["best_epoch"] != 1:
+        pytest.skip("epoch 2 happened to be better")
+    files.best_model.write_bytes(b"from another attempt")
+    with pytest.raises(StorageError, match="not the best model"):
+        pipeline.train(config, demo_root, summary.run_dir)
+
+
+def test_resume_with_a_changed_config_is_refused(tmp_path, demo_root, tiny_config):
+    config = tiny_config(**{"train.epochs": 1})
+    summary = _run(config, demo_root, tmp_path)
+    changed = tiny_config(**{"train.epochs": 1, "train.lr": 0.1})
+    with pytest.raises(ConfigError, match=r"train\.lr: 0\.0005 -> 0\.1"):
+        pipeline.run_all(changed, demo_root, tmp_path, run_id=summary.run_id)
+    fewer = tiny_config(**{"train.epochs": 1, "data.num_workers": 0, "train.progress": True})
+    assert pipeline.run_all(fewer, demo_root, tmp_path, run_id=summary.run_id).status == (
+        "up-to-date"
+    )
+
+
+def test_more_epochs_extend_a_finished_run(tmp_path, demo_root, tiny_config):
+    config = tiny_config(**{"train.epochs": 1})
+    summary = _run(config, demo_root, tmp_path)
+    longer = tiny_config(**{"train.epochs": 2})
+    again = pipeline.run_all(longer, demo_root, tmp_path, run_id=summary.run_id)
+    assert again.status == "completed" and again.run_dir == summary.run_dir
+    epochs = pd.read_csv(summary.run_dir / "metrics" / "epochs.csv")
+    assert epochs["epoch"].tolist() == [1, 1, 2, 2]
+    info = json.loads((summary.run_dir / "run.json").read_text())
+    assert info["config"]["train"]["epochs"] == 2 and info["status"] == "completed"
+    assert load_torch(next(summary.run_dir.glob("*_smoke.pth")))["epoch"] == 2

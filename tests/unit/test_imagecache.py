@@ -134,6 +134,7 @@ def test_a_damaged_pack_is_rebuilt_never_trained_on(demo_root, tmp_path, damage,
     assert "damaged" in caplog.text or damage == "drop the rows"
 
 
+@pytest.mark.slow  # a second Python process: several seconds
 def test_two_processes_building_one_pack_at_once_leave_one_intact_pack(demo_root, tmp_path):
     code = (
         "import sys; from camtrap import imagecache; from camtrap.labels import load_dataset\n"

@@ -1,6 +1,8 @@
 """camtrap.images: every PIL mode becomes the right 8-bit RGB, and every broken file a DataError."""
 
 import io
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -8,7 +10,7 @@ import pytest
 from PIL import Image, ImageFile
 
 from camtrap.errors import DataError
-from camtrap.images import check_image, open_rgb, read_image_bytes, to_rgb
+from camtrap.images import check_image, header_problem, open_rgb, read_image_bytes, to_rgb
 
 # Conversions must not lean on PIL warnings (e.g. "Palette images with Transparency expressed in
 # bytes should be converted to RGBA images"): those mean a mode was handled the wrong way.
@@ -269,3 +271,85 @@ def test_check_image_on_a_real_camera_trap_jpeg(ena24_root: Path):
     assert check_image(path) is None
     image = open_rgb(path)
     assert image.mode == "RGB" and image.size == SIZE_02480
+
+
+# --- size limits (hostile input) -----------------------------------------------------------
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    """A PNG whose header declares width x height RGB pixels but which holds no pixel data: PIL
+    opens it (the header is all Image.open reads) and fails on any decode, so a Problem about
+    its size proves that nothing was decoded."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        crc = zlib.crc32(kind + body)
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", crc)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
+
+
+def test_pixel_limit_is_checked_on_the_header_before_any_decode():
+    data = _png_header_only(10_000, 6_000)
+    problem = _problem_with(lambda: open_rgb(data, "big.png", max_pixels=50_000_000))
+    assert problem.file == "big.png"
+    assert problem.message == (
+        "has 60,000,000 pixels (10000 x 6000), over the limit of 50,000,000 pixels: "
+        "data.max_image_pixels"
+    )
+    assert problem.fix == (
+        "downscale it to at most 50,000,000 pixels, or raise data.max_image_pixels"
+    )
+    assert header_problem(data, "big.png", 50_000_000) == problem
+    assert check_image(data, "big.png", max_pixels=50_000_000) == problem
+    # Without the limit the same bytes get as far as the decode, which fails: no pixel data.
+    assert "truncated or corrupt" in _problem(data, "big.png").message
+
+
+def test_pixel_limit_counts_width_times_height_and_allows_exactly_the_limit():
+    data = _save(Image.new("RGB", (8, 6), (1, 2, 3)), "PNG")  # 48 pixels
+    assert open_rgb(data, max_pixels=48).size == (8, 6)
+    assert check_image(data, max_pixels=48) is None
+    assert header_problem(data, "x.png", 48) is None
+    problem = header_problem(data, "x.png", 47)
+    assert problem is not None and problem.message.startswith(
+        "has 48 pixels (8 x 6), over the limit of 47 pixels"
+    )
+
+
+def test_pils_bomb_warning_never_escapes_and_the_configured_limit_decides():
+    # 100 MP is past PIL's warning threshold (Image.MAX_IMAGE_PIXELS, 89,478,485) but not its
+    # error (twice that). This module turns warnings into errors: any escaping warning fails.
+    data = _png_header_only(10_000, 10_000)
+    problem = header_problem(data, "huge.png", 50_000_000)
+    assert problem is not None
+    assert problem.message.startswith("has 100,000,000 pixels (10000 x 10000), over the limit")
+    assert header_problem(data, "huge.png", 150_000_000) is None  # a raised limit is honoured
+
+
+def test_pils_own_decompression_bomb_limit_is_a_problem_naming_the_fix():
+    data = _png_header_only(20_000, 20_000)  # 400 MP: PIL refuses it whatever camtrap allows
+    problem = header_problem(data, "bomb.png", 10**9)
+    assert problem is not None and problem.file == "bomb.png"
+    assert problem.message.startswith("has too many pixels to decode safely (")
+    assert problem.fix == f"downscale it to at most {Image.MAX_IMAGE_PIXELS:,} pixels"
+    assert _problem(data, "bomb.png") == problem  # open_rgb, no camtrap limit: PIL's still holds
+
+
+def test_file_size_limit_allows_exactly_the_limit(tmp_path):
+    path = tmp_path / "a.jpg"
+    path.write_bytes(b"x" * 1234)
+    assert len(read_image_bytes(path, max_bytes=1234)) == 1234
+    problem = _problem_with(lambda: read_image_bytes(path, "a.jpg", max_bytes=1233))
+    assert problem.file == "a.jpg"
+    assert problem.message == (
+        "is too large (1,234 bytes, over the limit of 1,233 bytes: data.max_image_bytes)"
+    )
+    assert "data.max_image_bytes" in problem.fix
+
+
+def _problem_with(call):
+    with pytest.raises(DataError) as caught:
+        call()
+    assert len(caught.value.problems) == 1
+    return caught.value.problems[0]

@@ -3,6 +3,8 @@
 import hashlib
 import io
 import os
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +12,7 @@ import pytest
 from PIL import Image
 
 from camtrap.errors import DataError
-from camtrap.labels import LabelledData, load_dataset, validate_dataset
+from camtrap.labels import ImageLimits, LabelledData, load_dataset, validate_dataset
 
 FEATURES, LABELS = "train_features.csv", "train_labels.csv"
 # Deliberately not alphabetical: the classes are the label columns in file order.
@@ -416,6 +418,98 @@ def test_symlink_inside_the_root_is_fine(root):
     os.symlink(root / "images" / "b1.png", root / "images" / "alias.png")
     _point_b1_at(root, "images/alias.png")
     assert load_dataset(root).frame["filepath"].iloc[2] == "images/alias.png"
+
+
+# --- hostile input: image size limits, reserved class names ---------------------------------
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    """A PNG header declaring width x height RGB pixels, with no pixel data (never decodable)."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        crc = zlib.crc32(kind + body)
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", crc)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
+
+
+def test_an_image_over_the_default_pixel_limit_is_refused_from_its_header(root):
+    (root / "images" / "b1.png").write_bytes(_png_header_only(10_000, 6_000))  # 60 MP
+    problem = only_problem(root)
+    assert (problem.file, problem.line, problem.id) == (FEATURES, 4, "b1")
+    # Not "truncated": the header alone decided, nothing was decoded.
+    assert problem.message == (
+        "image images/b1.png has 60,000,000 pixels (10000 x 6000), over the limit of "
+        "50,000,000 pixels: data.max_image_pixels"
+    )
+    assert problem.fix == (
+        "downscale it to at most 50,000,000 pixels, or raise data.max_image_pixels"
+    )
+
+
+@pytest.mark.filterwarnings("error")  # PIL's DecompressionBombWarning must not escape either
+def test_pils_bomb_warning_becomes_the_limit_problem_in_validation(root):
+    (root / "images" / "b1.png").write_bytes(_png_header_only(10_000, 10_000))  # 100 MP
+    problem = only_problem(root)
+    assert problem.message.startswith(
+        "image images/b1.png has 100,000,000 pixels (10000 x 10000), over the limit"
+    )
+
+
+def test_pils_own_bomb_limit_is_a_problem_even_with_a_raised_limit(root):
+    (root / "images" / "b1.png").write_bytes(_png_header_only(20_000, 20_000))  # 400 MP
+    problem = only_problem(root, limits=ImageLimits(max_pixels=10**9))
+    assert (problem.line, problem.id) == (4, "b1")
+    assert problem.message.startswith("image images/b1.png has too many pixels to decode safely")
+    assert problem.fix == f"downscale it to at most {Image.MAX_IMAGE_PIXELS:,} pixels"
+
+
+def test_a_file_over_the_default_size_limit_is_refused(root):
+    with (root / "images" / "b1.png").open("wb") as fh:
+        fh.truncate(60 * 2**20)  # sparse: 60 MB on paper, nothing on disk
+    problem = only_problem(root)
+    assert (problem.file, problem.line, problem.id) == (FEATURES, 4, "b1")
+    assert problem.message == (
+        "image images/b1.png is too large (62,914,560 bytes, over the limit of 52,428,800 "
+        "bytes: data.max_image_bytes)"
+    )
+    assert "data.max_image_bytes" in problem.fix
+    # Also when images are not decoded: the file is still read to be hashed.
+    assert [p.id for p in problems_of(root, check_images=False)] == ["b1"]
+
+
+def test_limits_apply_to_every_image_and_allow_exactly_the_limit(root):
+    sizes = {path.stat().st_size for path in (root / "images").iterdir()}
+    # Every image is an 8x6 PNG: 48 pixels.
+    assert validate_dataset(root, limits=ImageLimits(max_bytes=max(sizes), max_pixels=48))[1] == []
+    problems = problems_of(root, limits=ImageLimits(max_pixels=47))
+    assert [p.line for p in problems] == [2, 3, 4, 5, 6, 7]
+    assert problems[0].message == (
+        "image images/007.png has 48 pixels (8 x 6), over the limit of 47 pixels: "
+        "data.max_image_pixels"
+    )
+    too_small = max(sizes) - 1
+    big = problems_of(root, limits=ImageLimits(max_bytes=too_small))
+    assert big and all(f"over the limit of {too_small:,} bytes" in p.message for p in big)
+
+
+@pytest.mark.parametrize(
+    "name", ["label", "split", "sha256", "filepath", "path", "site", "label_idx", "row"]
+)
+def test_a_class_named_like_a_pipeline_column_is_refused_at_validation(root, name):
+    edit_csv(root / LABELS, 1, f"id,zebra,{name},mole")
+    problem = only_problem(root)
+    assert (problem.file, problem.line, problem.id) == (LABELS, 1, None)
+    assert problem.message.startswith(
+        f"class column {name!r} has a name the pipeline reserves for its own column (reserved: "
+    )
+    assert problem.fix == f"rename the class column {name!r} in the header (e.g. to '{name}_class')"
+
+
+def test_class_names_that_only_resemble_reserved_ones_are_fine(root):
+    edit_csv(root / LABELS, 1, "id,Label,label_class,mole")
+    assert load_dataset(root).classes == ["Label", "label_class", "mole"]
 
 
 # --- reporting -----------------------------------------------------------------------------

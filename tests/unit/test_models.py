@@ -1,8 +1,13 @@
+import json
+import logging
+
 import pytest
 import torch
 from torch import nn
 from torchvision.ops import StochasticDepth
 
+from camtrap import models
+from camtrap.config import build_config
 from camtrap.errors import ConfigError, StorageError
 from camtrap.models import (
     HEADS,
@@ -124,3 +129,72 @@ def test_load_model_rejects_a_file_that_is_not_a_model(tmp_path):
     (tmp_path / "junk.pth").write_bytes(b"not a torch file")
     with pytest.raises(StorageError, match="not a readable PyTorch file"):
         load_model(tmp_path / "junk.pth")
+
+
+# --- secrets in model.weights ----------------------------------------------------------------
+
+CANARY_URI = "s3://b/w.pth?X-Amz-Credential=ASIAXYZ&X-Amz-Signature=CANARY123"
+SHOWN_URI = "s3://b/w.pth?X-Amz-Credential=REDACTED&X-Amz-Signature=REDACTED"
+
+
+def test_a_model_file_never_holds_the_weights_uris_credentials():
+    cfg = build_config("smoke", overrides={"model.weights": CANARY_URI})
+    model = build_model("resnet18", 3, weights="none")
+    # As fit writes it (the config's JSON dump), and from a dict that skipped the dump.
+    for config in (cfg.model_dump(mode="json"), {"model": {"weights": CANARY_URI}}):
+        blob = model_file_dict(model, _meta(config=config))
+        metadata = json.dumps({k: v for k, v in blob.items() if k != "model"})
+        assert "CANARY" not in metadata
+        assert blob["config"]["model"]["weights"] == SHOWN_URI
+    assert cfg.model.weights == CANARY_URI  # the caller's config is left as it was
+
+
+def _state_dict_as_read(monkeypatch, blob) -> list[str]:
+    """read_model_file returns `blob` for any URI (no S3 here); returns the URIs it was given."""
+    asked: list[str] = []
+
+    def read(uri):
+        asked.append(uri)
+        return blob
+
+    monkeypatch.setattr(models, "read_model_file", read)
+    return asked
+
+
+def test_loading_weights_logs_the_uri_redacted_and_reads_the_real_one(monkeypatch, caplog):
+    source = build_model("resnet18", 1000, weights="none")
+    asked = _state_dict_as_read(monkeypatch, source.state_dict())
+    with caplog.at_level(logging.INFO, logger="camtrap"):
+        model = build_model("resnet18", 2, weights=CANARY_URI)
+    assert asked == [CANARY_URI]  # the real URI (with its signature) is what is read
+    assert torch.equal(model.conv1.weight, source.conv1.weight)
+    assert f"loaded backbone weights for resnet18 from {SHOWN_URI}" in caplog.text
+    assert "CANARY" not in caplog.text
+
+
+def test_weights_errors_show_the_uri_redacted(monkeypatch):
+    blob = {"arch": "resnet50", "model": {}}
+    _state_dict_as_read(monkeypatch, blob)
+    with pytest.raises(ConfigError) as caught:
+        build_model("resnet18", 2, weights=CANARY_URI)
+    assert str(caught.value) == f"weights file {SHOWN_URI} holds a resnet50 model, not resnet18"
+
+
+@pytest.mark.parametrize(
+    "error, message",
+    [
+        (FileNotFoundError(2, "No such file"), f"model file {SHOWN_URI} does not exist"),
+        (OSError(f"403 Forbidden: GET {CANARY_URI}"), f"cannot read model file {SHOWN_URI}: 403"),
+    ],
+)
+def test_read_errors_show_the_uri_redacted_and_chain_nothing(monkeypatch, error, message):
+    def fail(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(models.fsspec, "open", fail)
+    with pytest.raises(StorageError) as caught:
+        models.read_model_file(CANARY_URI)
+    assert str(caught.value).startswith(message)
+    assert "CANARY" not in str(caught.value)
+    # A chained cause would print the library's own text (with the full URL) in a traceback.
+    assert caught.value.__cause__ is None and caught.value.__suppress_context__

@@ -1,0 +1,233 @@
+"""The run folder's owner: run ids that can't escape, the resume rule (newest state wins), config
+changes refused, verification, and the lease (one writer per run). No training here: states are
+small dicts saved with torch.save."""
+
+import json
+import os
+import socket
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from camtrap import checkpoint, runfolder
+from camtrap.errors import ConfigError, StorageError
+from camtrap.runfolder import RunBusy, RunLease
+
+
+# --- run ids -------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "run_id", ["smoke-0123abcd", "part1-x_y.z", "A", "2026-11-29", "a" * 200]
+)  # fmt: skip
+def test_plain_run_ids_are_accepted(run_id):
+    assert runfolder.check_run_id(run_id) == run_id
+
+
+@pytest.mark.parametrize(
+    "run_id",
+    ["../../escape", "..", ".", "/tmp/x", "a/b", ".hidden", "-x", "a..b", "", "a b", "a\\b",
+     "a" * 201, "x\n"],
+)  # fmt: skip
+def test_run_ids_that_are_paths_are_refused(run_id):
+    with pytest.raises(ConfigError, match="plain folder name"):
+        runfolder.check_run_id(run_id)
+
+
+def test_run_location_stays_inside_the_output_folder(tmp_path):
+    assert runfolder.run_location(tmp_path, "smoke", "r1") == str(tmp_path / "smoke" / "r1")
+    assert runfolder.run_location("s3://b/runs", "smoke", "r1") == "s3://b/runs/smoke/r1"
+    with pytest.raises(ConfigError):
+        runfolder.run_location(tmp_path, "..", "r1")
+    with pytest.raises(ConfigError):
+        runfolder.run_location(tmp_path, "smoke", "../../r1")
+
+
+def test_inside_refuses_a_path_that_resolves_outside(tmp_path):
+    (tmp_path / "root").mkdir()
+    os.symlink(tmp_path, tmp_path / "root" / "link")
+    assert runfolder.inside(tmp_path / "root" / "a", tmp_path / "root").name == "a"
+    with pytest.raises(StorageError, match="outside"):
+        runfolder.inside(tmp_path / "root" / "link" / "x", tmp_path / "root")
+    with pytest.raises(StorageError, match="outside"):
+        runfolder.inside(tmp_path / "root" / ".." / "x", tmp_path / "root")
+
+
+def test_pipeline_refuses_an_escaping_run_id_before_any_work(tmp_path, tiny_config):
+    from camtrap import pipeline
+
+    with pytest.raises(ConfigError, match="plain folder name"):
+        pipeline.run_all(tiny_config(), tmp_path / "no-data", tmp_path / "out", run_id="../x")
+    assert list(tmp_path.iterdir()) == []
+
+
+# --- what may change on resume ----------------------------------------------------------------
+def test_config_changes_ignore_speed_device_and_epochs():
+    saved = {
+        "data": {"num_workers": 4, "image_size": 224},
+        "train": {"epochs": 3, "lr": 1e-5, "device": "cpu", "amp": True, "compile": False},
+        "model": {"arch": "swin_t"},
+    }
+    now = {
+        "data": {"num_workers": 0, "image_size": 224},
+        "train": {"epochs": 5, "lr": 1e-5, "device": "cuda", "amp": False, "compile": True},
+        "model": {"arch": "swin_t"},
+    }
+    assert runfolder.config_changes(saved, now) == []
+    now["train"]["lr"] = 1e-4
+    now["data"]["image_size"] = 64
+    assert runfolder.config_changes(saved, now) == [
+        "data.image_size: 224 -> 64",
+        "train.lr: 1e-05 -> 0.0001",
+    ]
+
+
+def test_a_finished_run_is_up_to_date_unless_more_epochs_are_asked():
+    info = {"status": "completed", "config": {"train": {"epochs": 3}}}
+    assert runfolder.up_to_date(info, 3) and runfolder.up_to_date(info, 2)
+    assert not runfolder.up_to_date(info, 4)
+    assert not runfolder.up_to_date({**info, "status": "running"}, 3)
+    assert not runfolder.up_to_date({}, 1)
+
+
+# --- the resume rule: newest state wins ---------------------------------------------------------
+def _save_state(run_dir: Path, epoch: int, files: dict[str, str] = {}) -> None:  # noqa: B006
+    data = checkpoint.torch_bytes({"epoch": epoch, "model": {"w": torch.full((2,), epoch)}})
+    checkpoint.atomic_write_bytes(run_dir / "state" / "last.pt", data)
+    runfolder.write_state_info(run_dir, epoch, len(data))
+    for name, text in files.items():
+        checkpoint.atomic_write_text(run_dir / name, text)
+
+
+def test_epochs_done_reads_the_state(tmp_path):
+    assert runfolder.epochs_done(tmp_path) == 0
+    _save_state(tmp_path, 4)
+    assert runfolder.epochs_done(tmp_path) == 4
+    assert runfolder.remote_epochs_done(str(tmp_path)) == 4
+    (tmp_path / "state" / "last.pt").write_bytes(b"torn")
+    assert runfolder.epochs_done(tmp_path) == 0
+
+
+def test_local_copy_ahead_is_uploaded_and_nothing_is_deleted(tmp_path):
+    # An S3 outage: epochs 2 and 3 were never uploaded; the remote copy has epoch 1.
+    remote, local = tmp_path / "remote", tmp_path / "local"
+    _save_state(remote, 1, {"split.csv": "s", "final_best.pth": "best-1"})
+    _save_state(local, 3, {"split.csv": "s", "final_best.pth": "best-3", "plots/x.png": "p"})
+    assert runfolder.reconcile(str(remote), local) == "pushed"
+    assert runfolder.epochs_done(local) == 3 and runfolder.epochs_done(remote) == 3
+    assert (local / "final_best.pth").read_text() == "best-3"
+    assert (remote / "final_best.pth").read_text() == "best-3"
+    assert (remote / "plots" / "x.png").read_text() == "p"
+
+
+def test_remote_copy_ahead_replaces_the_local_one(tmp_path):
+    # Resumed on another machine meanwhile: the remote copy has epoch 5, this one epoch 2.
+    remote, local = tmp_path / "remote", tmp_path / "local"
+    _save_state(remote, 5, {"split.csv": "s", "final_best.pth": "best-5"})
+    _save_state(local, 2, {"split.csv": "s", "final_best.pth": "best-2", "stale.txt": "x"})
+    (local / ".lock").write_text("kept")
+    assert runfolder.reconcile(str(remote), local) == "pulled"
+    assert runfolder.epochs_done(local) == 5
+    assert (local / "final_best.pth").read_text() == "best-5"
+    assert not (local / "stale.txt").exists()  # an older attempt's output
+    assert (local / ".lock").read_text() == "kept"  # bookkeeping is never mirrored
+
+
+def test_fresh_machine_gets_the_remote_files(tmp_path):
+    remote, local = tmp_path / "remote", tmp_path / "local"
+    checkpoint.atomic_write_text(remote / "split.csv", "s")
+    assert runfolder.reconcile(str(remote), local) == "same"
+    assert (local / "split.csv").read_text() == "s"
+
+
+# --- verification -------------------------------------------------------------------------------
+def _finished(run_dir: Path) -> None:
+    checkpoint.atomic_write_text(run_dir / "a.txt", "alpha")
+    checkpoint.atomic_write_text(run_dir / "m" / "b.txt", "beta")
+    files = {
+        rel: {"bytes": (run_dir / rel).stat().st_size,
+              "sha256": checkpoint.file_sha256(run_dir / rel)}
+        for rel in ("a.txt", "m/b.txt")
+    }  # fmt: skip
+    runfolder.write_run_json(run_dir, {"status": "completed", "files": files})
+
+
+def test_verify_finds_missing_and_changed_files(tmp_path):
+    _finished(tmp_path)
+    assert runfolder.verify(str(tmp_path)) == []
+    (tmp_path / "a.txt").write_text("alphx")
+    (tmp_path / "m" / "b.txt").unlink()
+    assert runfolder.verify(str(tmp_path)) == [
+        "a.txt: sha256 differs from run.json",
+        "m/b.txt: missing",
+    ]
+    assert "does not exist" in runfolder.verify(str(tmp_path / "nothing"))[0]
+
+
+def test_cli_runs_verify(tmp_path, capsys):
+    from camtrap.cli import main
+
+    _finished(tmp_path)
+    assert main(["runs", "verify", str(tmp_path)]) == 0
+    (tmp_path / "a.txt").write_text("x")
+    assert main(["runs", "verify", str(tmp_path)]) == 1
+    assert "a.txt: 1 bytes, run.json says 5" in capsys.readouterr().err
+
+
+# --- the lease --------------------------------------------------------------------------------
+@pytest.fixture(name="lease_uri")
+def lease_uri_fixture(tmp_path) -> str:
+    return runfolder.lease_location(tmp_path, "smoke", "r1")
+
+
+def test_lease_lives_beside_the_run_folders(tmp_path, lease_uri):
+    assert lease_uri == str(tmp_path / "smoke" / ".leases" / "r1.json")
+
+
+def test_second_writer_is_refused_with_the_holder_named(lease_uri):
+    with RunLease(lease_uri, owner="first"):
+        with pytest.raises(RunBusy, match=r"first \(pid \d+ on "):
+            RunLease(lease_uri, owner="second").acquire()
+        RunLease(lease_uri, owner="first").acquire().stop_renewing()  # re-entrant
+    RunLease(lease_uri, owner="second").acquire().release()  # free again
+    assert not Path(lease_uri).exists()
+
+
+def _plant(lease_uri: str, pid: int, expires: float, host: str | None = None) -> None:
+    record = {"owner": "ghost", "host": host or socket.gethostname(), "pid": pid,
+              "expires": expires}  # fmt: skip
+    Path(lease_uri).parent.mkdir(parents=True, exist_ok=True)
+    Path(lease_uri).write_text(json.dumps(record))
+
+
+def test_a_dead_local_holders_lease_is_taken_at_once(lease_uri):
+    dead = 2**22 + 12345  # above pid_max's default: no such process
+    _plant(lease_uri, dead, time.time() + 3600)
+    RunLease(lease_uri, owner="me").acquire().release()
+
+
+def test_another_machines_lease_is_honoured_until_it_expires(lease_uri):
+    _plant(lease_uri, 1, time.time() + 3600, host="other-host")
+    with pytest.raises(RunBusy, match="other-host"):
+        RunLease(lease_uri, owner="me").acquire()
+    _plant(lease_uri, 1, time.time() - 1, host="other-host")
+    RunLease(lease_uri, owner="me").acquire().release()
+
+
+def test_a_waiting_writer_gets_the_lease_when_it_is_released(lease_uri):
+    first = RunLease(lease_uri, owner="first").acquire()
+    import threading
+
+    threading.Timer(0.3, first.release).start()
+    RunLease(lease_uri, owner="second").acquire(wait_seconds=10).release()
+
+
+def test_a_holder_notices_its_lease_was_taken(lease_uri):
+    lease = RunLease(lease_uri, owner="slow", seconds=0.2).acquire()
+    lease.stop_renewing()  # stalled: no renewal
+    time.sleep(0.25)
+    RunLease(lease_uri, owner="thief").acquire().stop_renewing()
+    lease._start_renewing()
+    assert lease.lost.wait(2)
+    with pytest.raises(RunBusy, match="lost the run's lease"):
+        lease.check()
