@@ -396,9 +396,15 @@ def read_run(flow_run_id) -> RunRecord:
         run = client.read_flow_run(flow_run_id)
         task_runs = client.read_task_runs(flow_run_filter=only, limit=200)
         artifacts = client.read_artifacts(flow_run_filter=only, limit=200)
-        logs = client.read_logs(
-            LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])), limit=200
-        )
+        logs = []  # the API returns 200 at most per call: page through all of them
+        while page := client.read_logs(
+            LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])),
+            limit=200,
+            offset=len(logs),
+        ):
+            logs.extend(page)
+            if len(page) < 200:
+                break
     tasks: dict[str, list[str]] = {}
     counts: dict[str, int] = {}
     for task_run in sorted(task_runs, key=lambda t: t.expected_start_time or t.created):
