@@ -1,4 +1,4 @@
-"""`camtrap` command line: demo-data, validate, train, demo, runs verify.
+"""`camtrap` command line: demo-data, validate, train, predict, demo, runs verify.
 
 User errors (bad data, config, paths) print a plain report and exit 2 — never a traceback."""
 
@@ -90,6 +90,24 @@ def _cmd_train(args: argparse.Namespace) -> int:
     )
     val = "  ".join(f"{k} {v:.4f}" for k, v in summary.val.items())
     print(f"{summary.status}: {summary.run_dir}\n  best epoch {summary.best_epoch}: {val}")
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from camtrap.predict import predict
+
+    result = predict(
+        args.model,
+        args.data,
+        args.out,
+        features_csv=args.features,
+        tta=args.tta,
+        calibration=not args.no_calibration,
+        batch_size=args.batch_size,
+        device=args.device,
+        progress=sys.stderr.isatty(),
+    )
+    print(f"{args.out}: {len(result.frame)} rows\n  {result.describe()}")
     return 0
 
 
@@ -189,6 +207,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="train again even if the run finished")
     _add_train_options(p)
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("predict", help="label photos: class probabilities in submission format")
+    p.add_argument(
+        "--model",
+        required=True,
+        help="a model file, a run folder (its best model) or OUT/STAGE/latest.json (local or s3://)",
+    )
+    p.add_argument("--data", required=True, help="folder or s3://bucket/prefix with the photos")
+    p.add_argument(
+        "--features",
+        default="test_features.csv",
+        help="CSV in --data listing the photos: id, filepath, optional site",
+    )
+    p.add_argument("--out", required=True, help="the CSV to write (local path or s3:// URI)")
+    p.add_argument(
+        "--tta",
+        default="none",
+        choices=["none", "hflip"],
+        help="hflip: average each photo with its mirror image",
+    )
+    p.add_argument(
+        "--no-calibration",
+        action="store_true",
+        help="do not apply the temperature stored in the model file",
+    )
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser("runs", help="inspect finished runs")
     runs = p.add_subparsers(dest="runs_command", required=True)

@@ -1,7 +1,8 @@
 """Run configuration: one pydantic model per concern, validated at the edge (CLI, flow parameters).
 
-A run is a preset (`part1` = the seed recipe, `smoke` = a two-minute CPU run), optionally a YAML
-file on top, then `key=value` overrides with dotted keys (`train.epochs=2`)."""
+A run is a preset (`part1` = the seed recipe, `smoke` = a two-minute CPU run, `part2` = fine-tuning
+a part1 model with augmentation), optionally a YAML file on top, then `key=value` overrides with
+dotted keys (`train.epochs=2`)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from pydantic import (
     ValidationError,
     field_serializer,
     field_validator,
+    model_validator,
 )
 
 from camtrap.errors import ConfigError
@@ -51,6 +53,10 @@ class DataConfig(_Section):
     image_size: int = Field(224, ge=16, le=1024)
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+    # With augment.enabled, the train split is cached at this size (px) and each epoch's random
+    # crops of it are resized to image_size on the device; None: image_size. Validation and
+    # predict always use images resized straight to image_size.
+    train_cache_size: int | None = Field(None, ge=16, le=1024)
     num_workers: int = Field(4, ge=0)
     # Also keep each dataset's image cache under {output_uri}/cache/, so a worker on another
     # machine downloads it instead of decoding every image again.
@@ -65,6 +71,11 @@ class ModelConfig(_Section):
     # of a file (a torchvision state_dict or a camtrap model file).
     weights: str = "IMAGENET1K_V1"
     drop_path: float = Field(0.2, ge=0.0, lt=1.0)
+    # Warm start: every weight (head included) from a camtrap model file of the same arch and
+    # classes, instead of `weights`. A model file path/URI, a run folder (its best model) or a
+    # stage's latest.json pointer (the best model of that stage's newest finished run); resolved
+    # to the model file before the run id is derived (camtrap.models.resolve_init_from).
+    init_from: str | None = None
 
     @field_validator("arch")
     @classmethod
@@ -80,13 +91,14 @@ class ModelConfig(_Section):
     # A weights URI may carry credentials (a presigned query string, user:password@). Every dump
     # (run.json, model files, resume state, Prefect cache keys) and repr shows it redacted; the
     # attribute keeps the real value, which is what loads the file.
-    @field_serializer("weights")
-    def _redacted_weights(self, weights: str) -> str:
-        return redact_uri(weights)
+    @field_serializer("weights", "init_from")
+    def _redacted_weights(self, uri: str | None) -> str | None:
+        return None if uri is None else redact_uri(uri)
 
     def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
         for name, value in super().__repr_args__():
-            yield name, redact_uri(value) if name == "weights" else value
+            uri = name in ("weights", "init_from") and isinstance(value, str)
+            yield name, redact_uri(value) if uri else value
 
 
 REDACTED = "REDACTED"
@@ -144,9 +156,47 @@ class TrainConfig(_Section):
     # batch_size). Speed only: in eval mode each image's output is its own (up to float rounding).
     eval_batch_size: int | None = Field(None, ge=1)
     compile: bool = False  # torch.compile the model (the first epoch pays the compile time)
+    # Learning rate per optimizer step: a linear warm-up over `warmup_epochs` (from lr/steps to
+    # lr), then `lr` ("none") or a cosine decay to 0 at the last step ("cosine").
+    schedule: Literal["none", "cosine"] = "none"
+    warmup_epochs: float = Field(0.0, ge=0.0)
+    # In the training loss only; val loss and log loss stay plain cross entropy.
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
 
     def eval_batch(self) -> int:
         return self.eval_batch_size or 2 * self.batch_size
+
+
+class AugmentConfig(_Section):
+    """Augmentation of the train split, per batch on the device (camtrap.augment): a random
+    resized crop of the cached image (data.train_cache_size) to data.image_size, a horizontal
+    flip, colour jitter. Off by default (part1 is the recipe without augmentation)."""
+
+    enabled: bool = False
+    # torchvision RandomResizedCrop's defaults: the crop's share of the image's area, and its
+    # width/height ratio (drawn log-uniformly).
+    crop_scale: tuple[float, float] = (0.08, 1.0)
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    hflip: float = Field(0.5, ge=0.0, le=1.0)  # probability of a mirrored image
+    # ColorJitter's: each factor drawn uniformly from [1 - x, 1 + x] per image; 0 turns it off.
+    brightness: float = Field(0.0, ge=0.0, lt=1.0)
+    contrast: float = Field(0.0, ge=0.0, lt=1.0)
+    saturation: float = Field(0.0, ge=0.0, lt=1.0)
+
+    @field_validator("crop_scale", "crop_ratio")
+    @classmethod
+    def _ordered_range(cls, pair: tuple[float, float]) -> tuple[float, float]:
+        low, high = pair
+        if not 0 < low <= high:
+            raise ValueError(f"needs 0 < low <= high, not {list(pair)}")
+        return pair
+
+    @field_validator("crop_scale")
+    @classmethod
+    def _scale_at_most_one(cls, pair: tuple[float, float]) -> tuple[float, float]:
+        if pair[1] > 1:
+            raise ValueError(f"a crop is at most the whole image (scale <= 1), not {list(pair)}")
+        return pair
 
 
 class OutputConfig(_Section):
@@ -157,7 +207,35 @@ class RunConfig(_Section):
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
+    augment: AugmentConfig = AugmentConfig()
     output: OutputConfig = OutputConfig()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RunConfig:
+        size, cache = self.data.image_size, self.data.train_cache_size
+        if cache is not None and cache < size:
+            raise ValueError(
+                f"data.train_cache_size ({cache}) is below data.image_size ({size}): crops are "
+                "taken from the cached image — fix: set it to image_size or more (e.g. 256 for 224)"
+            )
+        if cache not in (None, size) and not self.augment.enabled:
+            raise ValueError(
+                f"data.train_cache_size={cache} without augment.enabled: without random crops "
+                "the model would train at another size than it is validated at — fix: set "
+                "augment.enabled=true, or drop data.train_cache_size"
+            )
+        if self.model.init_from is not None and self.model.weights.lower() != "none":
+            raise ValueError(
+                f"model.init_from and model.weights={self.model.weights!r} both set: the warm "
+                "start replaces every weight — fix: set model.weights=none (preset part2 does)"
+            )
+        return self
+
+    def train_size(self) -> int:
+        """The size (px) of the cached train images the loader yields."""
+        if not self.augment.enabled:
+            return self.data.image_size
+        return self.data.train_cache_size or self.data.image_size
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -170,6 +248,49 @@ PRESETS: dict[str, dict[str, Any]] = {
         "model": {"arch": "resnet18", "weights": "none", "drop_path": 0.0},
         "train": {"epochs": 15, "batch_size": 32, "lr": 5e-4, "weight_decay": 1e-4},
         "output": {"stage": "smoke"},
+    },
+    # Fine-tuning a part1 model (model.init_from, required) with augmentation. Each value, why:
+    "part2": {
+        # Crops of a 256 px image resized to 224 (ImageNet's 0.875 ratio): at crop scale 1 a
+        # train image is the whole frame, as val and predict see it (straight to 224).
+        "data": {"train_cache_size": 256},
+        # The part1 model replaces the ImageNet weights: nothing to download.
+        "model": {"weights": "none"},
+        "train": {
+            # The model starts trained; half of part1's epochs, more than a few because each
+            # epoch now shows new crops of every image.
+            "epochs": 15,
+            # part1's learning rate as the peak: the warm-started weights were tuned at it, a
+            # larger one undoes that. One epoch of warm-up: Adam's moment estimates start at
+            # zero and the first steps on augmented images would otherwise be full-size jumps.
+            "lr": 1e-5,
+            "schedule": "cosine",
+            "warmup_epochs": 1,
+            # Softer targets against over-confident probabilities (the score is log loss);
+            # the temperature fitted after training corrects the rest.
+            "label_smoothing": 0.1,
+        },
+        "augment": {
+            "enabled": True,
+            # Camera-trap animals are often small or at the frame's edge: a crop of 8% of the
+            # frame (torchvision's lower bound) often holds no animal, teaching labels on empty
+            # ground. A quarter of the area keeps half of each side at least.
+            "crop_scale": [0.25, 1.0],
+            # Animals walk both ways; day/night, weather and camera models vary exposure and
+            # colour (night IR images are grey: saturation leaves them unchanged).
+            "hflip": 0.5,
+            "brightness": 0.2,
+            "contrast": 0.2,
+            "saturation": 0.2,
+        },
+        "output": {"stage": "part2"},
+    },
+}
+# Settings a preset cannot run without: (dotted key, the fix shown when it is missing).
+REQUIRED: dict[str, dict[str, str]] = {
+    "part2": {
+        "model.init_from": "--set model.init_from=OUTPUT/part1/latest.json (or a part1 run folder "
+        "or model file)",
     },
 }
 
@@ -249,6 +370,15 @@ def build_config(
     for key, value in pairs:
         _set_dotted(tree, key, value)
     try:
-        return RunConfig.model_validate(tree)
+        config = RunConfig.model_validate(tree)
     except ValidationError as err:
         raise ConfigError(_format_validation_error(err, f"preset {preset}")) from None
+    _check_required(preset, config)
+    return config
+
+
+def _check_required(preset: str, config: RunConfig) -> None:
+    for key, fix in REQUIRED.get(preset, {}).items():
+        section, _, name = key.partition(".")
+        if getattr(getattr(config, section), name) is None:
+            raise ConfigError(f"preset {preset} needs {key} — fix: {fix}")

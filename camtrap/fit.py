@@ -21,6 +21,8 @@ import torch
 from torch import nn
 
 from camtrap import checkpoint, runfolder
+from camtrap.augment import TrainAugment
+from camtrap.calibration import CALIBRATED_FROM
 from camtrap.config import RunConfig
 from camtrap.data import CachedBatches, DeviceNormalize, EpochShuffle, make_loader
 from camtrap.engine import (
@@ -35,8 +37,9 @@ from camtrap.engine import (
 from camtrap.errors import ConfigError, StorageError, TrainingDiverged
 from camtrap.imagecache import Pack
 from camtrap.metrics import per_class_metrics, summary_metrics
-from camtrap.models import ModelMeta, build_model, model_file_dict
+from camtrap.models import ModelMeta, build_model, model_file_dict, warm_start
 from camtrap.runfolder import RunFiles
+from camtrap.schedule import make_schedule
 
 log = logging.getLogger("camtrap")
 
@@ -69,6 +72,8 @@ class FitResult:
     epochs_run: int  # epochs trained by this call (0 when the run had already finished)
     resumed_from: int  # last completed epoch found in state/last.pt (0: fresh start)
     history: list[dict[str, Any]] = field(default_factory=list)
+    best_logloss_epoch: int = 0  # the epoch with the lowest val log loss
+    best_logloss_value: float = float("nan")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -107,7 +112,13 @@ class _Trainer:
     """Holds the objects of one fit so the loop below reads like the seed's."""
 
     def __init__(
-        self, config: RunConfig, items: pd.DataFrame, classes: list[str], run_dir: Path, pack: Pack
+        self,
+        config: RunConfig,
+        items: pd.DataFrame,
+        classes: list[str],
+        run_dir: Path,
+        pack: Pack,
+        train_pack: Pack | None = None,
     ):
         self.config = config
         self.classes = classes
@@ -118,13 +129,16 @@ class _Trainer:
             sys.stderr.isatty() if config.train.progress is None else config.train.progress
         )
         self.to_input = DeviceNormalize(config.data.mean, config.data.std, self.device)
-        self.train_loader, self.val_loader = self._loaders(items, pack)
+        self.train_loader, self.val_loader = self._loaders(items, pack, train_pack)
+        self.augment = self._augment()
         log_memory("after datasets", self.device)
         self.model = self._model()
         self.forward_model = torch.compile(self.model) if config.train.compile else self.model
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=config.train.lr, weight_decay=config.train.weight_decay
         )
+        # None with a constant rate (part1): the optimizer's lr is then never touched.
+        self.schedule = make_schedule(self.optimizer, config.train, len(self.train_loader))
         self.scaler = make_scaler(self.precision)
         self.writer = checkpoint.BackgroundWriter()
         self.history: list[dict[str, Any]] = []
@@ -132,23 +146,44 @@ class _Trainer:
         self.best_epoch = 0
         self.best_value: float | None = None
         self.best_sha256: str | None = None  # of the best model file, kept in the state
+        # The second best model, by val log loss whatever train.best_metric is (the competition
+        # and any triage of new photos are scored by log loss).
+        self.best_logloss_epoch = 0
+        self.best_logloss_value: float | None = None
+        self.best_logloss_sha256: str | None = None
         self.completed = 0
 
-    def _loaders(self, items: pd.DataFrame, pack: Pack):
-        """The train loader (a new order each epoch) and the val loader (stored order, larger
-        batches: no gradients to keep). Built once; their workers live across epochs."""
+    def _loaders(self, items: pd.DataFrame, pack: Pack, train_pack: Pack | None = None):
+        """The train loader (a new order each epoch; from `train_pack`, the larger images that
+        augmentation crops, when given) and the val loader (stored order, larger batches: no
+        gradients to keep). Built once; their workers live across epochs."""
         cfg = self.config
         sets = {}
         for split in ("train", "val"):
             rows = items[items["split"] == split]
             if rows.empty:
                 raise ConfigError(f"the {split} split is empty; check data.val_fraction")
-            sets[split] = CachedBatches(pack, rows["row"].tolist(), rows["label_idx"].tolist())
+            source = train_pack if split == "train" and train_pack is not None else pack
+            where = rows["row"] if source is pack else rows["id"].map(source.row_of())
+            sets[split] = CachedBatches(source, where.tolist(), rows["label_idx"].tolist())
         self.shuffle = EpochShuffle(len(sets["train"]), cfg.train.seed)
         options = {"num_workers": cfg.data.num_workers, "pin_memory": self.device.type == "cuda"}
         train = make_loader(sets["train"], cfg.train.batch_size, order=self.shuffle, **options)
         val = make_loader(sets["val"], cfg.train.eval_batch(), **options)
         return train, val
+
+    def _augment(self) -> TrainAugment | None:
+        cfg = self.config
+        if not cfg.augment.enabled:
+            return None
+        return TrainAugment(cfg.augment, cfg.data.image_size, cfg.data.mean, cfg.data.std,
+                            self.device, cfg.train.seed)  # fmt: skip
+
+    def warm_start(self) -> None:
+        """A fresh run starts from model.init_from's weights (a resumed one from its state)."""
+        if self.config.model.init_from is not None:
+            warm_start(self.model, self.config.model.init_from, self.config.model.arch,
+                       self.classes)  # fmt: skip
 
     def _model(self) -> nn.Module:
         cfg = self.config.model
@@ -168,6 +203,7 @@ class _Trainer:
             "epoch": self.completed,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict() if self.schedule is not None else None,
             "scaler": self.scaler.state_dict(),
             "rng": checkpoint.rng_state(),
             "history": list(self.history),
@@ -175,6 +211,9 @@ class _Trainer:
             "best_epoch": self.best_epoch,
             "best_value": self.best_value,
             "best_sha256": self.best_sha256,
+            "best_logloss_epoch": self.best_logloss_epoch,
+            "best_logloss_value": self.best_logloss_value,
+            "best_logloss_sha256": self.best_logloss_sha256,
             "classes": self.classes,
             "config": self.config.model_dump(mode="json"),
         })  # fmt: skip
@@ -191,6 +230,8 @@ class _Trainer:
         self._refuse_changes(state)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        if self.schedule is not None:  # after the optimizer: it sets the groups' lr
+            self.schedule.load_state_dict(state["schedule"])
         checkpoint.load_scaler_state(self.scaler, state["scaler"])
         checkpoint.restore_rng_state(state["rng"])
         self.history, self.per_class = state["history"], state["per_class"]
@@ -198,6 +239,7 @@ class _Trainer:
         self.best_sha256 = state.get("best_sha256")
         self.completed = state["epoch"]
         self._settle_best_model(state)
+        self._restore_best_logloss(state)
         self._write_metrics(pd.DataFrame(self.history), pd.DataFrame(self.per_class))
         log.info("resuming %s after epoch %d", self.files.root, self.completed)
 
@@ -219,20 +261,55 @@ class _Trainer:
         """Make the best model file the one the state names. The state is written before the
         best model: a kill between them leaves the previous best file, while the state's own
         weights are the new best's (best_epoch == epoch), so the file is rebuilt from them."""
-        path = self.files.best_model
-        if self.best_sha256 is None or (
-            path.exists() and checkpoint.file_sha256(path) == self.best_sha256
-        ):
-            return
-        if self.best_epoch != self.completed:
+        self.best_sha256 = self._settle(self.files.best_model, self.best_epoch, self.best_sha256)
+
+    def _settle(self, path: Path, epoch: int, sha256: str | None) -> str | None:
+        """`path` made the model file of `epoch` whose sha256 the state recorded (rebuilt from
+        the state's weights when that epoch is the last one); returns the sha256 to record."""
+        if sha256 is None or _is_recorded_file(path, sha256):
+            return sha256
+        if epoch != self.completed:
             raise StorageError(
-                f"{path} is not the best model state/last.pt names (epoch {self.best_epoch}) "
+                f"{path} is not the best model state/last.pt names (epoch {epoch}) "
                 "and that epoch's weights are gone — fix: delete the run folder (or use a new "
                 "--run-id) to train it again"
             )
-        log.info("rebuilding %s from state/last.pt (epoch %d)", path.name, self.best_epoch)
-        best = self.model_file(self.best_epoch, self._val_metrics(self.best_epoch))
-        self.best_sha256 = checkpoint.save_torch(best, path)
+        log.info("rebuilding %s from state/last.pt (epoch %d)", path.name, epoch)
+        return checkpoint.save_torch(self.model_file(epoch, self._val_metrics(epoch)), path)
+
+    def _restore_best_logloss(self, state: dict[str, Any]) -> None:
+        if "best_logloss_epoch" not in state:
+            self._seed_best_logloss()
+            return
+        self.best_logloss_epoch = state["best_logloss_epoch"]
+        self.best_logloss_value = state["best_logloss_value"]
+        path, sha256 = self.files.best_logloss_model, state["best_logloss_sha256"]
+        self.best_logloss_sha256 = self._settle(path, self.best_logloss_epoch, sha256)
+
+    def _seed_best_logloss(self) -> None:
+        """A state written before the log-loss best model existed: that best is the history's
+        lowest val log loss (the first of equal ones). Its weights survive if it is the state's
+        own epoch or the best model's; otherwise its file appears once a later epoch beats it."""
+        val = [row for row in self.history if row["split"] == "val"]
+        if not val:
+            return
+        row = min(val, key=lambda r: r["log_loss"])
+        epoch, path = int(row["epoch"]), self.files.best_logloss_model
+        self.best_logloss_epoch, self.best_logloss_value = epoch, float(row["log_loss"])
+        if path.exists():  # seeded by an earlier resume of this state
+            self.best_logloss_sha256 = checkpoint.file_sha256(path)
+        elif epoch == self.completed:
+            best = self.model_file(epoch, self._val_metrics(epoch))
+            self.best_logloss_sha256 = checkpoint.save_torch(best, path)
+        elif epoch == self.best_epoch and self.files.best_model.exists():
+            data = self.files.best_model.read_bytes()
+            checkpoint.atomic_write_bytes(path, data)
+            self.best_logloss_sha256 = hashlib.sha256(data).hexdigest()
+        else:
+            log.warning(
+                "%s: epoch %d has the lowest val log loss but its weights are gone; no %s "
+                "until a later epoch beats it", self.files.root, epoch, path.name,
+            )  # fmt: skip
 
     def _val_metrics(self, epoch: int) -> dict[str, float]:
         return val_metrics(
@@ -268,6 +345,9 @@ class _Trainer:
         train_out = train_one_epoch(
             self.forward_model, self.train_loader, self.optimizer, self.scaler, self.to_input,
             self.precision, self.progress, desc=f"epoch {epoch}/{epochs} train", epoch=epoch,
+            augment=self.augment.for_epoch(epoch) if self.augment is not None else None,
+            label_smoothing=self.config.train.label_smoothing,
+            after_step=self.schedule.step if self.schedule is not None else None,
         )  # fmt: skip
         val_out = predict(
             self.forward_model, self.val_loader, self.to_input, self.precision, self.progress,
@@ -304,21 +384,28 @@ class _Trainer:
     ) -> None:
         """Snapshot the epoch's state now; write it and run `on_epoch_end` (uploads, artifacts)
         while the next epoch trains. The state is written first: it is the commit point, and
-        it names the best model file it goes with (epoch and sha256)."""
-        best_bytes = None
-        state = self.state_dict()  # one copy of the weights serves the best model file too
-        if record.is_best:
+        it names the best model files it goes with (epoch and sha256)."""
+        best_bytes, best_paths = None, []
+        state = self.state_dict()  # one copy of the weights serves the best model files too
+        is_best_logloss = record.epoch == self.best_logloss_epoch
+        if record.is_best or is_best_logloss:  # both bests of one epoch: the same file
             best = self.model_file(record.epoch, _prefixed(record.val), state["model"])
             best_bytes = checkpoint.torch_bytes(best)
-            self.best_sha256 = state["best_sha256"] = hashlib.sha256(best_bytes).hexdigest()
+            sha256 = hashlib.sha256(best_bytes).hexdigest()
+        if record.is_best:
+            self.best_sha256 = state["best_sha256"] = sha256
+            best_paths.append(self.files.best_model)
+        if is_best_logloss:
+            self.best_logloss_sha256 = state["best_logloss_sha256"] = sha256
+            best_paths.append(self.files.best_logloss_model)
         history, per_class = pd.DataFrame(self.history), pd.DataFrame(self.per_class)
 
         def write() -> None:
             state_bytes = checkpoint.torch_bytes(state)
             checkpoint.atomic_write_bytes(self.files.state, state_bytes)
             runfolder.write_state_info(self.files.root, record.epoch, len(state_bytes))
-            if best_bytes is not None:
-                checkpoint.atomic_write_bytes(self.files.best_model, best_bytes)
+            for path in best_paths:
+                checkpoint.atomic_write_bytes(path, best_bytes)
             self._write_metrics(history, per_class)
             if on_epoch_end is not None:
                 on_epoch_end(record)
@@ -336,12 +423,29 @@ class _Trainer:
         for split, metrics, steps in (("train", train_m, counts), ("val", val_m, no_steps)):
             self.history.append({"epoch": epoch, "split": split, **_as_floats(metrics), **steps})
         self.per_class.extend(per_class.to_dict("records"))
+        if _is_better("val_log_loss", val_m["log_loss"], self.best_logloss_value):
+            self.best_logloss_epoch, self.best_logloss_value = epoch, float(val_m["log_loss"])
         metric = self.config.train.best_metric
         value = val_m[metric.removeprefix("val_")]
         if not _is_better(metric, value, self.best_value):
             return False
         self.best_epoch, self.best_value = epoch, float(value)
         return True
+
+
+def _is_recorded_file(path: Path, sha256: str) -> bool:
+    """Whether `path` is the model file whose sha256 the state recorded: that very file, or
+    that file after calibration, which rewrote it with a temperature and kept the recorded
+    sha256 in CALIBRATED_FROM (same weights, same epoch; camtrap.pipeline.evaluate)."""
+    if not path.exists():
+        return False
+    if checkpoint.file_sha256(path) == sha256:
+        return True
+    try:
+        blob = checkpoint.load_torch(path)
+    except StorageError:  # not a model file at all
+        return False
+    return isinstance(blob, dict) and blob.get(CALIBRATED_FROM) == sha256
 
 
 def _finite(x: float) -> bool:
@@ -380,10 +484,12 @@ def fit(
     run_dir: Path,
     pack: Pack,
     on_epoch_end: Callable[[EpochRecord], None] | None = None,
+    train_pack: Pack | None = None,
 ) -> FitResult:
     """Train `config` on `items` (columns row: the image's row in `pack`, label_idx, split) into
     `run_dir`, resuming if a previous attempt left state/last.pt there. `on_epoch_end` runs on
-    a background thread once the epoch's files are written."""
+    a background thread once the epoch's files are written. `train_pack`: the train images at
+    data.train_cache_size (augmentation; rows found by the items' `id`)."""
     devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
     # The global RNG (weight init, dropout, stochastic depth) is seeded here, at the edge, and
     # restored afterwards so callers' randomness is untouched.
@@ -391,9 +497,11 @@ def fit(
         torch.manual_seed(config.train.seed)
         if torch.cuda.is_available():
             torch.backends.cudnn.benchmark = True
-        trainer = _Trainer(config, items, classes, Path(run_dir), pack)
+        trainer = _Trainer(config, items, classes, Path(run_dir), pack, train_pack)
         trainer.resume_if_possible()
         resumed_from = trainer.completed
+        if resumed_from == 0:
+            trainer.warm_start()
         try:
             for epoch in range(trainer.completed + 1, config.train.epochs + 1):
                 trainer.run_epoch(epoch, on_epoch_end)
@@ -413,4 +521,10 @@ def fit(
         epochs_run=config.train.epochs - resumed_from,
         resumed_from=resumed_from,
         history=trainer.history,
+        best_logloss_epoch=trainer.best_logloss_epoch,
+        best_logloss_value=_or_nan(trainer.best_logloss_value),
     )
+
+
+def _or_nan(value: float | None) -> float:
+    return float(value) if value is not None else float("nan")

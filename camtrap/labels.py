@@ -5,6 +5,10 @@ one-hot column per class; the class names are those columns, in order). `validat
 reports every problem at once — file, 1-based line (the header is line 1), id and a fix — so a
 user can repair a dataset in one pass; `load_dataset` raises them as one DataError.
 
+Photos to label come with a features CSV alone (the competition's `test_features.csv`: id,
+filepath, optional site; no labels): `validate_features` / `load_features` run the same checks on
+it and its images (ids, paths, unreadable or oversized images).
+
 CSVs are parsed with the `csv` module rather than pandas so that line numbers stay exact (blank
 lines and quoted newlines do not shift them) and every value stays the string it was (`007`).
 """
@@ -30,6 +34,8 @@ from camtrap.errors import DataError, Problem
 from camtrap.images import check_image, header_problem, read_image_bytes
 
 FEATURE_COLUMNS = ("id", "filepath", "site")
+# A features CSV of photos to label needs no site: predictions do not use it.
+PREDICT_COLUMNS = ("id", "filepath")
 MIN_CLASSES = 2
 # Columns the pipeline writes beside the class columns (the labels frame, split.csv,
 # predictions/val.csv, pipeline.split_items): a class with one of these names would collide
@@ -55,6 +61,16 @@ class LabelledData:
     frame: pd.DataFrame  # id, filepath, path (absolute), site, label, label_idx, sha256
     classes: list[str]
     fingerprint: str  # sha256 over both CSVs, every image's sha256 (by id) and the classes
+
+
+@dataclass
+class FeatureData:
+    """A validated features CSV without labels (photos to label): one row per image, in CSV
+    order."""
+
+    root: Path
+    frame: pd.DataFrame  # id, filepath, path (absolute), site ("" when absent), sha256
+    fingerprint: str  # sha256 over the CSV's bytes and every image's sha256 (by id)
 
 
 @dataclass(frozen=True)
@@ -141,6 +157,51 @@ def validate_dataset(
     frame = _build_frame(features, root, label_of, classes, hashes)
     fingerprint = _fingerprint(features.raw, labels.raw, hashes, classes)
     return LabelledData(root=root, frame=frame, classes=classes, fingerprint=fingerprint), []
+
+
+def load_features(
+    root: str | Path,
+    features_csv: str = "test_features.csv",
+    check: ImageCheck = decode_check,
+    limits: ImageLimits = ImageLimits(),
+) -> FeatureData:
+    """`validate_features`, raising DataError with every problem if there are any."""
+    data, problems = validate_features(root, features_csv, check=check, limits=limits)
+    if problems or data is None:
+        raise DataError(problems, root=str(root))
+    return data
+
+
+def validate_features(
+    root: str | Path,
+    features_csv: str = "test_features.csv",
+    workers: int = 8,
+    check: ImageCheck = decode_check,
+    limits: ImageLimits = ImageLimits(),
+) -> tuple[FeatureData | None, list[Problem]]:
+    """(data, []) for a valid features CSV and its images, else (None, every problem found).
+
+    The checks of `validate_dataset` on the features side: the CSV parses, has `id` and
+    `filepath` (`site` is optional, other columns are ignored), ids are unique and not empty,
+    filepaths stay inside the root, every image exists, is within `limits` and decodes."""
+    root = Path(root)
+    _filepath_problem.cache_clear()
+    if not root.is_dir():
+        fix = "pass the folder that holds the features CSV and the images"
+        return None, [Problem(file=str(root), message="data root is not a folder", fix=fix)]
+    problems: list[Problem] = []
+    features = _read_table(root, features_csv, problems)
+    if features is not None and not _has_columns(features, PREDICT_COLUMNS, problems):
+        features = None
+    hashes: dict[str, str] = {}
+    if features is not None:
+        problems += _feature_row_problems(features, root, require_site=False)
+        hashes = _check_images(features, root, check, workers, limits, problems)
+    if problems or features is None:
+        return None, _in_reading_order(problems, [features_csv])
+    frame = _features_frame(features, root, hashes)
+    fingerprint = _features_fingerprint(features.raw, hashes)
+    return FeatureData(root=root, frame=frame, fingerprint=fingerprint), []
 
 
 # --- reading -------------------------------------------------------------------------------
@@ -291,11 +352,11 @@ def _id_problems(table: _Table) -> list[Problem]:
     return problems
 
 
-def _feature_row_problems(features: _Table, root: Path) -> list[Problem]:
+def _feature_row_problems(features: _Table, root: Path, require_site: bool = True) -> list[Problem]:
     problems = _id_problems(features)
     for line, row in features.rows:
         row_id = row["id"] or None
-        if not row["site"]:
+        if require_site and not row["site"]:
             fix = "give every image its camera site"
             problems.append(Problem(features.name, "site is empty", fix, line, row_id))
         message = _filepath_problem(root, row["filepath"])
@@ -454,6 +515,29 @@ def _build_frame(
     ]
     frame = pd.DataFrame.from_records(records)
     return frame.astype({"label_idx": "int64"})
+
+
+def _features_frame(features: _Table, root: Path, hashes: dict[str, str]) -> pd.DataFrame:
+    records = [
+        {
+            "id": row["id"],
+            "filepath": row["filepath"],
+            "path": str(_image_path(root, row["filepath"])),
+            "site": row.get("site", ""),
+            "sha256": hashes[row["id"]],
+        }
+        for _, row in features.rows
+    ]
+    return pd.DataFrame.from_records(records, columns=["id", "filepath", "path", "site", "sha256"])
+
+
+def _features_fingerprint(features_raw: bytes, image_hashes: dict[str, str]) -> str:
+    """sha256 over the features CSV's bytes and each image's sha256 (sorted by id)."""
+    content = {
+        "features_csv": hashlib.sha256(features_raw).hexdigest(),
+        "images": sorted(image_hashes.items()),
+    }
+    return hashlib.sha256(json.dumps(content).encode()).hexdigest()
 
 
 def _fingerprint(

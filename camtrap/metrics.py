@@ -165,3 +165,25 @@ def confusion_matrix(
         index=pd.Index(names, name="true"),
         columns=pd.Index(names, name="predicted"),
     )
+
+
+def per_site_metrics(targets: np.ndarray, probs: np.ndarray, sites: Sequence[str]) -> pd.DataFrame:
+    """One row per camera site, sorted by site: site, images, accuracy, log_loss (as `accuracy`
+    and `log_loss` on that site's images). Photos to label come from sites never trained on;
+    the spread across sites shows how much one site's number can differ from the mean."""
+    labels, p = _as_probs(targets, probs)
+    names = np.asarray([str(s) for s in sites], dtype=object)
+    if names.shape != labels.shape:
+        raise ValueError(
+            f"sites and targets disagree on the number of samples: {names.size} vs {labels.size}"
+        )
+    rows = []
+    for site in sorted(set(names)):
+        mask = names == site
+        rows.append({
+            "site": site,
+            "images": int(mask.sum()),
+            "accuracy": accuracy(labels[mask], p[mask]),
+            "log_loss": log_loss(labels[mask], p[mask]),
+        })  # fmt: skip
+    return pd.DataFrame(rows, columns=["site", "images", "accuracy", "log_loss"])

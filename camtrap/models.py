@@ -18,7 +18,8 @@ import torchvision
 from torch import nn
 from torchvision.ops import StochasticDepth
 
-from camtrap.config import redact_text, redact_uri
+from camtrap import runfolder, storage
+from camtrap.config import RunConfig, redact_text, redact_uri
 from camtrap.errors import ConfigError, StorageError
 
 log = logging.getLogger("camtrap")
@@ -55,6 +56,9 @@ class ModelMeta:
     epoch: int | None = None
     metrics: dict[str, float] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
+    # Divides the logits before the softmax (camtrap.calibration): fitted on the val split after
+    # training; 1.0 (no change) for a file written before calibration or without it.
+    temperature: float = 1.0
 
 
 def build_model(
@@ -121,6 +125,60 @@ def _load_weights_file(model: nn.Module, uri: str, arch: str) -> None:
     log.info("loaded backbone weights for %s from %s", arch, redact_uri(uri))
 
 
+# --- warm start (model.init_from) ------------------------------------------------------------
+
+
+def resolve_init_from(config: RunConfig) -> RunConfig:
+    """`config` with model.init_from resolved to the model file it stands for now: a run folder
+    -> its best model, a latest.json pointer -> the best model of the run it names (a local path
+    made absolute). Called before the run id is derived, so a different starting model is a
+    different run and run.json names the file used. StorageError, with the fix, when there is
+    no such file."""
+    given = config.model.init_from
+    if given is None:
+        return config
+    try:
+        found = runfolder.resolve_model_uri(given)
+    except StorageError as err:
+        raise StorageError(f"model.init_from {redact_uri(given)}: {redact_text(str(err))} "
+                           "(part2 starts from a finished part1 run)") from None  # fmt: skip
+    if not storage.is_remote(found):
+        found = str(Path(found).resolve())
+    if found != given:
+        log.info("model.init_from %s -> %s", redact_uri(given), redact_uri(found))
+    return config.model_copy(update={"model": config.model.model_copy(update={"init_from": found})})
+
+
+def warm_start(model: nn.Module, uri: str, arch: str, classes: list[str]) -> None:
+    """Every weight of `model`, head included, from the camtrap model file `uri`
+    (model.init_from, resolved). ConfigError when it holds another arch or other classes: its
+    head would predict the wrong classes (fix: start from a model of this dataset)."""
+    shown = redact_uri(uri)
+    blob = read_model_file(runfolder.resolve_model_uri(uri))  # resolved already: unchanged
+    if not isinstance(blob, dict) or not {"arch", "classes", "model"} <= set(blob):
+        raise ConfigError(
+            f"model.init_from {shown} is not a camtrap model file (no arch/classes/model) — fix: "
+            "use a final_*_best.pth, its run folder or a latest.json; a torchvision state_dict "
+            "goes in model.weights"
+        )
+    if blob["arch"] != arch:
+        raise ConfigError(
+            f"model.init_from {shown} holds a {blob['arch']} model, not {arch} — fix: set "
+            f"model.arch={blob['arch']} or start from a {arch} run"
+        )
+    if list(blob["classes"]) != list(classes):
+        raise ConfigError(
+            f"model.init_from {shown} was trained on classes {list(blob['classes'])}, but this "
+            f"dataset has {list(classes)} — fix: start from a model of the same classes (in "
+            "the same order), or leave model.init_from unset"
+        )
+    try:
+        model.load_state_dict(blob["model"])
+    except RuntimeError as err:
+        raise ConfigError(f"model.init_from {shown} does not fit {arch}: {err}") from None
+    log.info("warm start: every weight from %s (epoch %s)", shown, blob.get("epoch"))
+
+
 def _replace_head(model: nn.Module, arch: str, num_classes: int) -> None:
     parent_name, _, attr = HEADS[arch].rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
@@ -177,6 +235,7 @@ def model_file_dict(model: nn.Module, meta: ModelMeta) -> dict[str, Any]:
         "epoch": meta.epoch,
         "metrics": {k: float(v) for k, v in meta.metrics.items()},
         "config": _redacted_config(meta.config),
+        "temperature": float(meta.temperature),
     }
 
 
@@ -203,7 +262,23 @@ def load_model(uri: str | Path, device: str | torch.device = "cpu") -> tuple[nn.
         epoch=blob.get("epoch"),
         metrics=dict(blob.get("metrics") or {}),
         config=dict(blob.get("config") or {}),
+        temperature=float(blob.get("temperature", 1.0)),
     )
     model = build_model(meta.arch, len(meta.classes), weights="none", image_size=meta.image_size)
     model.load_state_dict(blob["model"])
     return model.to(device).eval(), meta
+
+
+class MirrorAverage(nn.Module):
+    """Test-time augmentation: the mean of the softmax of `model` on a batch and on its mirror
+    image (flipped left-right). Returns the log of that mean, so the softmax that every caller
+    applies to a model's output gives the mean probabilities back exactly."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        plain = torch.softmax(self.model(images).float(), dim=1)
+        mirrored = torch.softmax(self.model(torch.flip(images, dims=[3])).float(), dim=1)
+        return torch.log((plain + mirrored) / 2)

@@ -2,7 +2,8 @@
 
     validate (images decoded into the cache as they are checked) -> prepare (split.csv, run.json)
     -> cache_images (the dataset's uint8 pack) -> train (epochs, resume) -> evaluate (best model
-    on val: predictions, confusion matrix, plots) -> finalize (run.json with every file's sha256)
+    on val: temperature, predictions, confusion matrix, per-site metrics, TTA effect, plots)
+    -> finalize (run.json with every file's sha256)
 
 `run_all` chains them for the CLI; Prefect tasks call the stages one by one."""
 
@@ -19,20 +20,38 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 import torchvision
+from torch.utils.data import DataLoader
 
 from camtrap import __version__, checkpoint, imagecache, runfolder
+from camtrap.calibration import (
+    CALIBRATED_FROM,
+    apply_temperature,
+    expected_calibration_error,
+    fit_temperature,
+    reliability_table,
+    with_temperature,
+)
 from camtrap.config import RunConfig
 from camtrap.data import CachedBatches, DeviceNormalize, make_loader
-from camtrap.engine import log_memory, precision_for, predict
+from camtrap.engine import EpochOutputs, Precision, log_memory, precision_for, predict
 from camtrap.errors import StorageError
 from camtrap.fit import EpochRecord, FitResult, fit, resolve_device
 from camtrap.labels import ImageLimits, LabelledData, load_dataset
-from camtrap.metrics import confusion_matrix, per_class_metrics, summary_metrics
-from camtrap.models import load_model
+from camtrap.metrics import (
+    accuracy,
+    confusion_matrix,
+    log_loss,
+    per_class_metrics,
+    per_site_metrics,
+    summary_metrics,
+)
+from camtrap.models import MirrorAverage, ModelMeta, load_model, resolve_init_from
 from camtrap.plots import (
+    calibration_figure,
     class_metric_figure,
     confusion_matrix_figure,
     curves_figure,
@@ -59,7 +78,8 @@ def _utc_now() -> str:
 
 def run_id_for(config: RunConfig, data: LabelledData) -> str:
     """`{stage}-{fingerprint}`: the same config on the same data always gets the same id."""
-    settings = config.model_dump(mode="json", exclude=runfolder.NOT_IN_RUN_ID)
+    dump = config.model_dump(mode="json", exclude=runfolder.NOT_IN_RUN_ID)
+    settings = runfolder.settings_in_effect(dump)  # settings added later keep old ids
     settings.pop("output", None)
     digest = hashlib.sha256(
         json.dumps({"config": settings, "data": data.fingerprint}, sort_keys=True).encode()
@@ -103,12 +123,31 @@ def cache_images(
     """The run's images as one uint8 pack, in split.csv order: reused if intact, else built from
     the rows the cache holds, decoding only images it has not seen."""
     entries = cache_entries(run_dir, data_root)
+    cache_train_images(config, run_dir, data_root, cache_root)
     return imagecache.ensure_pack(entries, config.data.image_size, _store(config, cache_root))
 
 
-def cache_entries(run_dir: Path, data_root: Path) -> list[imagecache.CacheEntry]:
-    """The run's images (split.csv order): id, file under `data_root`, sha256 of its bytes."""
+def cache_train_images(
+    config: RunConfig, run_dir: Path, data_root: Path, cache_root: Path | None = None
+) -> imagecache.BuildReport | None:
+    """With augmentation from a larger size (data.train_cache_size): the train split's images
+    at that size, a pack of their own, whose random crops are resized to image_size on the
+    device. None when training reads the image_size pack."""
+    size = config.train_size()
+    if size == config.data.image_size:
+        return None
+    entries = cache_entries(run_dir, data_root, split="train")
+    return imagecache.ensure_pack(entries, size, imagecache.store_dir(size, cache_root))
+
+
+def cache_entries(
+    run_dir: Path, data_root: Path, split: str | None = None
+) -> list[imagecache.CacheEntry]:
+    """The run's images (split.csv order; only `split`'s if given): id, file under
+    `data_root`, sha256 of its bytes."""
     items = pd.read_csv(Path(run_dir) / runfolder.SPLIT_CSV, dtype=str, keep_default_na=False)
+    if split is not None:
+        items = items[items["split"] == split]
     return [
         imagecache.CacheEntry(row.id, str(Path(data_root) / row.filepath), row.sha256)
         for row in items.itertuples()
@@ -159,48 +198,189 @@ def train(
     device = resolve_device(config.train.device)
     log_memory("start", device)
     pack = cache_images(config, run_dir, data_root, cache_root).pack
+    larger = cache_train_images(config, run_dir, data_root, cache_root)
     items, classes = split_items(run_dir, pack)
     log_memory("after CSV load", device)
-    return fit(config, items, classes, Path(run_dir), pack, on_epoch_end)
+    train_pack = larger.pack if larger is not None else None
+    return fit(config, items, classes, Path(run_dir), pack, on_epoch_end, train_pack)
 
 
-def _val_predictions(config: RunConfig, run_dir: Path, data_root: Path, cache_root: Path | None):
-    """The best model's probabilities on the val split, recomputed from the saved file."""
-    files = RunFiles.for_config(run_dir, config)
+@dataclass
+class _ValSplit:
+    """The val split, ready for model files to run on."""
+
+    items: pd.DataFrame  # split.csv's val rows, in order: id, filepath, site, label, ...
+    classes: list[str]
+    loader: DataLoader
+    device: torch.device
+    precision: Precision
+
+
+def _val_split(
+    config: RunConfig, run_dir: Path, data_root: Path, cache_root: Path | None
+) -> _ValSplit:
     pack = cache_images(config, run_dir, data_root, cache_root).pack
     items, classes = split_items(run_dir, pack)
     val = items[items["split"] == "val"].reset_index(drop=True)
     device = resolve_device(config.train.device)
-    model, meta = load_model(files.best_model, device)
     dataset = CachedBatches(pack, val["row"].tolist(), val["label_idx"].tolist())
     loader = make_loader(
         dataset, config.train.eval_batch(), num_workers=config.data.num_workers,
         pin_memory=device.type == "cuda",
     )  # fmt: skip
     precision = precision_for(device, config.train.amp, config.train.amp_dtype)
-    out = predict(model, loader, DeviceNormalize(meta.mean, meta.std, device), precision)
-    return val, classes, out
+    return _ValSplit(val, classes, loader, device, precision)
+
+
+def _run_on_val(model: torch.nn.Module, meta: ModelMeta, val: _ValSplit) -> EpochOutputs:
+    """A model's raw (uncalibrated) probabilities on val: evaluation preprocessing, the file's
+    mean and std."""
+    to_input = DeviceNormalize(meta.mean, meta.std, val.device)
+    return predict(model, val.loader, to_input, val.precision)
+
+
+@dataclass
+class _Evaluated:
+    """One best model file on val: its raw outputs and the temperature fitted to them."""
+
+    path: Path
+    meta: ModelMeta
+    out: EpochOutputs
+    temperature: float
+
+    @property
+    def calibrated(self) -> np.ndarray:
+        return apply_temperature(self.out.probs, self.temperature)
+
+    def calibration_report(self) -> dict[str, Any]:
+        targets, raw, calibrated = self.out.targets, self.out.probs, self.calibrated
+        return {
+            "file": self.path.name,
+            "epoch": self.meta.epoch,
+            "temperature": self.temperature,
+            "log_loss_before": log_loss(targets, raw),
+            "log_loss_after": log_loss(targets, calibrated),
+            "ece_before": expected_calibration_error(targets=targets, probs=raw),
+            "ece_after": expected_calibration_error(targets=targets, probs=calibrated),
+        }
+
+
+def _best_models(files: RunFiles) -> dict[str, Path]:
+    """The best model files a run has: by train.best_metric ("best") and by val log loss
+    ("best_logloss"; missing only after resuming a state from before it existed)."""
+    if not files.best_logloss_model.exists():
+        log.warning("%s is missing; it is not evaluated", files.best_logloss_model.name)
+        return {"best": files.best_model}
+    return {"best": files.best_model, "best_logloss": files.best_logloss_model}
+
+
+def _evaluate_and_calibrate(paths: dict[str, Path], val: _ValSplit) -> dict[str, _Evaluated]:
+    """Each best model on val, with one temperature fitted to it and stored in its file (two
+    files of the same epoch share the weights, so one pass serves both)."""
+    passes: dict[int | None, EpochOutputs] = {}
+    evaluated = {}
+    for name, path in paths.items():
+        model, meta = load_model(path, val.device)
+        if meta.epoch not in passes:
+            passes[meta.epoch] = _run_on_val(model, meta, val)
+        out = passes[meta.epoch]
+        temperature = fit_temperature(out.probs, out.targets)
+        store_temperature(path, temperature)
+        evaluated[name] = _Evaluated(path, meta, out, temperature)
+        log.info("%s (epoch %s): temperature %.4f", path.name, meta.epoch, temperature)
+    return evaluated
+
+
+def store_temperature(path: Path, temperature: float) -> None:
+    """Rewrite the model file at `path` (atomically) with `temperature`. The file keeps the
+    sha256 it had as training wrote it (calibration.CALIBRATED_FROM), which state/last.pt
+    records: a resume recognises the calibrated file as that best model (fit._is_recorded_file)
+    instead of rebuilding or refusing it."""
+    blob = checkpoint.load_torch(path)
+    if blob.get("temperature") == temperature and blob.get(CALIBRATED_FROM):
+        return  # calibrated already (evaluate retried): the same bytes
+    calibrated = with_temperature(blob, temperature, checkpoint.file_sha256(path))
+    checkpoint.save_torch(calibrated, path)
+
+
+def _tta_effect(best: _Evaluated, val: _ValSplit) -> dict[str, dict[str, float]]:
+    """The best model on val without and with hflip TTA (the mean of the image and its mirror),
+    calibrated with its temperature as `camtrap predict` returns them by default."""
+    model, meta = load_model(best.path, val.device)
+    mirrored = _run_on_val(MirrorAverage(model), meta, val)
+    report = {}
+    for name, out in (("none", best.out), ("hflip", mirrored)):
+        calibrated = apply_temperature(out.probs, best.temperature)
+        report[name] = {
+            "accuracy": accuracy(out.targets, calibrated),
+            "log_loss": log_loss(out.targets, calibrated),
+            "log_loss_uncalibrated": log_loss(out.targets, out.probs),
+        }
+    return report
 
 
 def evaluate(
     config: RunConfig, run_dir: Path, data_root: Path, cache_root: Path | None = None
 ) -> dict[str, float]:
-    """Best model on val -> predictions/val.csv, metrics/confusion_matrix.csv and every plot."""
+    """Each best model on val: a temperature fitted and stored in its file, calibration before
+    and after (run.json `calibration`, plots/calibration.png). The best model (train.best_metric)
+    also gives predictions/val.csv (calibrated probabilities, as `camtrap predict` returns),
+    metrics/confusion_matrix.csv, metrics/per_site.csv, the TTA effect (run.json `tta`) and the
+    plots. Returns the best model's val metrics, calibrated log loss and ECE included."""
     run_dir = Path(run_dir)
     files = RunFiles.for_config(run_dir, config)
-    val, classes, out = _val_predictions(config, run_dir, data_root, cache_root)
-    predictions = pd.DataFrame(out.probs, columns=classes)
-    predictions.insert(0, "label", val["label"])
-    predictions.insert(0, "id", val["id"])
-    checkpoint.atomic_write_text(files.predictions_csv, predictions.to_csv(index=False))
-    preds = out.probs.argmax(axis=1)
-    cm = confusion_matrix(out.targets, preds, classes)
+    val = _val_split(config, run_dir, data_root, cache_root)
+    evaluated = _evaluate_and_calibrate(_best_models(files), val)
+    best = evaluated["best"]
+    calibrated = best.calibrated
+    _write_predictions(files, val, calibrated)
+    preds = best.out.probs.argmax(axis=1)  # the same classes as the calibrated argmax
+    cm = confusion_matrix(best.out.targets, preds, val.classes)
     checkpoint.atomic_write_text(files.confusion_csv, cm.to_csv())
-    _write_plots(files, cm, read_run_json(run_dir).get("best_epoch"))
-    metrics = {"loss": out.loss, **summary_metrics(out.targets, out.probs, k=3)}
+    per_site = per_site_metrics(best.out.targets, calibrated, val.items["site"].tolist())
+    checkpoint.atomic_write_text(files.per_site_csv, per_site.to_csv(index=False))
+    info = read_run_json(run_dir)
+    _write_plots(files, cm, info.get("best_epoch"))
+    _write_calibration_plot(files, evaluated)
+    info.update(
+        calibration={name: e.calibration_report() for name, e in evaluated.items()},
+        tta=_tta_effect(best, val),
+        per_site=per_site.to_dict("records"),
+    )
+    write_run_json(run_dir, info)
+    report = info["calibration"]["best"]
+    metrics = {
+        "loss": best.out.loss,
+        **summary_metrics(best.out.targets, best.out.probs, k=3),
+        "calibrated_log_loss": report["log_loss_after"],
+        "ece": report["ece_before"],
+        "calibrated_ece": report["ece_after"],
+        "temperature": best.temperature,
+    }
     log.info("best model on val: %s", "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
-    log.info("per class (val):\n%s", per_class_metrics(out.targets, preds, classes).to_string())
+    per_class = per_class_metrics(best.out.targets, preds, val.classes)
+    log.info("per class (val):\n%s", per_class.to_string())
+    log.info("per site (val):\n%s", per_site.to_string(index=False))
     return metrics
+
+
+def _write_predictions(files: RunFiles, val: _ValSplit, probs: np.ndarray) -> None:
+    predictions = pd.DataFrame(probs, columns=val.classes)
+    predictions.insert(0, "label", val.items["label"])
+    predictions.insert(0, "id", val.items["id"])
+    checkpoint.atomic_write_text(files.predictions_csv, predictions.to_csv(index=False))
+
+
+def _write_calibration_plot(files: RunFiles, evaluated: dict[str, _Evaluated]) -> None:
+    panels = {}
+    for name, e in evaluated.items():
+        targets = e.out.targets
+        panels[f"{name} (epoch {e.meta.epoch})"] = {
+            "before (T = 1)": reliability_table(e.out.probs, targets),
+            f"after (T = {e.temperature:.3g})": reliability_table(e.calibrated, targets),
+        }
+    figure = calibration_figure(panels)
+    checkpoint.atomic_write_bytes(files.plots / "calibration.png", figure_to_png_bytes(figure))
 
 
 def _write_plots(files: RunFiles, cm: pd.DataFrame, best_epoch: int | None) -> None:
@@ -218,9 +398,14 @@ def _write_plots(files: RunFiles, cm: pd.DataFrame, best_epoch: int | None) -> N
 
 
 def record_training(run_dir: Path, result: FitResult) -> None:
-    """Note the best epoch in run.json (plots and summaries read it from there)."""
+    """Note the best epochs in run.json (plots and summaries read them from there)."""
     info = read_run_json(run_dir)
-    info.update(best_epoch=result.best_epoch, best_value=result.best_value)
+    info.update(
+        best_epoch=result.best_epoch,
+        best_value=result.best_value,
+        best_logloss_epoch=result.best_logloss_epoch,
+        best_logloss_value=result.best_logloss_value,
+    )
     write_run_json(run_dir, info)
 
 
@@ -278,6 +463,7 @@ def run_all(
     """Validate, split, train (resuming), evaluate and finalize one run under output_root."""
     if run_id is not None:
         runfolder.check_run_id(run_id)  # before the minutes validation takes
+    config = resolve_init_from(config)  # the model file itself names the run (and fails fast)
     data = validate(config, data_root)
     run_id = resolve_run_id(config, data, run_id, force)
     stage = config.output.stage
@@ -298,5 +484,6 @@ def run_all(
         result = train(config, data.root, run_dir, on_epoch_end=lambda _: lease.check())
         record_training(run_dir, result)
         val = evaluate(config, run_dir, data.root)
-        finalize(run_dir, val=val)
+        info = finalize(run_dir, val=val)
+        runfolder.write_latest(run_dir, info)  # only now: the run finished in full
     return RunSummary(run_id, run_dir, "completed", result.best_epoch, val)

@@ -20,6 +20,8 @@ PLOT_FILES: dict[str, str] = {
     "class_f1.png": "validation F1 of each class over epochs",
     "curves.png": "accuracy and loss of train and val over epochs, best epoch marked",
     "confusion_matrix.png": "confusion matrix of the best checkpoint on val (rows: true class)",
+    "calibration.png": "reliability diagram of each best model on val, before and after its "
+    "temperature",
 }
 METRIC_TITLES = {"precision": "Precision", "recall": "Recall", "f1": "F1"}
 PER_CLASS_COLUMNS = ("epoch", "class", "precision", "recall", "f1", "support")
@@ -28,6 +30,7 @@ LINE_STYLES = ("-", "--", "-.", ":")
 MARKERS = ("o", "s", "^", "D")
 SPLIT_COLOURS = {"train": "tab:blue", "val": "tab:orange"}
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+RELIABILITY_COLUMNS = ("confidence", "accuracy", "count")
 
 
 def _require_columns(frame: pd.DataFrame, columns: Sequence[str], what: str) -> None:
@@ -166,6 +169,39 @@ def confusion_matrix_figure(cm: pd.DataFrame, normalize: bool = True) -> Figure:
     ax.set(xlabel="predicted class", ylabel="true class")
     kind = "row-normalised" if normalize else "counts"
     ax.set_title(f"Confusion matrix ({kind}; {int(counts.sum())} images)")
+    return fig
+
+
+def _reliability_panel(ax: Axes, title: str, curves: dict[str, pd.DataFrame]) -> None:
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1.0, label="calibrated")
+    for index, (label, table) in enumerate(curves.items()):
+        _require_columns(table, RELIABILITY_COLUMNS, f"reliability table {label!r}")
+        used = table[table["count"] > 0]
+        style = {
+            "marker": MARKERS[index % len(MARKERS)],
+            "linestyle": LINE_STYLES[index % len(LINE_STYLES)],
+        }
+        ax.plot(used["confidence"], used["accuracy"], label=label, clip_on=False, **style)
+    ax.set(title=title, xlabel="confidence (top probability)", ylabel="accuracy")
+    ax.set_xlim(0.0, 1.0)
+    ax.set_ylim(0.0, 1.0)
+    ax.set_aspect("equal")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize="small", loc="upper left")
+
+
+def calibration_figure(panels: dict[str, dict[str, pd.DataFrame]]) -> Figure:
+    """Reliability diagrams side by side, one panel per model (`panels`: title -> {curve label
+    -> a calibration.reliability_table}): each non-empty bin's accuracy against its mean
+    confidence, with the diagonal a calibrated model follows. Bins below the diagonal are
+    over-confident."""
+    if not panels:
+        raise ValueError("panels is empty: give at least one model's reliability tables")
+    fig = Figure(figsize=(5.0 * len(panels), 5.0), layout="constrained")
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (title, curves) in zip(axes, panels.items(), strict=True):
+        _reliability_panel(ax, title, curves)
+    fig.suptitle("Calibration on val")
     return fig
 
 

@@ -14,7 +14,9 @@ _FILES_TO_OPEN = [
     ("metrics/epochs.csv", "accuracy and losses of every epoch, train and val"),
     ("plots/curves.png", "accuracy and loss curves, the best epoch marked"),
     ("plots/confusion_matrix.png", "best model on val: true class x predicted class"),
-    ("predictions/val.csv", "best model's class probabilities per val image"),
+    ("predictions/val.csv", "best model's class probabilities per val image (calibrated)"),
+    ("plots/calibration.png", "reliability of the best models' probabilities, before/after T"),
+    ("metrics/per_site.csv", "best model on val per camera site: accuracy, log loss"),
 ]
 
 
@@ -26,8 +28,13 @@ def run_summary(
     (PREFECT_API_URL) when the run went there, else the temporary server's history."""
     run_dir = Path(run_dir)
     info = json.loads((run_dir / "run.json").read_text())
-    lines = [f"Run folder: {run_dir}", _best_line(info), "Files to open there:"]
-    files = [*_FILES_TO_OPEN, (_best_model_file(info, run_dir), "the best model")]
+    lines = [f"Run folder: {run_dir}", _best_line(info), *_calibration_lines(info)]
+    lines.append("Files to open there:")
+    files = [
+        *_FILES_TO_OPEN,
+        (_best_model_file(info, run_dir), "the best model"),
+        *_best_logloss_model_file(info),
+    ]
     width = max(len(name) for name, _ in files)
     lines += [f"  {name:<{width}}  {what}" for name, what in files]
     if prefect_command:
@@ -42,6 +49,26 @@ def _best_line(info: dict[str, Any]) -> str:
         f"Best epoch {info.get('best_epoch', '?')} of {epochs}: val accuracy "
         f"{_number(val.get('accuracy'))}, val log loss {_number(val.get('log_loss'))}"
     )
+
+
+def _calibration_lines(info: dict[str, Any]) -> list[str]:
+    """The lowest val log loss's epoch and the calibrated log loss, once evaluate wrote them."""
+    lines = []
+    if info.get("best_logloss_epoch") is not None:
+        lines.append(f"Lowest val log loss at epoch {info['best_logloss_epoch']}")
+    val = info.get("val", {})
+    if val.get("calibrated_log_loss") is not None:
+        lines.append(
+            f"Calibrated (temperature {_number(val.get('temperature'))}): val log loss "
+            f"{_number(val['calibrated_log_loss'])}, ECE {_number(val.get('ece'))} -> "
+            f"{_number(val.get('calibrated_ece'))}"
+        )
+    return lines
+
+
+def _best_logloss_model_file(info: dict[str, Any]) -> list[tuple[str, str]]:
+    names = [name for name in info.get("files", {}) if name.endswith("_best_logloss.pth")]
+    return [(names[0], "the model of the lowest val log loss")] if names else []
 
 
 def _number(value: float | None) -> str:

@@ -48,6 +48,8 @@ def check_run_id(run_id: str) -> str:
             "and '-' only, starting with a letter or digit (no '/', no '..'), at most 200 "
             "characters"
         )
+    if run_id == LATEST_JSON:  # the stage's pointer file lives beside its run folders
+        raise ConfigError(f"run id {run_id!r} is reserved — fix: choose another run id")
     return run_id
 
 
@@ -81,6 +83,15 @@ class RunFiles:
     @property
     def best_model(self) -> Path:
         return self.root / f"final_{self.arch}_model_{self.stage}_best.pth"
+
+    @property
+    def best_logloss_model(self) -> Path:
+        """The epoch with the lowest val log loss (best_model follows train.best_metric)."""
+        return self.root / f"final_{self.arch}_model_{self.stage}_best_logloss.pth"
+
+    @property
+    def per_site_csv(self) -> Path:
+        return self.root / "metrics" / "per_site.csv"
 
     @property
     def final_model(self) -> Path:
@@ -175,11 +186,36 @@ RESUMABLE = {
     **NOT_IN_RUN_ID,
     "train": NOT_IN_RUN_ID["train"] | {"epochs", "device", "amp", "amp_dtype"},
 }
+# Settings added after runs were made, each with the value that computes what those runs did. A
+# setting holding that value is left out of the run id, and a saved config without it (an older
+# run.json or state) reads as holding it: runs made before it existed keep their ids and resume
+# (a weekly part1 on unchanged data stays "up to date"). The augment section counts only while
+# augmentation is on: its other settings change nothing while it is off.
+ADDED_LATER: dict[str, dict[str, Any]] = {
+    "data": {"train_cache_size": None},
+    "model": {"init_from": None},
+    "train": {"schedule": "none", "warmup_epochs": 0.0, "label_smoothing": 0.0},
+}
+
+
+def settings_in_effect(config: dict[str, Any]) -> dict[str, Any]:
+    """`config` (a model_dump(mode="json")) without the ADDED_LATER settings holding their old
+    value and without the augment section while augmentation is off."""
+    pruned = {k: dict(v) if isinstance(v, dict) else v for k, v in config.items()}
+    for section, old in ADDED_LATER.items():
+        values = pruned.get(section, {})
+        for key, value in old.items():
+            if key in values and values[key] == value:
+                del values[key]
+    if not pruned.get("augment", {}).get("enabled", False):
+        pruned.pop("augment", None)
+    return pruned
 
 
 def config_changes(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
     """`section.key: saved -> now` for each setting (both as model_dump(mode="json")) that
     differs and may not change when a run resumes."""
+    saved, now = settings_in_effect(saved), settings_in_effect(now)
     changes = []
     for section in sorted(set(saved) | set(now)):
         old, new = saved.get(section, {}), now.get(section, {})
@@ -529,3 +565,112 @@ def leased(location: str, owner: str | None = None, release: bool = True) -> Ite
             lease.release()
         else:
             lease.stop_renewing()
+
+
+# --- the latest pointer --------------------------------------------------------------------------
+
+LATEST_JSON = "latest.json"  # {output}/{stage}/latest.json: the stage's newest finished run
+
+
+def latest_location(output: str | Path, stage: str) -> str:
+    """{output}/{stage}/latest.json."""
+    check_run_id(stage)
+    return storage.join(output, stage, LATEST_JSON)
+
+
+def write_latest(run_uri: str | Path, info: dict[str, Any]) -> str:
+    """Point {output}/{stage}/latest.json at the run at `run_uri` (a folder `run_location`
+    made), whose finished run.json is `info`. Call only after a fully successful run: every file
+    is in place and run.json written. Replaced in one write (local: atomic rename; S3: one PUT),
+    so a reader sees the old pointer or the new one. Returns the pointer's location."""
+    run_uri = str(run_uri)
+    stage, arch = info["config"]["output"]["stage"], info["config"]["model"]["arch"]
+    files = RunFiles(Path(), arch, stage)
+    listed = info.get("files", {})
+    logloss = files.best_logloss_model.name
+    pointer = {
+        "run_id": info["run_id"],
+        "run_uri": str(Path(run_uri).resolve()) if not storage.is_remote(run_uri) else run_uri,
+        "stage": stage,
+        "finished": info.get("finished"),
+        "data_fingerprint": info.get("data_fingerprint"),
+        "best_model": files.best_model.name,
+        "best_logloss_model": logloss if logloss in listed else None,
+    }
+    location = storage.join(_parent(run_uri), LATEST_JSON)
+    storage.write_text(location, json.dumps(pointer, indent=2) + "\n")
+    log.info("%s -> %s", location, info["run_id"])
+    return location
+
+
+def read_latest(output: str | Path, stage: str) -> dict[str, Any] | None:
+    """The pointer {output}/{stage}/latest.json, or None when no run of the stage has finished
+    there yet."""
+    location = latest_location(output, stage)
+    return _read_pointer(location) if storage.exists(location) else None
+
+
+def resolve_model_uri(uri: str | Path) -> str:
+    """The model file `uri` stands for: a model file -> itself; a run folder (with run.json) ->
+    its best model; `.../latest.json` (or a stage folder holding one) -> the best model of the
+    run it points to. StorageNotFound, with the fix, when there is no such file."""
+    text = str(uri).rstrip("/")
+    if _name(text) != LATEST_JSON and storage.exists(storage.join(text, LATEST_JSON)):
+        text = storage.join(text, LATEST_JSON)  # a stage folder: {output}/{stage}
+    if _name(text) == LATEST_JSON:
+        if not storage.exists(text):
+            raise storage.StorageNotFound(
+                f"{text} does not exist: no run of this stage has finished there yet — fix: "
+                "train one into that output_uri first, or pass a model file or a run folder"
+            )
+        pointer = _read_pointer(text)
+        found = storage.join(_parent(text), pointer["run_id"], pointer["best_model"])
+    elif storage.exists(storage.join(text, RUN_JSON)):
+        found = _best_model_of_run(text)
+    else:
+        found = text
+    if not storage.exists(found):
+        raise storage.StorageNotFound(
+            f"model file {found} does not exist — fix: pass a model file (final_*_best.pth), a "
+            f"run folder (with run.json), or {{output_uri}}/{{stage}}/{LATEST_JSON}"
+        )
+    return found
+
+
+def _best_model_of_run(run_uri: str) -> str:
+    info = json.loads(storage.read_text(storage.join(run_uri, RUN_JSON)))
+    if info.get("status") != "completed":
+        raise StorageError(
+            f"{run_uri} has not finished (status {info.get('status')!r}): its best model may "
+            "still change and has no calibration yet — fix: wait for the run to finish, or pass "
+            "the model file itself"
+        )
+    config = info.get("config", {})
+    files = RunFiles(Path(), config["model"]["arch"], config["output"]["stage"])
+    return storage.join(run_uri, files.best_model.name)
+
+
+def _read_pointer(location: str) -> dict[str, Any]:
+    try:
+        pointer = json.loads(storage.read_text(location))
+        if not isinstance(pointer, dict) or not {"run_id", "best_model"} <= set(pointer):
+            raise ValueError("no run_id/best_model")
+        for key in ("run_id", "best_model"):  # each becomes part of a path
+            if not RUN_ID_PATTERN.fullmatch(str(pointer[key])) or ".." in str(pointer[key]):
+                raise ValueError(f"{key} {pointer[key]!r} is not a plain name")
+    except (ValueError, UnicodeDecodeError) as err:
+        raise StorageError(
+            f"{location} is not a latest-run pointer ({err}) — fix: delete it; the next run "
+            "that finishes writes it again"
+        ) from None
+    return pointer
+
+
+def _parent(uri: str) -> str:
+    if storage.is_remote(uri):
+        return uri.rstrip("/").rsplit("/", 1)[0]
+    return str(Path(uri).parent)
+
+
+def _name(uri: str) -> str:
+    return uri.rstrip("/").rsplit("/", 1)[-1]

@@ -807,6 +807,20 @@ class _Manifest:
         self._unsaved, self._saved_at = 0, _clock()
 
 
+def check_data_folder(data_uri: str) -> Path | None:
+    """A local `data_uri` as a Path, or StorageNotFound when it is not a folder (checked before
+    anything slow starts); None for a remote URI, whose listing tells."""
+    if is_remote(data_uri):
+        return None
+    root = _local(data_uri)
+    if not root.is_dir():
+        raise StorageNotFound(
+            f"{data_uri} is not a folder — fix: give the folder that holds the dataset's "
+            "CSVs, or an s3://bucket/prefix URI"
+        )
+    return root
+
+
 def fetch_files(
     data_uri: str, names: Sequence[str], cache_dir: str | Path, listing: dict | None = None
 ) -> FetchReport:
@@ -816,12 +830,7 @@ def fetch_files(
     `data_uri` itself. Unsafe names (absolute, `..`) and names absent at the URI are reported in
     `missing`, not raised: validation reports them."""
     if not is_remote(data_uri):
-        root = _local(data_uri)
-        if not root.is_dir():
-            raise StorageNotFound(
-                f"{data_uri} is not a folder — fix: give the folder that holds the dataset's "
-                "CSVs, or an s3://bucket/prefix URI"
-            )
+        root = check_data_folder(data_uri)
         missing = [n for n in names if not safe_relative(n) or not (root / n).is_file()]
         present = {n: RemoteFile(*_stat_key(root / n)) for n in names if n not in missing}
         return FetchReport(
@@ -839,6 +848,7 @@ def fetch_files(
         entry = remote.get(name)
         if entry is None or not safe_relative(name):
             report.missing.append(name)
+            _drop_stale_copy(cache_dir, name)
             continue
         fetched[name] = entry
         local = cache_dir / name
@@ -855,6 +865,13 @@ def fetch_files(
         manifest.flush()
     report.digest = etags_digest(fetched)
     return report
+
+
+def _drop_stale_copy(cache_dir: Path, name: str) -> None:
+    """A file gone from the URI must be reported missing, as on a new machine, not read from
+    an old copy in the cache."""
+    if safe_relative(name):
+        inside(cache_dir, name).unlink(missing_ok=True)
 
 
 def _stat_key(path: Path) -> tuple[int, str]:

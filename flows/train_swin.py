@@ -22,6 +22,7 @@ from prefect.runtime import flow_run
 from camtrap.config import PRESETS, build_config, parse_override
 from camtrap.errors import CamtrapError
 from camtrap.runfolder import check_run_id
+from camtrap.storage import check_data_folder
 from flows.hooks import restart_after_crash
 from flows.local_prefect import prepare_temporary_server
 from tasks.common import release_lease
@@ -35,7 +36,7 @@ from tasks.data import (
 from tasks.evaluation import evaluate
 from tasks.gpu import gpu_slot
 from tasks.publish import publish, report_up_to_date
-from tasks.training import train
+from tasks.training import resolve_init_from, train
 
 
 def initial_run_name() -> str:
@@ -72,6 +73,8 @@ def train_swin(
     same config and data is reported as up to date unless `force`. Returns the run's URI."""
     logger = get_run_logger()
     config = build_config(preset, None, dict(overrides))  # ConfigError before any work
+    if config.model.init_from is not None:  # part2: the part1 model file is in the run id
+        config = resolve_init_from(config)
     if run_id is not None:
         check_run_id(run_id)  # it becomes a path: `../x` must not write outside output_uri
     snapshot = fetch_metadata(data_uri, config.data)
@@ -122,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         overrides = dict(parse_override(text) for text in args.set)
         if args.run_id is not None:
             check_run_id(args.run_id)  # before a server starts: one line, no flow run
+        check_data_folder(args.data)  # a mistyped local folder: one line, at once
         prepare_temporary_server()  # no-op with PREFECT_API_URL; else works on a fresh machine
     except CamtrapError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -24,7 +24,9 @@ from tasks.common import RunRef, artifact_key
 
 log = logging.getLogger("camtrap")
 
-PLOT_NAMES = ("curves", "confusion_matrix", "class_precision", "class_recalls", "class_f1")
+PLOT_NAMES = (
+    "curves", "calibration", "confusion_matrix", "class_precision", "class_recalls", "class_f1",
+)  # fmt: skip
 MAX_EMBEDDED_PLOT_BYTES = 1_000_000  # bigger plots are linked, not embedded
 METRIC_COLUMNS = ("accuracy", "loss", "log_loss", "top3_accuracy")
 
@@ -124,6 +126,10 @@ def summary_markdown(run: RunRef, info: dict[str, Any], run_dir: Path) -> str:
         "| --- | --- |",
         *[f"| {k} | {v:.4f} |" for k, v in info.get("val", {}).items()],
         "",
+        *best_models_lines(info, epochs, metric),
+        *calibration_lines(info),
+        *tta_lines(info),
+        *per_site_lines(info),
         f"## Generalisation gap at epoch {best}",
         "",
         "| metric | train | val | train - val |",
@@ -145,6 +151,97 @@ def summary_markdown(run: RunRef, info: dict[str, Any], run_dir: Path) -> str:
         f"| `{storage.join(run.run_uri, 'run.json')}` | | |",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _best_files(info: dict[str, Any]) -> dict[str, str]:
+    """The best model files' names (run.json's calibration report, else from the config)."""
+    config = info.get("config", {})
+    files = runfolder.RunFiles(
+        Path("."),
+        config.get("model", {}).get("arch", "?"),
+        config.get("output", {}).get("stage", "?"),
+    )
+    names = {"best": files.best_model.name, "best_logloss": files.best_logloss_model.name}
+    for name, report in info.get("calibration", {}).items():
+        names[name] = report.get("file", names.get(name))
+    return names
+
+
+def best_models_lines(info: dict[str, Any], epochs: pd.DataFrame, metric: str) -> list[str]:
+    """Which epoch each best model comes from, with its val accuracy and log loss (uncalibrated,
+    as metrics/epochs.csv has them)."""
+    names = _best_files(info)
+    rows = []
+    chosen = (
+        ("best", "best_epoch", metric),
+        ("best_logloss", "best_logloss_epoch", "val_log_loss"),
+    )
+    for name, key, chosen_by in chosen:
+        if info.get(key) is None:
+            continue
+        epoch = int(info[key])
+        val = _at_epoch(epochs, epoch, "val")
+        rows.append(
+            f"| `{names[name]}` | {chosen_by} | {epoch} | {val.get('accuracy', float('nan')):.4f} "
+            f"| {val.get('log_loss', float('nan')):.4f} |"
+        )
+    header = ["## Best models", "", "| file | chosen by | epoch | val accuracy | val log loss |",
+              "| --- | --- | --- | --- | --- |"]  # fmt: skip
+    return [*header, *rows, ""] if rows else []
+
+
+def calibration_lines(info: dict[str, Any]) -> list[str]:
+    """Each best model's temperature and val log loss / ECE before and after it."""
+    reports = info.get("calibration", {})
+    if not reports:
+        return []
+    return [
+        "## Calibration on val (temperature stored in each model file)",
+        "",
+        "| model | epoch | temperature | log loss before | log loss after | ECE before "
+        "| ECE after |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+        *[
+            f"| {name} | {r.get('epoch')} | {r['temperature']:.4f} | {r['log_loss_before']:.4f} "
+            f"| {r['log_loss_after']:.4f} | {r['ece_before']:.4f} | {r['ece_after']:.4f} |"
+            for name, r in reports.items()
+        ],
+        "",
+    ]
+
+
+def tta_lines(info: dict[str, Any]) -> list[str]:
+    """The best model on val without and with hflip TTA (calibrated, as predict returns)."""
+    tta = info.get("tta", {})
+    if not tta:
+        return []
+    return [
+        "## Test-time augmentation (best model on val, calibrated)",
+        "",
+        "| TTA | accuracy | log loss |",
+        "| --- | --- | --- |",
+        *[f"| {name} | {m['accuracy']:.4f} | {m['log_loss']:.4f} |" for name, m in tta.items()],
+        "",
+    ]
+
+
+def per_site_lines(info: dict[str, Any]) -> list[str]:
+    """Val accuracy and log loss per camera site, the worst log loss first: photos to label come
+    from new sites, and a few bad sites can hide behind a good mean."""
+    sites = sorted(info.get("per_site", []), key=lambda r: r["log_loss"], reverse=True)
+    if not sites:
+        return []
+    return [
+        "## Val by site (best model, calibrated; worst log loss first)",
+        "",
+        "| site | images | accuracy | log loss |",
+        "| --- | --- | --- | --- |",
+        *[
+            f"| {r['site']} | {r['images']} | {r['accuracy']:.4f} | {r['log_loss']:.4f} |"
+            for r in sites
+        ],
+        "",
+    ]
 
 
 def plots_markdown(run: RunRef, plots_dir: Path) -> str:

@@ -1,4 +1,5 @@
-"""Data tasks: fetch the CSVs, fetch the images, validate and split, cache the decoded images.
+"""Data tasks: fetch the CSVs (or a features CSV alone, for predict-swin), fetch the images,
+validate and split, cache the decoded images.
 
 Each is cached on its inputs, its source and the data's state at the URI (S3 ETags), so a rerun
 on unchanged data shows them as Cached and goes straight to training. Each retries 3 times with
@@ -114,6 +115,33 @@ def fetch_metadata(data_uri: str, data: DataConfig) -> DataSnapshot:
         raise storage.StorageNotFound(
             f"{storage.join(data_uri, report.missing[0])} does not exist — fix: put "
             f"{' and '.join(names)} at {data_uri}, or set data.features_csv / data.labels_csv"
+        )
+    return DataSnapshot(data_uri=data_uri, root=str(report.root), csv_digest=report.digest)
+
+
+def _features_csv_state(inputs: dict[str, Any]) -> str | None:
+    uri, name = inputs["data_uri"], inputs["features_csv"]
+    if not storage.is_remote(uri):
+        return storage.fetch_files(uri, [name], Path(uri)).digest
+    return _s3_state(uri, [name])
+
+
+@task(
+    name="fetch-features",
+    cache_policy=RemoteState(state_fn=_features_csv_state),
+    timeout_seconds=600,  # one CSV
+    **IO_TASK,
+)
+def fetch_features(data_uri: str, features_csv: str) -> DataSnapshot:
+    """A features CSV alone (photos to label: no labels CSV) into the local cache, as
+    fetch_metadata does; its images follow with fetch_images(snapshot, DataConfig(features_csv=
+    features_csv))."""
+    with library_logs():
+        report = storage.fetch_files(data_uri, [features_csv], data_cache_dir(data_uri))
+    if report.missing:
+        raise storage.StorageNotFound(
+            f"{storage.join(data_uri, features_csv)} does not exist — fix: put {features_csv} "
+            f"(columns id, filepath, optional site) at {data_uri}, or pass features_csv"
         )
     return DataSnapshot(data_uri=data_uri, root=str(report.root), csv_digest=report.digest)
 

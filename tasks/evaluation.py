@@ -1,6 +1,7 @@
-"""The evaluate task: the best model on the val split -> predictions/val.csv,
-metrics/confusion_matrix.csv and every plot, written to output_uri. Idempotent (the same files
-each time), so it is not cached and retries freely."""
+"""The evaluate task: each best model on the val split, its temperature fitted and stored in its
+file; the best model's calibrated predictions/val.csv, metrics/confusion_matrix.csv,
+metrics/per_site.csv, the TTA effect and calibration in run.json, every plot; written to
+output_uri. Idempotent (the same files each time), so it is not cached and retries freely."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
 """The publish task: run.json (config, versions, status, every file with its sha256) written last
-to output_uri, then the end-of-run artifacts. Idempotent: not cached, retried on failure."""
+to output_uri, then the stage's latest.json pointed at the run, then the end-of-run artifacts.
+Idempotent: not cached, retried on failure."""
 
 from __future__ import annotations
 
@@ -27,7 +28,8 @@ PUBLISH_TASK = {"cache_policy": NO_CACHE, **IO_TASK}
 @task(name="publish", timeout_seconds=1800, **PUBLISH_TASK)
 def publish(run: RunRef, val: ValMetrics) -> str:
     """Finish the run: run.json with every output's sha256 to output_uri (after every other
-    file, so a finished run.json means a complete folder), then the summary artifacts.
+    file, so a finished run.json means a complete folder), {output_uri}/{stage}/latest.json
+    pointed at it, then the summary artifacts.
     Returns the URI of run.json."""
     run_dir = Path(run.local_dir)
     with library_logs():
@@ -35,6 +37,7 @@ def publish(run: RunRef, val: ValMetrics) -> str:
             runfolder.reconcile(run.run_uri, run_dir)
             info = pipeline.finalize(run_dir, val=val.metrics)
             runfolder.push(run_dir, run.run_uri)
+            runfolder.write_latest(run.run_uri, info)  # run.json is there: the run is complete
         artifacts.publish_summary(run, info, run_dir)
     return storage.join(run.run_uri, runfolder.RUN_JSON)
 

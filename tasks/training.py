@@ -14,12 +14,13 @@ from uuid import UUID
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from camtrap import pipeline, runfolder
+from camtrap import models, pipeline, runfolder
 from camtrap.config import RunConfig
 from camtrap.errors import StorageError
 from camtrap.fit import EpochRecord
 from tasks import artifacts
 from tasks.common import (
+    IO_TASK,
     TRAIN_RETRIES,
     TRAIN_RETRY_DELAY_S,
     DataSnapshot,
@@ -100,3 +101,12 @@ def train(config: RunConfig, snapshot: DataSnapshot, run: RunRef) -> TrainSummar
         epochs_run=result.epochs_run,
         resumed_from=result.resumed_from,
     )
+
+
+@task(name="resolve-init-from", cache_policy=NO_CACHE, timeout_seconds=300, **IO_TASK)
+def resolve_init_from(config: RunConfig) -> RunConfig:
+    """model.init_from (a run folder, a stage's latest.json) resolved to the model file it names
+    now, before the run id is derived from the config: a new part1 run is a new part2 run. Not
+    cached: the pointer moves."""
+    with library_logs():
+        return models.resolve_init_from(config)

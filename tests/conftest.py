@@ -5,6 +5,8 @@ beyond 127.0.0.1."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import shutil
 import signal
@@ -30,6 +32,43 @@ FAKE_AWS = {
     "AWS_SESSION_TOKEN": "testing-session-token",
     "AWS_DEFAULT_REGION": "us-east-1",
 }
+
+
+def pytest_configure(config) -> None:
+    """Under pytest-xdist, in each test process (before torch is imported):
+    - one compute thread for torch, here and in the processes tests start: with several test
+      processes on 2 cores, torch's default (a thread per core each) made them fight over the
+      cores, and a training test ran 4x slower than alone;
+    - its own folder inside PREFECT_HOME (when set, as in CI: a fresh one), so two processes
+      never migrate one new database at once."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if not worker:
+        return
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(name, "1")
+    home = os.environ.get("PREFECT_HOME")
+    if home:
+        os.environ["PREFECT_HOME"] = str(Path(home) / worker)
+
+
+# Minutes alone on 2 cores, far longer than any other test: started first.
+LONGEST_TESTS = {"test_smoke_preset_clearly_learns_the_demo_data"}
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """The longest tests first (the longest of all, end-to-end, slow, then the rest; otherwise
+    in file order). With `--dist load --maxschedchunk 1` test processes take one test at a time
+    in this order as they free up, so they finish together instead of waiting on one long test
+    picked up last."""
+
+    def rank(item) -> int:
+        if item.originalname in LONGEST_TESTS:
+            return 0
+        if item.get_closest_marker("e2e"):
+            return 1
+        return 2 if item.get_closest_marker("slow") else 3
+
+    items.sort(key=rank)  # stable: file order within a rank
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -296,10 +335,44 @@ def stop_process(proc: subprocess.Popen, signals=(signal.SIGINT, signal.SIGTERM)
         proc.wait(timeout=10)
 
 
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _migrated_prefect_db(tmp_path_factory) -> Path:
+    """A Prefect database with every migration applied, made once per test session and shared
+    by its xdist processes: each session server starts from a copy instead of migrating its own
+    (about 10 s of CPU each). The first-run tests start from nothing on purpose, not from this."""
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent  # the session's folder, above each process's own
+    template = shared / "prefect-db-template" / "prefect.db"
+    with _file_lock(shared / "prefect-db-template.lock"):
+        if not template.exists():
+            staging = shared / f"prefect-db-staging-{os.getpid()}"
+            staging.mkdir()
+            prefect = shutil.which("prefect", path=str(Path(sys.executable).parent)) or "prefect"
+            subprocess.run(
+                [prefect, "--no-prompt", "server", "database", "upgrade", "-y"],
+                env={**os.environ, "PREFECT_HOME": str(staging),
+                     "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"},
+                capture_output=True, check=True, timeout=PREFECT_START_TIMEOUT_S * 2,
+            )  # fmt: skip
+            os.replace(staging, template.parent)
+    return template
+
+
 @pytest.fixture(scope="session")
 def prefect_server(tmp_path_factory) -> Iterator[PrefectServer]:
     """`prefect server start` on a free port with its own PREFECT_HOME (sqlite)."""
     home = tmp_path_factory.mktemp("prefect-home")
+    shutil.copyfile(_migrated_prefect_db(tmp_path_factory), home / "prefect.db")
     api_url = f"http://127.0.0.1:{free_port()}/api"
     env = prefect_env(home, api_url)
     log = home / "server.log"

@@ -29,6 +29,7 @@ LAYOUT = sorted(
     [
         "run.json",
         "final_resnet18_model_part1_best.pth",
+        "final_resnet18_model_part1_best_logloss.pth",
         "final_resnet18_model_part1.pth",
         "state/last.pt",
         "state/last.json",
@@ -36,12 +37,14 @@ LAYOUT = sorted(
         "metrics/epochs.csv",
         "metrics/per_class.csv",
         "metrics/confusion_matrix.csv",
+        "metrics/per_site.csv",
         "predictions/val.csv",
         "plots/class_precision.png",
         "plots/class_recalls.png",
         "plots/class_f1.png",
         "plots/curves.png",
         "plots/confusion_matrix.png",
+        "plots/calibration.png",
     ]
 )
 WORKER_TIMEOUT_S = 240
@@ -53,6 +56,7 @@ def deployed(prefect_server):
     prefect_server.cli("work-pool", "create", "gpu-pool", "--type", "process")
     out = prefect_server.cli("deploy", "--all", "--prefect-file", "deployments/prefect.yaml")
     assert "train-swin/part1" in out.stdout and "train-swin/smoke" in out.stdout, out.stdout
+    assert "predict-swin/part1" in out.stdout, out.stdout
     return prefect_server
 
 
@@ -95,7 +99,8 @@ def test_deployment_run_on_a_worker_writes_s3_and_artifacts_then_hits_the_cache(
     assert re.fullmatch(r"part1-[0-9a-f]{12}", run_id)
     prefix = f"runs/part1/{run_id}/"
     assert [k.removeprefix(prefix) for k in s3_server.keys(out_bucket, prefix)] == LAYOUT
-    assert s3_server.keys(out_bucket) == [prefix + name for name in LAYOUT]  # nothing else
+    latest = "runs/part1/latest.json"  # the stage's pointer to its newest finished run
+    assert s3_server.keys(out_bucket) == [latest, *[prefix + name for name in LAYOUT]]  # no more
 
     body = s3_server.client().get_object(Bucket=out_bucket, Key=prefix + "run.json")["Body"]
     info = json.loads(body.read())
@@ -120,4 +125,4 @@ def test_deployment_run_on_a_worker_writes_s3_and_artifacts_then_hits_the_cache(
         assert second.tasks[name] == ["Cached"], second.tasks
     assert "train" not in second.tasks
     assert second.name == run_id
-    assert s3_server.keys(out_bucket) == [prefix + name for name in LAYOUT]
+    assert s3_server.keys(out_bucket) == [latest, *[prefix + name for name in LAYOUT]]

@@ -96,7 +96,8 @@ def test_local_stack_runs_part1_with_cpu_overrides_and_stops_cleanly(tmp_path):
         )
         keys = [o["Key"] for o in s3.list_objects_v2(Bucket="camtrap-runs")["Contents"]]
         assert any(k.startswith("runs/part1/part1-") and k.endswith("/run.json") for k in keys)
-        assert len(keys) == 15  # the run layout (tests/e2e/test_deployment.py LAYOUT)
+        assert "runs/part1/latest.json" in keys  # and the run layout (test_deployment.py LAYOUT):
+        assert len(keys) == 18 + 1
     finally:
         stopped = _stack("stop", env, timeout=120)
     assert stopped.returncode == 0, stopped.stderr

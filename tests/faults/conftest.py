@@ -278,7 +278,7 @@ def timed_run(
 
 def only_run_dir(out: Path) -> Path:
     """The one run folder under out/smoke (hidden entries, such as leases, are no runs)."""
-    (run_dir,) = [p for p in (out / "smoke").iterdir() if not p.name.startswith(".")]
+    (run_dir,) = [p for p in (out / "smoke").iterdir() if p.is_dir() and p.name[0] != "."]
     return run_dir
 
 

@@ -33,6 +33,7 @@ LAYOUT = sorted(
     [
         "run.json",
         "final_resnet18_model_smoke_best.pth",
+        "final_resnet18_model_smoke_best_logloss.pth",
         "final_resnet18_model_smoke.pth",
         "state/last.pt",
         "state/last.json",
@@ -40,12 +41,14 @@ LAYOUT = sorted(
         "metrics/epochs.csv",
         "metrics/per_class.csv",
         "metrics/confusion_matrix.csv",
+        "metrics/per_site.csv",
         "predictions/val.csv",
         *[
             f"plots/{name}.png"
             for name in ("class_precision", "class_recalls", "class_f1", "curves")
         ],
         "plots/confusion_matrix.png",
+        "plots/calibration.png",
     ]
 )
 DATA_TASKS = ("fetch-metadata", "fetch-images", "validate-and-split")
@@ -113,8 +116,12 @@ def test_flow_on_s3_writes_the_layout_and_artifacts_then_hits_the_cache(
     assert f"best epoch: **{info['best_epoch']}**" in summary
     assert "Generalisation gap" in summary
     assert f"{run_uri}/final_resnet18_model_smoke_best.pth" in summary
+    logloss_best = "| `final_resnet18_model_smoke_best_logloss.pth` | val_log_loss | "
+    assert f"{logloss_best}{info['best_logloss_epoch']} |" in summary
+    for section in ("## Calibration on val", "## Test-time augmentation", "## Val by site"):
+        assert section in summary
     plots = by_key[f"{run_id}-plots"][0].data
-    assert plots.count("data:image/png;base64,") == 5
+    assert plots.count("data:image/png;base64,") == 6
     assert any("memory epoch 1 end" in line for line in record.logs)
     assert any(line.startswith("Epoch 2/2 |") for line in record.logs)
     _no_secrets(

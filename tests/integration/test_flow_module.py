@@ -75,7 +75,7 @@ def test_camtrap_demo_runs_the_flow_end_to_end(tmp_path):
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     stage = tmp_path / "demo" / "runs" / "smoke"
-    runs = [p for p in stage.iterdir() if not p.name.startswith(".")]  # .leases: bookkeeping
+    runs = [p for p in stage.iterdir() if p.is_dir() and p.name[0] != "."]  # not .leases
     assert len(runs) == 1 and runs[0].name.startswith("smoke-")
     assert list((stage / ".leases").iterdir()) == []  # released when the flow ended
     info = json.loads((runs[0] / "run.json").read_text())

@@ -122,7 +122,7 @@ def test_demo_without_prefect_ends_with_the_run_summary(tmp_path, capsys):
     assert code == 0
     lines = capsys.readouterr().out.splitlines()
     runs = (tmp_path / "demo" / "runs" / "smoke").iterdir()
-    run_dir = next(p for p in runs if not p.name.startswith("."))  # not .leases
+    run_dir = next(p for p in runs if p.is_dir() and p.name[0] != ".")  # not .leases
     assert lines[0] == f"Run folder: {run_dir}"
     assert lines[1].startswith("Best epoch 1 of 1: val accuracy ")
     assert not any("Prefect" in line for line in lines)  # no Prefect run to look at

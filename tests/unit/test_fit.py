@@ -1,6 +1,7 @@
 """Tiny real training runs through the pipeline stages: outputs, resume, metric consistency."""
 
 import json
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -8,6 +9,7 @@ import pytest
 import torch
 
 from camtrap import checkpoint, pipeline
+from camtrap.calibration import CALIBRATED_FROM, apply_temperature
 from camtrap.checkpoint import load_torch
 from camtrap.errors import ConfigError, StorageError
 from camtrap.labels import load_dataset
@@ -41,15 +43,17 @@ def test_run_writes_the_whole_output_layout(finished_run):
     expected = [
         files.run_json,
         files.best_model,
+        files.best_logloss_model,
         files.final_model,
         files.state,
         files.epochs_csv,
         files.per_class_csv,
         files.confusion_csv,
         files.predictions_csv,
+        files.per_site_csv,
         files.split_csv,
         *(files.plots / n for n in ["class_precision.png", "class_recalls.png", "class_f1.png",
-                                   "curves.png", "confusion_matrix.png"]),
+                                   "curves.png", "confusion_matrix.png", "calibration.png"]),
     ]  # fmt: skip
     missing = [str(p) for p in expected if not p.exists()]
     assert not missing
@@ -91,7 +95,9 @@ def test_val_metrics_recomputed_from_predictions_match_epochs_csv(finished_run):
     preds = pd.read_csv(run / "predictions" / "val.csv", dtype={"id": str})
     classes = info["classes"]
     assert list(preds.columns) == ["id", "label", *classes]
-    probs = preds[classes].to_numpy()
+    calibrated = preds[classes].to_numpy()
+    # val.csv holds calibrated probabilities; T = 1 / temperature undoes the calibration
+    probs = apply_temperature(calibrated, 1 / info["calibration"]["best"]["temperature"])
     y = preds["label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
     # Independent recomputation: argmax accuracy, mean -log p(true), true label among the 3 largest.
     accuracy = float(np.mean(probs.argmax(1) == y))
@@ -102,6 +108,9 @@ def test_val_metrics_recomputed_from_predictions_match_epochs_csv(finished_run):
     assert accuracy == pytest.approx(best.accuracy, abs=1e-9)
     assert log_loss == pytest.approx(best.log_loss, rel=1e-5)
     assert top3 == pytest.approx(best.top3_accuracy, abs=1e-9)
+    assert (calibrated.argmax(1) == probs.argmax(1)).all()  # T changes no class
+    calibrated_loss = np.mean(-np.log(np.clip(calibrated[np.arange(len(y)), y], 1e-15, 1)))
+    assert calibrated_loss == pytest.approx(info["val"]["calibrated_log_loss"], rel=1e-5)
     split = pd.read_csv(run / "split.csv", dtype={"id": str})
     assert sorted(preds["id"]) == sorted(split.loc[split.split == "val", "id"])
 
@@ -184,9 +193,9 @@ def test_best_model_rebuilt_when_a_kill_came_between_state_and_best(tmp_path, de
     summary = _run(config, demo_root, tmp_path)
     files = RunFiles.for_config(summary.run_dir, config)
     state = load_torch(files.state)
-    assert state["best_epoch"] == 1 and state["best_sha256"] == checkpoint.file_sha256(
-        files.best_model
-    )
+    # the file as training wrote it, before evaluate stored its temperature
+    trained_sha256 = load_torch(files.best_model)[CALIBRATED_FROM]
+    assert state["best_epoch"] == 1 and state["best_sha256"] == trained_sha256
     files.best_model.write_bytes(b"the previous best")
     pipeline.train(config, demo_root, summary.run_dir)  # nothing to train: settles the folder
     assert checkpoint.file_sha256(files.best_model) == state["best_sha256"]
@@ -228,3 +237,101 @@ def test_more_epochs_extend_a_finished_run(tmp_path, demo_root, tiny_config):
     info = json.loads((summary.run_dir / "run.json").read_text())
     assert info["config"]["train"]["epochs"] == 2 and info["status"] == "completed"
     assert load_torch(next(summary.run_dir.glob("*_smoke.pth")))["epoch"] == 2
+
+
+# --- both best models, calibration, TTA, per site (issue 9) ---------------------------------------
+
+
+def _val_epochs(run_dir):
+    epochs = pd.read_csv(run_dir / "metrics" / "epochs.csv")
+    return epochs[epochs.split == "val"].reset_index(drop=True)
+
+
+def test_both_best_models_come_from_their_epochs_and_carry_a_temperature(finished_run):
+    config, summary = finished_run
+    files = RunFiles.for_config(summary.run_dir, config)
+    info = json.loads(files.run_json.read_text())
+    val = _val_epochs(summary.run_dir)
+    # idxmax / idxmin: the first epoch reaching the extreme, as the trainer keeps it
+    by_accuracy = int(val.loc[val.accuracy.idxmax(), "epoch"])
+    by_log_loss = int(val.loc[val.log_loss.idxmin(), "epoch"])
+    for name, path, epoch in (("best", files.best_model, by_accuracy),
+                              ("best_logloss", files.best_logloss_model, by_log_loss)):  # fmt: skip
+        _, meta = load_model(path)
+        report = info["calibration"][name]
+        assert meta.epoch == epoch == report["epoch"] and report["file"] == path.name
+        assert meta.temperature == report["temperature"] and 0.05 <= meta.temperature <= 20
+        assert report["log_loss_after"] <= report["log_loss_before"] + 1e-9
+        assert 0 <= report["ece_after"] <= 1 and 0 <= report["ece_before"] <= 1
+    assert info["best_epoch"] == by_accuracy and info["best_logloss_epoch"] == by_log_loss
+    assert info["val"]["temperature"] == info["calibration"]["best"]["temperature"]
+    new_files = {files.best_logloss_model.name, "plots/calibration.png", "metrics/per_site.csv"}
+    assert new_files <= set(info["files"])
+
+
+def test_val_csv_is_the_best_model_file_with_its_temperature(finished_run, demo_root):
+    config, summary = finished_run
+    files = RunFiles.for_config(summary.run_dir, config)
+    val = pipeline._val_split(config, summary.run_dir, demo_root, None)
+    model, meta = load_model(files.best_model)
+    raw = pipeline._run_on_val(model, meta, val).probs
+    assert meta.temperature != 1.0  # a fitted temperature: softmax(logits / T) differs from raw
+    preds = pd.read_csv(files.predictions_csv, dtype={"id": str})
+    recorded = preds[meta.classes].to_numpy()
+    np.testing.assert_allclose(recorded, apply_temperature(raw, meta.temperature), atol=1e-6)
+    assert np.abs(recorded - raw).max() > 1e-4
+    assert preds["id"].tolist() == val.items["id"].tolist()
+
+
+def test_per_site_csv_and_tta_agree_with_the_calibrated_val_metrics(finished_run):
+    _, summary = finished_run
+    info = json.loads((summary.run_dir / "run.json").read_text())
+    sites = pd.read_csv(summary.run_dir / "metrics" / "per_site.csv", dtype={"site": str})
+    assert list(sites.columns) == ["site", "images", "accuracy", "log_loss"]
+    split = pd.read_csv(summary.run_dir / "split.csv", dtype=str)
+    val_sites = split.loc[split.split == "val", "site"]
+    assert sites.set_index("site")["images"].to_dict() == val_sites.value_counts().to_dict()
+    # the image-weighted mean over sites is the whole split's calibrated log loss
+    weighted = (sites.images * sites.log_loss).sum() / sites.images.sum()
+    assert weighted == pytest.approx(info["val"]["calibrated_log_loss"], rel=1e-6)
+    assert info["per_site"] == sites.to_dict("records")
+    assert set(info["tta"]) == {"none", "hflip"}
+    assert info["tta"]["none"]["log_loss"] == pytest.approx(info["val"]["calibrated_log_loss"])
+    assert info["tta"]["none"]["accuracy"] == pytest.approx(info["val"]["accuracy"])
+    assert 0 <= info["tta"]["hflip"]["accuracy"] <= 1 and info["tta"]["hflip"]["log_loss"] > 0
+
+
+def test_calibrated_best_models_are_kept_when_the_run_resumes(finished_run, demo_root, tmp_path):
+    # evaluate rewrote both best files with a temperature: their sha256 is no longer the one
+    # state/last.pt records, yet they are that epoch's files (the rule of fit._is_recorded_file)
+    config, summary = finished_run
+    run_dir = tmp_path / summary.run_id
+    shutil.copytree(summary.run_dir, run_dir)
+    files = RunFiles.for_config(run_dir, config)
+    state = load_torch(files.state)
+    before = {p: checkpoint.file_sha256(p) for p in (files.best_model, files.best_logloss_model)}
+    assert before[files.best_model] != state["best_sha256"]
+    assert before[files.best_logloss_model] != state["best_logloss_sha256"]
+    pipeline.train(config, demo_root, run_dir)  # nothing to train: settles the folder
+    assert {p: checkpoint.file_sha256(p) for p in before} == before
+
+
+def test_a_state_from_before_the_log_loss_best_still_resumes(finished_run, demo_root, tmp_path):
+    config, summary = finished_run
+    run_dir = tmp_path / summary.run_id
+    shutil.copytree(summary.run_dir, run_dir)
+    files = RunFiles.for_config(run_dir, config)
+    state = load_torch(files.state)
+    old = {k: v for k, v in state.items() if not k.startswith("best_logloss")}
+    checkpoint.save_torch(old, files.state)
+    files.best_logloss_model.unlink()
+    result = pipeline.train(config, demo_root, run_dir)
+    val = _val_epochs(run_dir)
+    expected = int(val.loc[val.log_loss.idxmin(), "epoch"])
+    assert result.best_logloss_epoch == expected
+    assert result.best_logloss_value == pytest.approx(val.log_loss.min())
+    # its weights survive as the state's own (last epoch) or as the best model's
+    if expected in (state["epoch"], state["best_epoch"]):
+        assert load_model(files.best_logloss_model)[1].epoch == expected
+    else:
+        assert not files.best_logloss_model.exists()

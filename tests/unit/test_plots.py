@@ -61,13 +61,14 @@ def _confusion(n_classes: int, seed: int = 0) -> pd.DataFrame:
     )
 
 
-def test_plot_files_names_the_five_outputs() -> None:
+def test_plot_files_names_the_six_outputs() -> None:
     assert set(PLOT_FILES) == {
         "class_precision.png",
         "class_recalls.png",
         "class_f1.png",
         "curves.png",
         "confusion_matrix.png",
+        "calibration.png",
     }
     assert all(PLOT_FILES.values())  # every file has a description
 

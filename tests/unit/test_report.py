@@ -36,9 +36,31 @@ def test_summary_of_a_library_run(tmp_path):
         "  metrics/epochs.csv                   accuracy and losses of every epoch, train and val",
         "  plots/curves.png                     accuracy and loss curves, the best epoch marked",
         "  plots/confusion_matrix.png           best model on val: true class x predicted class",
-        "  predictions/val.csv                  best model's class probabilities per val image",
+        "  predictions/val.csv                  best model's class probabilities per val image "
+        "(calibrated)",
+        "  plots/calibration.png                reliability of the best models' probabilities, "
+        "before/after T",
+        "  metrics/per_site.csv                 best model on val per camera site: accuracy, "
+        "log loss",
         "  final_resnet18_model_smoke_best.pth  the best model",
     ]
+
+
+def test_summary_names_the_log_loss_best_and_the_calibration(tmp_path):
+    name = "final_resnet18_model_smoke_best_logloss.pth"
+    info = {
+        **RUN_JSON,
+        "best_logloss_epoch": 9,
+        "val": {**RUN_JSON["val"], "calibrated_log_loss": 0.48766, "temperature": 1.23456,
+                "ece": 0.0912, "calibrated_ece": 0.02345},
+        "files": {**RUN_JSON["files"], name: {"bytes": 1, "sha256": "0"}},
+    }  # fmt: skip
+    lines = run_summary(_run_dir(tmp_path, info)).splitlines()
+    assert lines[2:4] == [
+        "Lowest val log loss at epoch 9",
+        "Calibrated (temperature 1.2346): val log loss 0.4877, ECE 0.0912 -> 0.0234",
+    ]
+    assert lines[-1] == f"  {name}  the model of the lowest val log loss"
 
 
 def test_summary_of_a_flow_run_says_how_to_open_the_prefect_ui(tmp_path):

@@ -1,0 +1,111 @@
+"""Flow `predict-swin`: label new photos with a trained model.
+
+    resolve the model (default: the newest finished run of `stage`: {output_uri}/{stage}/
+    latest.json) -> fetch the features CSV and its images -> validate them -> predict
+    -> {output_uri}/predictions/{run_id}/{data fingerprint}.csv + a summary artifact
+
+    python -m flows.predict_swin --data s3://camtrap-data/test --out s3://camtrap-runs/runs
+
+runs it in this process (with no Prefect server configured, Prefect starts a temporary one).
+Deployed, it is `prefect deployment run predict-swin/part1 --param data_uri=... --param ...`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Literal
+
+from prefect import flow, get_run_logger
+
+from camtrap.config import DataConfig
+from camtrap.errors import CamtrapError
+from camtrap.predict import DEFAULT_FEATURES_CSV, TTA_CHOICES
+from camtrap.runfolder import check_run_id, latest_location
+from camtrap.storage import check_data_folder
+from flows.local_prefect import prepare_temporary_server
+from tasks.data import fetch_features, fetch_images
+from tasks.gpu import gpu_slot
+from tasks.predict import predict, report_predictions, resolve_model, validate_features
+
+
+@flow(name="predict-swin", validate_parameters=True)
+def predict_swin(
+    data_uri: str,
+    output_uri: str,
+    model_uri: str | None = None,
+    features_csv: str = DEFAULT_FEATURES_CSV,
+    tta: Literal["none", "hflip"] = "none",
+    calibration: bool = True,
+    stage: str = "part1",
+) -> str:
+    """Class probabilities for every photo `features_csv` (at `data_uri`) lists, written to
+    {output_uri}/predictions/{run_id}/{data fingerprint}.csv in the submission format. The model:
+    `model_uri` (a model file, a run folder or a latest.json), by default the newest finished
+    run of `stage` in output_uri. Returns the predictions' URI."""
+    logger = get_run_logger()
+    check_run_id(stage)  # it becomes a path
+    model = resolve_model(model_uri or latest_location(output_uri, stage))
+    snapshot = fetch_features(data_uri, features_csv)
+    snapshot = fetch_images(snapshot, DataConfig(features_csv=features_csv))
+    features = validate_features(
+        snapshot, features_csv, model.image_size, model.max_image_bytes, model.max_image_pixels
+    )
+    logger.info("%d photos (data %s), model %s", features.images, features.fingerprint[:12],
+                model.model_uri)  # fmt: skip
+    with gpu_slot():  # one user of the GPU at a time, training runs included
+        predictions = predict(model, features, output_uri, tta, calibration)
+    report_predictions(predictions, model)
+    return predictions.output_uri
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m flows.predict_swin", description=__doc__)
+    parser.add_argument("--data", required=True, help="data URI: s3://bucket/prefix or a folder")
+    parser.add_argument(
+        "--out", required=True, help="output URI: predictions go to OUT/predictions/RUN_ID/"
+    )
+    parser.add_argument(
+        "--model", help="model file, run folder or latest.json (default OUT/STAGE/latest.json)"
+    )
+    parser.add_argument("--features", default=DEFAULT_FEATURES_CSV, help="features CSV in --data")
+    parser.add_argument("--tta", default="none", choices=TTA_CHOICES)
+    parser.add_argument("--no-calibration", action="store_true")
+    parser.add_argument("--stage", default="part1", help="whose latest.json (without --model)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse_args(argv)
+    try:
+        check_run_id(args.stage)
+        check_data_folder(args.data)  # a mistyped local folder: one line, before any server
+        prepare_temporary_server()  # no-op with PREFECT_API_URL; else works on a fresh machine
+    except CamtrapError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    state = predict_swin(
+        args.data,
+        args.out,
+        args.model,
+        args.features,
+        args.tta,
+        not args.no_calibration,
+        args.stage,
+        return_state=True,
+    )
+    if state.is_completed():
+        print(state.result())
+        return 0
+    try:
+        state.result()
+    except CamtrapError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except Exception as err:  # a bug or a crash: the run's logs have the traceback
+        print(f"error: {type(err).__name__}: {err}", file=sys.stderr)
+        return 1
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

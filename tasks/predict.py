@@ -1,0 +1,222 @@
+"""Predict tasks: resolve the model (file, run folder or latest.json), validate the photos'
+features CSV and images, predict into {output_uri}/predictions/{run_id}/{fingerprint}.csv, and the
+artifact that summarises it.
+
+The data tasks (fetch-features, fetch-images, validate-features) are cached as in train-swin: a
+rerun on unchanged data shows them as Cached. The predictions file is named after the model's run
+and the data's fingerprint, so the predict task finds the file a previous run wrote and reuses it
+instead of computing it again."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from pathlib import Path
+
+import pandas as pd
+from prefect import task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+from pydantic import BaseModel, ConfigDict
+
+from camtrap import predict as library
+from camtrap import runfolder, storage
+from camtrap.config import redact_uri
+from camtrap.errors import StorageError
+from camtrap.labels import ImageLimits
+from camtrap.models import load_model
+from tasks.common import CODE_AND_INPUTS, IO_TASK, DataSnapshot, artifact_key, library_logs
+
+log = logging.getLogger("camtrap")
+
+PREDICT_TIMEOUT_S = 4 * 3600  # tens of thousands of photos through Swin-T, with a cold cache
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelRef(_Model):
+    """The model file a prediction uses, and what the flow needs to know about it."""
+
+    model_uri: str  # the file itself (resolved from a run folder or latest.json)
+    run_id: str  # its run (the predictions folder); the file's stem outside a run folder
+    file_name: str
+    image_size: int
+    max_image_bytes: int
+    max_image_pixels: int
+    epoch: int | None
+    temperature: float
+
+
+class FeaturesRef(_Model):
+    """A validated features CSV and its images, on this machine."""
+
+    root: str
+    features_csv: str
+    fingerprint: str
+    images: int
+
+
+class PredictionsRef(_Model):
+    output_uri: str
+    rows: int
+    reused: bool  # the file was there already (same run, data and options)
+    tta: str
+    calibration: bool
+
+
+@task(name="resolve-model", cache_policy=NO_CACHE, timeout_seconds=1800, **IO_TASK)
+def resolve_model(model_uri: str) -> ModelRef:
+    """The model file behind `model_uri` (latest.json moves: never cached), fetched to this
+    machine (kept while its ETag is the same) and read for its image size and temperature."""
+    with library_logs():
+        uri = runfolder.resolve_model_uri(model_uri)
+        _, meta = load_model(library.local_model_file(uri))
+        limits = library.image_limits(meta)
+        ref = ModelRef(
+            model_uri=uri,
+            run_id=_run_id_of(uri),
+            file_name=uri.rstrip("/").rsplit("/", 1)[-1],
+            image_size=meta.image_size,
+            max_image_bytes=limits.max_bytes,
+            max_image_pixels=limits.max_pixels,
+            epoch=meta.epoch,
+            temperature=meta.temperature,
+        )
+        log.info("model %s: run %s, epoch %s, temperature %.4g", redact_uri(uri), ref.run_id,
+                 ref.epoch, ref.temperature)  # fmt: skip
+    return ref
+
+
+def _run_id_of(model_uri: str) -> str:
+    """The run id in the run.json beside the model file, else the file's stem."""
+    folder, name = model_uri.rstrip("/").rsplit("/", 1)
+    run_json = storage.join(folder, runfolder.RUN_JSON)
+    if storage.exists(run_json):
+        run_id = json.loads(storage.read_text(run_json)).get("run_id")
+        if run_id:
+            return runfolder.check_run_id(str(run_id))
+    return runfolder.check_run_id(Path(name).stem)
+
+
+@task(
+    name="validate-features",
+    cache_policy=CODE_AND_INPUTS,
+    timeout_seconds=2 * 3600,  # decodes every image not yet in the image cache
+    **IO_TASK,
+)
+def validate_features(
+    snapshot: DataSnapshot,
+    features_csv: str,
+    image_size: int,
+    max_image_bytes: int,
+    max_image_pixels: int,
+) -> FeaturesRef:
+    """The features CSV and its images checked as for training (every problem at once:
+    DataError, not retried); images new to the image cache are decoded into it here."""
+    limits = ImageLimits(max_image_bytes, max_image_pixels)
+    with library_logs():
+        data = library.validate(Path(snapshot.root), features_csv, image_size, limits)
+    return FeaturesRef(
+        root=snapshot.root,
+        features_csv=features_csv,
+        fingerprint=data.fingerprint,
+        images=len(data.frame),
+    )
+
+
+def predictions_uri(
+    output_uri: str, model: ModelRef, features: FeaturesRef, tta: str, calibration: bool
+) -> str:
+    """{output_uri}/predictions/{run_id}/{fingerprint}.csv (see library.prediction_name)."""
+    name = library.prediction_name(features.fingerprint, tta, calibration, model.file_name)
+    return storage.join(output_uri, "predictions", model.run_id, name)
+
+
+@task(name="predict", cache_policy=NO_CACHE, timeout_seconds=PREDICT_TIMEOUT_S, **IO_TASK)
+def predict(
+    model: ModelRef, features: FeaturesRef, output_uri: str, tta: str, calibration: bool
+) -> PredictionsRef:
+    """The model's probabilities for every photo, written to `predictions_uri` in one write; a
+    file already there (same run, data and options) is reused."""
+    target = predictions_uri(output_uri, model, features, tta, calibration)
+    ref = PredictionsRef(output_uri=target, rows=features.images, reused=True, tta=tta,
+                         calibration=calibration)  # fmt: skip
+    with library_logs():
+        if storage.exists(target):
+            log.info("%s exists (same run, data and options): reused", target)
+            return ref
+        limits = ImageLimits(model.max_image_bytes, model.max_image_pixels)
+        data = library.validate(Path(features.root), features.features_csv, model.image_size,
+                                limits)  # fmt: skip
+        if data.fingerprint != features.fingerprint:
+            raise StorageError(
+                f"the photos in {features.root} changed since they were validated — fix: run "
+                "the flow again"
+            )
+        net, meta = library.load(library.local_model_file(model.model_uri))
+        result = library.predict_features(
+            net, meta, data, model.model_uri, tta=tta, calibration=calibration
+        )
+        library.write_predictions(result.frame, target)
+        log.info("predictions written to %s", target)
+    return ref.model_copy(update={"reused": False, "rows": len(result.frame)})
+
+
+@task(name="report-predictions", cache_policy=NO_CACHE, timeout_seconds=600, **IO_TASK)
+def report_predictions(predictions: PredictionsRef, model: ModelRef) -> str:
+    """A markdown artifact: where the predictions are, from which model, how many photos each
+    class is the top-1 prediction for, and the least confident photos."""
+    frame = pd.read_csv(
+        io.BytesIO(storage.read_bytes(predictions.output_uri)), dtype={"id": str},
+        keep_default_na=False,
+    )  # fmt: skip
+    markdown = predictions_markdown(predictions, model, frame)
+    create_markdown_artifact(
+        markdown=markdown,
+        key=artifact_key(model.run_id, "predictions"),
+        description=f"{model.run_id}: predictions for {len(frame)} photos",
+    )
+    return predictions.output_uri
+
+
+def predictions_markdown(predictions: PredictionsRef, model: ModelRef, frame: pd.DataFrame) -> str:
+    counts = library.class_counts(frame)
+    lowest = library.least_confident(frame)
+    temperature = (
+        f"temperature {model.temperature:.4g} applied"
+        if predictions.calibration
+        else "uncalibrated (--no-calibration)"
+    )
+    state = "reused: an earlier flow run wrote it" if predictions.reused else "written now"
+    lines = [
+        f"# Predictions: {len(frame)} photos",
+        "",
+        f"- output: `{predictions.output_uri}` ({state})",
+        f"- model: `{redact_uri(model.model_uri)}` (run {model.run_id}, epoch {model.epoch}, "
+        f"{temperature}, tta {predictions.tta})",
+        "",
+        "## Top-1 predictions per class",
+        "",
+        "| class | photos |",
+        "|---|---:|",
+        *[f"| {_cell(row['class'])} | {row['images']} |" for _, row in counts.iterrows()],
+        "",
+        f"## The {len(lowest)} least confident photos",
+        "",
+        "| id | top class | probability |",
+        "|---|---|---:|",
+        *[
+            f"| {_cell(row.id)} | {_cell(row.top_class)} | {row.probability:.4f} |"
+            for row in lowest.itertuples()
+        ],
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _cell(text: object) -> str:
+    """A value as a markdown table cell: a `|` in an id would end the cell."""
+    return str(text).replace("|", "\\|")

@@ -1,0 +1,240 @@
+"""Predict from a trained run: the best model reproduces the run's predictions/val.csv, latest.json
+moves only after a fully successful run (CLI and publish task), s3:// in and out, and the flow
+predict-swin on S3 (output, artifact, a rerun that reuses the output). One tiny run, trained once
+for the module."""
+
+from __future__ import annotations
+
+import fcntl
+import io
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from prefect import flow
+
+from camtrap import pipeline, runfolder, storage
+from camtrap.cli import main
+from camtrap.config import build_config
+from camtrap.errors import StorageError
+from camtrap.labels import load_features
+from camtrap.predict import class_counts, least_confident
+from flows.predict_swin import main as predict_main
+from flows.predict_swin import predict_swin
+from tasks.common import RunRef, ValMetrics
+from tasks.data import run_ref
+from tasks.publish import publish
+
+# tests/integration/conftest.py's TINY: resnet18 from scratch, 32 px, 2 epochs, batch 8
+TINY = {
+    "data.image_size": 32,
+    "data.num_workers": 0,
+    "train.epochs": 2,
+    "train.batch_size": 8,
+    "train.progress": False,
+}
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory, demo_dir) -> Path:
+    """One finished tiny run (smoke preset, resnet18, 32 px, 2 epochs) of `camtrap train`'s
+    library path, in out/smoke/<run_id>: trained once per test session, shared by its xdist
+    processes (each would otherwise train its own)."""
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent  # the session's folder, above each process's own
+    base = shared / "predict-trained"
+    with (shared / "predict-trained.lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (base / "run-dir").exists():
+            with pytest.MonkeyPatch.context() as patch:
+                patch.setenv("CAMTRAP_CACHE_DIR", str(base / "cache"))
+                config = build_config("smoke", overrides=TINY)
+                summary = pipeline.run_all(config, demo_dir, base / "out")
+            assert summary.status == "completed"
+            (base / "run-dir").write_text(str(summary.run_dir))
+    return Path((base / "run-dir").read_text())
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory, demo_dir, trained) -> Path:
+    """The demo photos with a competition-style test_features.csv (id, filepath, site; no
+    labels) listing the run's val images, in the order of predictions/val.csv."""
+    root = tmp_path_factory.mktemp("photos")
+    shutil.copytree(demo_dir / "train_features", root / "train_features")
+    split = pd.read_csv(trained / "split.csv", dtype=str, keep_default_na=False)
+    val = split[split["split"] == "val"][["id", "filepath", "site"]]
+    val.to_csv(root / "test_features.csv", index=False)
+    return root
+
+
+def _val_csv(run_dir: Path) -> pd.DataFrame:
+    return pd.read_csv(run_dir / "predictions" / "val.csv", dtype={"id": str})
+
+
+def _classes(run_dir: Path) -> list[str]:
+    return runfolder.read_run_json(run_dir)["classes"]
+
+
+@pytest.mark.slow
+def test_the_best_model_reproduces_the_runs_val_predictions(trained, photos, tmp_path):
+    out = tmp_path / "preds.csv"
+    best = trained / "final_resnet18_model_smoke_best.pth"
+    assert main(["predict", "--model", str(best), "--data", str(photos), "--out", str(out)]) == 0
+    predicted, val = pd.read_csv(out, dtype={"id": str}), _val_csv(trained)
+    classes = _classes(trained)
+    assert list(predicted.columns) == ["id", *classes]
+    assert predicted["id"].tolist() == val["id"].tolist() and len(predicted) == 8
+    np.testing.assert_allclose(
+        predicted[classes].to_numpy(), val[classes].to_numpy(), rtol=0, atol=1e-5
+    )
+    np.testing.assert_allclose(predicted[classes].sum(axis=1), 1.0, rtol=0, atol=1e-12)
+
+
+@pytest.mark.slow
+def test_latest_json_moves_only_after_a_fully_successful_cli_run(
+    trained, demo_dir, tmp_path, monkeypatch
+):
+    pointer = trained.parent / runfolder.LATEST_JSON
+    before = pointer.read_bytes()
+    assert json.loads(before)["run_id"] == trained.name
+    assert runfolder.resolve_model_uri(pointer) == str(
+        trained / "final_resnet18_model_smoke_best.pth"
+    )
+    monkeypatch.setenv("CAMTRAP_CACHE_DIR", str(tmp_path / "cache"))
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("the machine died while evaluating")
+
+    monkeypatch.setattr(pipeline, "evaluate", crash)
+    another = build_config("smoke", overrides={**TINY, "train.epochs": 1})  # another run id
+    with pytest.raises(RuntimeError, match="while evaluating"):
+        pipeline.run_all(another, demo_dir, trained.parent.parent)
+    assert pointer.read_bytes() == before
+    assert len([p for p in trained.parent.iterdir() if p.is_dir() and p.name != ".leases"]) == 2
+
+
+@pytest.mark.slow
+def test_predict_reads_and_writes_s3(trained, photos, s3_server, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("CAMTRAP_CACHE_DIR", str(tmp_path / "cache"))
+    runs = f"s3://{s3_server.new_bucket('runs')}/runs"
+    run_uri = f"{runs}/smoke/{trained.name}"
+    runfolder.push(trained, run_uri)
+    data_uri = s3_server.upload_tree(photos, s3_server.new_bucket("data"), "test")
+    out = f"{runs}/submission.csv"
+    assert main(["predict", "--model", run_uri, "--data", data_uri, "--out", out]) == 0
+    assert "final_resnet18_model_smoke_best.pth (epoch" in capsys.readouterr().out
+    predicted = pd.read_csv(io.BytesIO(storage.read_bytes(out)), dtype={"id": str})
+    classes = _classes(trained)
+    val = _val_csv(trained)
+    assert predicted["id"].tolist() == val["id"].tolist()
+    np.testing.assert_allclose(
+        predicted[classes].to_numpy(), val[classes].to_numpy(), rtol=0, atol=1e-5
+    )
+
+    bucket, key = storage.split_s3(data_uri)
+    first = pd.read_csv(photos / "test_features.csv", dtype=str)["filepath"][0]
+    s3_server.client().delete_object(Bucket=bucket, Key=f"{key}/{first}")
+    again = f"{runs}/again.csv"
+    assert main(["predict", "--model", run_uri, "--data", data_uri, "--out", again]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert not storage.exists(again)
+
+
+# --- Prefect -------------------------------------------------------------------------------------
+
+
+def _published_copy(trained: Path, output_uri: str, run_id: str, tmp_path: Path) -> RunRef:
+    """The trained run as if train-swin had just finished it into output_uri, before publish."""
+    local = shutil.copytree(trained, tmp_path / run_id)
+    info = runfolder.read_run_json(local)
+    runfolder.write_run_json(local, {**info, "run_id": run_id, "status": "running"})
+    run = run_ref(output_uri, "smoke", run_id)
+    return run.model_copy(update={"local_dir": str(local)})
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("prefect_api", "cache_dir")
+def test_publish_moves_latest_json_and_predict_swin_labels_new_photos_on_s3(
+    trained, photos, s3_server, tmp_path, read_run, monkeypatch, capsys
+):
+    output_uri = f"s3://{s3_server.new_bucket('runs')}/runs"
+    pointer = runfolder.latest_location(output_uri, "smoke")
+    val = ValMetrics(metrics={"accuracy": 0.5})
+
+    @flow
+    def finish(run: RunRef, retries: int = 0) -> str:
+        return publish.with_options(retries=retries)(run, val)
+
+    run = _published_copy(trained, output_uri, trained.name, tmp_path)
+    finish(run)
+    assert runfolder.read_latest(output_uri, "smoke")["run_id"] == trained.name
+    before = storage.read_bytes(pointer)
+
+    # A publish that fails (S3 refuses the upload) leaves the pointer where it was.
+    other = _published_copy(trained, output_uri, "smoke-other", tmp_path)
+    monkeypatch.setattr(runfolder, "push", _failing_push)
+    assert finish(other, return_state=True).is_failed()
+    monkeypatch.undo()
+    assert storage.read_bytes(pointer) == before
+
+    data_uri = s3_server.upload_tree(photos, s3_server.new_bucket("data"), "test")
+    state = predict_swin(data_uri, output_uri, stage="smoke", return_state=True)
+    assert state.is_completed(), state.message
+    fingerprint = load_features(photos).fingerprint
+    expected = f"{output_uri}/predictions/{trained.name}/{fingerprint}.csv"
+    assert state.result() == expected
+    predicted = pd.read_csv(io.BytesIO(storage.read_bytes(expected)), dtype={"id": str})
+    classes = _classes(trained)
+    np.testing.assert_allclose(
+        predicted[classes].to_numpy(), _val_csv(trained)[classes].to_numpy(), rtol=0, atol=1e-5
+    )
+
+    record = read_run(state.state_details.flow_run_id)
+    assert record.tasks == {
+        "resolve-model": ["Completed"],
+        "fetch-features": ["Completed"],
+        "fetch-images": ["Completed"],
+        "validate-features": ["Completed"],
+        "predict": ["Completed"],
+        "report-predictions": ["Completed"],
+    }
+    (artifact,) = [a for a in record.artifacts if a.key == f"{trained.name}-predictions"]
+    text = artifact.data
+    assert f"`{expected}` (written now)" in text
+    for _, row in class_counts(predicted).iterrows():
+        assert f"| {row['class']} | {row['images']} |" in text
+    lowest = least_confident(predicted)  # 8 photos: all of them, least confident first
+    rows = [line for line in text.splitlines() if line.startswith("| ") and "top class" not in line]
+    assert [r.split(" | ")[0].removeprefix("| ") for r in rows[-len(lowest) :]] == list(lowest.id)
+
+    # The same data and model again: the data tasks are Cached, the file is found and reused.
+    stamp = _version(s3_server, expected)
+    again = predict_swin(data_uri, output_uri, stage="smoke", return_state=True)
+    assert again.is_completed() and again.result() == expected
+    second = read_run(again.state_details.flow_run_id)
+    for name in ("fetch-features", "fetch-images", "validate-features"):
+        assert second.tasks[name] == ["Cached"], second.tasks
+    (artifact,) = [a for a in second.artifacts if a.key == f"{trained.name}-predictions"]
+    assert f"`{expected}` (reused: an earlier flow run wrote it)" in artifact.data
+    assert _version(s3_server, expected) == stamp
+
+    # `python -m flows.predict_swin`: a user error is one line and exit status 2.
+    args = ["--data", data_uri, "--out", output_uri, "--stage", "smoke", "--features", "no.csv"]
+    assert predict_main(args) == 2
+    assert f"error: {data_uri}/no.csv does not exist — fix: " in capsys.readouterr().err
+
+
+def _failing_push(local_dir, run_uri):
+    raise StorageError(f"cannot upload to {run_uri}: AccessDenied")
+
+
+def _version(s3_server, uri: str) -> tuple:
+    """The object's ETag and modification time: unchanged unless it was written again."""
+    bucket, key = storage.split_s3(uri)
+    head = s3_server.client().head_object(Bucket=bucket, Key=key)
+    return head["ETag"], head["LastModified"]

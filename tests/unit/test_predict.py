@@ -1,0 +1,319 @@
+"""`camtrap predict` on a competition-style features CSV (id, filepath, site; no labels), with a
+small untrained model file: the submission format, the temperature, hflip TTA, bad data. The
+expected probabilities are computed here independently: each photo decoded, resized, normalised
+and put through the model one at a time, without the image cache, the loader or the engine.
+Also the features-only loader and the latest-run pointer (runfolder)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from camtrap import imagecache, runfolder
+from camtrap.cli import main
+from camtrap.demo import SEED_CLASSES
+from camtrap.errors import ConfigError, DataError, StorageError
+from camtrap.labels import load_features, validate_features
+from camtrap.models import ModelMeta, build_model, load_model, model_file_dict
+from camtrap.predict import class_counts, least_confident, prediction_name
+from camtrap.storage import StorageNotFound
+
+TEMPERATURE = 2.5
+MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+
+
+@pytest.fixture(autouse=True)
+def _own_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("CAMTRAP_CACHE_DIR", str(tmp_path / "cache"))
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory) -> Path:
+    """resnet18, 8 classes, 32 px, random weights (fixed by a seed), temperature 2.5."""
+    torch.manual_seed(0)
+    model = build_model("resnet18", len(SEED_CLASSES), weights="none", image_size=32)
+    meta = ModelMeta("resnet18", list(SEED_CLASSES), 32, MEAN, STD, epoch=3,
+                     temperature=TEMPERATURE)  # fmt: skip
+    path = tmp_path_factory.mktemp("model") / "final_resnet18_model_part1_best.pth"
+    torch.save(model_file_dict(model.eval(), meta), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory, demo_root) -> Path:
+    """The demo photos as a test set: test_features.csv (id, filepath, site, and a column
+    predict ignores) in an order of its own, and no labels CSV."""
+    root = tmp_path_factory.mktemp("photos")
+    shutil.copytree(demo_root / "train_features", root / "test_features")
+    features = pd.read_csv(demo_root / "train_features.csv", dtype=str)
+    features = features.iloc[::-1].reset_index(drop=True)  # not the training order
+    features["filepath"] = features["filepath"].str.replace("train_features/", "test_features/")
+    features["note"] = "x"
+    features.to_csv(root / "test_features.csv", index=False)
+    return root
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=1, keepdims=True)
+    return np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+
+
+def reference_probs(model_path: Path, root: Path, mirror: bool = False) -> np.ndarray:
+    """softmax of the model on every photo: decoded, resized to 32, /255, normalised here."""
+    model, _ = load_model(model_path)
+    filepaths = pd.read_csv(root / "test_features.csv", dtype=str)["filepath"]
+    pixels = np.stack([imagecache.decode_resized(root / path, 32) for path in filepaths])
+    if mirror:
+        pixels = pixels[:, :, ::-1]  # (n, height, width, 3): left-right
+    x = torch.from_numpy(pixels.copy()).permute(0, 3, 1, 2).float() / 255
+    x = (x - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
+    with torch.no_grad():  # eval mode: each photo's output is its own, whatever the batch
+        return _softmax(model(x).double().numpy())
+
+
+@pytest.fixture(scope="module")
+def expected(model_file, photos) -> dict[str, np.ndarray]:
+    return {
+        "plain": reference_probs(model_file, photos),
+        "mirrored": reference_probs(model_file, photos, mirror=True),
+    }
+
+
+def _predict(model: Path, data: Path, out: Path, *extra: str) -> int:
+    return main(["predict", "--model", str(model), "--data", str(data), "--out", str(out),
+                 "--batch-size", "7", *extra])  # fmt: skip
+
+
+def _read(out: Path) -> pd.DataFrame:
+    return pd.read_csv(out, dtype={"id": str})
+
+
+# --- the submission file ---------------------------------------------------------------------
+
+
+def test_predict_writes_one_row_per_listed_id_in_the_submission_format(
+    model_file, photos, expected, tmp_path, capsys
+):
+    out = tmp_path / "out" / "submission.csv"
+    assert _predict(model_file, photos, out, "--no-calibration") == 0
+    frame = _read(out)
+    listed = pd.read_csv(photos / "test_features.csv", dtype=str)["id"]
+    assert list(frame.columns) == ["id", *SEED_CLASSES]
+    assert frame["id"].tolist() == listed.tolist()  # the CSV's order, every id once
+    assert len(frame) == 32
+    probs = frame[list(SEED_CLASSES)].to_numpy()
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(probs, expected["plain"], rtol=0, atol=1e-5)
+    printed = capsys.readouterr().out
+    assert f"{out}: 32 rows" in printed
+    assert f"model {model_file} (epoch 3, no temperature applied, tta none)" in printed
+
+
+def test_latest_json_picks_the_runs_best_model_and_its_temperature_is_applied(
+    model_file, photos, expected, tmp_path, capsys
+):
+    run_dir = _finished_run(tmp_path / "runs", "part1-abc", model_file)
+    runfolder.write_latest(run_dir, runfolder.read_run_json(run_dir))
+    out = tmp_path / "calibrated.csv"
+    assert _predict(tmp_path / "runs" / "part1" / "latest.json", photos, out) == 0
+    best = run_dir / "final_resnet18_model_part1_best.pth"
+    assert f"model {best} (epoch 3, temperature 2.5 applied" in capsys.readouterr().out
+    calibrated = _read(out)[list(SEED_CLASSES)].to_numpy()
+    raw = expected["plain"]
+    np.testing.assert_allclose(calibrated, _softmax(np.log(raw) / TEMPERATURE), rtol=0, atol=1e-5)
+    assert np.abs(calibrated - raw).max() > 1e-3  # the temperature does change them
+    assert (calibrated.argmax(axis=1) == raw.argmax(axis=1)).all()
+
+
+def test_hflip_tta_is_the_mean_of_the_photo_and_its_mirror(model_file, photos, expected, tmp_path):
+    out = tmp_path / "tta.csv"
+    assert _predict(model_file, photos, out, "--tta", "hflip", "--no-calibration") == 0
+    tta = _read(out)[list(SEED_CLASSES)].to_numpy()
+    plain, mirrored = expected["plain"], expected["mirrored"]
+    np.testing.assert_allclose(tta, (plain + mirrored) / 2, rtol=0, atol=1e-5)
+    assert np.abs(plain - mirrored).max() > 1e-3  # the mirror makes a difference
+
+
+# --- user errors -----------------------------------------------------------------------------
+
+
+def test_bad_features_and_images_exit_2_listing_every_problem_and_write_nothing(
+    model_file, photos, tmp_path, capsys
+):
+    bad = tmp_path / "bad"
+    shutil.copytree(photos / "test_features", bad / "test_features")
+    (bad / "test_features" / "ZJ000003.jpg").write_bytes(b"not a jpeg at all")
+    (bad / "test_features" / "ZJ000004.jpg").unlink()
+    (bad / "test_features.csv").write_text(
+        "id,filepath,site\n"
+        "ZJ000001,test_features/ZJ000001.jpg,S1\n"
+        "ZJ000001,test_features/ZJ000002.jpg,S1\n"  # line 3: the id again
+        "ZJ000003,test_features/ZJ000003.jpg,S1\n"  # line 4: not an image
+        "ZJ000004,test_features/ZJ000004.jpg,S1\n"  # line 5: no such file
+        ",test_features/ZJ000005.jpg,S1\n"  # line 6: no id
+        "ZJ000006,../outside.jpg,S1\n"  # line 7: outside the data root
+    )
+    out = tmp_path / "preds.csv"
+    assert _predict(model_file, bad, out) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert "5 problems with the dataset" in err
+    for line, text in [(3, "'ZJ000001' is repeated"), (4, "ZJ000003.jpg"), (5, "does not exist"),
+                       (6, "id is empty"), (7, "outside the data root")]:  # fmt: skip
+        assert f"test_features.csv, line {line}" in err and text in err
+    assert not out.exists()
+
+
+def test_a_missing_features_csv_or_model_or_an_out_folder_is_a_user_error(
+    model_file, photos, tmp_path, capsys
+):
+    assert _predict(model_file, photos, tmp_path / "p.csv", "--features", "nope.csv") == 2
+    assert "nope.csv does not exist" in capsys.readouterr().err
+    assert _predict(tmp_path / "no-model.pth", photos, tmp_path / "p.csv") == 2
+    assert "no-model.pth does not exist" in capsys.readouterr().err
+    assert _predict(model_file, photos, tmp_path) == 2  # a folder, not a file
+    assert "is a folder" in capsys.readouterr().err
+    assert not (tmp_path / "p.csv").exists()
+
+
+# --- the features-only loader ----------------------------------------------------------------
+
+
+def test_a_features_csv_needs_id_and_filepath_but_no_site(photos, tmp_path):
+    root = tmp_path / "data"
+    shutil.copytree(photos / "test_features", root / "test_features")
+    (root / "test_features.csv").write_text("filepath,id\ntest_features/ZJ000001.jpg,a\n")
+    data = load_features(root)
+    assert data.frame[["id", "filepath", "site"]].values.tolist() == [
+        ["a", "test_features/ZJ000001.jpg", ""]
+    ]
+    (root / "test_features.csv").write_text("id,path\na,test_features/ZJ000001.jpg\n")
+    data, problems = validate_features(root)
+    assert data is None
+    assert [(p.line, p.message) for p in problems] == [(1, "required column 'filepath' is missing")]
+
+
+def test_the_features_fingerprint_follows_the_csv_and_every_image(photos, tmp_path):
+    root = shutil.copytree(photos, tmp_path / "data")
+    first = load_features(root).fingerprint
+    assert load_features(root).fingerprint == first
+    image = root / "test_features" / "ZJ000007.jpg"
+    image.write_bytes((root / "test_features" / "ZJ000008.jpg").read_bytes())
+    second = load_features(root).fingerprint
+    csv = root / "test_features.csv"
+    csv.write_text(csv.read_text().replace(",x\n", ",y\n"))  # even a column predict ignores
+    assert len({first, second, load_features(root).fingerprint}) == 3
+
+
+def test_load_features_raises_one_data_error_with_every_problem(tmp_path):
+    root = tmp_path / "data"
+    root.mkdir()
+    (root / "test_features.csv").write_text("id,filepath\na,x.jpg\na,y.jpg\n")
+    with pytest.raises(DataError) as info:
+        load_features(root)
+    assert [p.line for p in info.value.problems] == [2, 3, 3]  # x missing; a repeated; y missing
+
+
+# --- summaries and names ---------------------------------------------------------------------
+
+
+def test_class_counts_and_least_confident_from_a_hand_made_frame():
+    frame = pd.DataFrame(
+        {"id": ["a", "b", "c", "d"], "cat": [0.9, 0.4, 0.2, 0.5], "dog": [0.1, 0.6, 0.8, 0.5]}
+    )
+    assert class_counts(frame).values.tolist() == [["cat", 2], ["dog", 2]]  # d: a tie -> cat
+    lowest = least_confident(frame, n=2)
+    assert lowest.values.tolist() == [["d", "cat", 0.5], ["b", "dog", 0.6]]
+
+
+def test_prediction_names_keep_options_and_models_apart():
+    assert prediction_name("f00d") == "f00d.csv"
+    assert prediction_name("f00d", model_file="final_swin_t_model_part1_best.pth") == "f00d.csv"
+    assert (
+        prediction_name("f00d", "hflip", False, "final_swin_t_model_part1_best_logloss.pth")
+        == "f00d-final_swin_t_model_part1_best_logloss-hflip-uncalibrated.csv"
+    )
+
+
+# --- the latest-run pointer ------------------------------------------------------------------
+
+
+def _finished_run(output: Path, run_id: str, model_file: Path, status="completed") -> Path:
+    run_dir = Path(runfolder.run_location(output, "part1", run_id))
+    run_dir.mkdir(parents=True)
+    shutil.copy(model_file, run_dir / "final_resnet18_model_part1_best.pth")
+    files = {"final_resnet18_model_part1_best.pth": {"bytes": 1, "sha256": "x"}}
+    info = {
+        "run_id": run_id,
+        "status": status,
+        "finished": "2026-01-02T03:04:05Z",
+        "data_fingerprint": "fp-" + run_id,
+        "config": {"model": {"arch": "resnet18"}, "output": {"stage": "part1"}},
+        "files": files,
+    }
+    runfolder.write_run_json(run_dir, info)
+    return run_dir
+
+
+def test_latest_json_points_at_the_run_that_finished_last(model_file, tmp_path):
+    out = tmp_path / "runs"
+    assert runfolder.read_latest(out, "part1") is None
+    first = _finished_run(out, "part1-aaa", model_file)
+    second = _finished_run(out, "part1-bbb", model_file)
+    location = runfolder.write_latest(first, runfolder.read_run_json(first))
+    assert location == str(out / "part1" / "latest.json")
+    assert runfolder.read_latest(out, "part1") == {
+        "run_id": "part1-aaa",
+        "run_uri": str(first.resolve()),
+        "stage": "part1",
+        "finished": "2026-01-02T03:04:05Z",
+        "data_fingerprint": "fp-part1-aaa",
+        "best_model": "final_resnet18_model_part1_best.pth",
+        "best_logloss_model": None,
+    }
+    info = runfolder.read_run_json(second)
+    info["files"]["final_resnet18_model_part1_best_logloss.pth"] = {"bytes": 1, "sha256": "y"}
+    runfolder.write_latest(second, info)
+    pointer = runfolder.read_latest(out, "part1")
+    assert pointer["run_id"] == "part1-bbb"
+    assert pointer["best_logloss_model"] == "final_resnet18_model_part1_best_logloss.pth"
+    assert [p.name for p in (out / "part1").iterdir() if p.name.startswith(".latest")] == []
+
+
+def test_resolve_model_uri_maps_files_runs_stage_folders_and_pointers(model_file, tmp_path):
+    out = tmp_path / "runs"
+    run_dir = _finished_run(out, "part1-aaa", model_file)
+    best = str(run_dir / "final_resnet18_model_part1_best.pth")
+    with pytest.raises(StorageNotFound, match="no run of this stage has finished there yet"):
+        runfolder.resolve_model_uri(out / "part1" / "latest.json")
+    runfolder.write_latest(run_dir, runfolder.read_run_json(run_dir))
+    assert runfolder.resolve_model_uri(best) == best
+    assert runfolder.resolve_model_uri(run_dir) == best
+    assert runfolder.resolve_model_uri(f"{run_dir}/") == best
+    assert runfolder.resolve_model_uri(out / "part1" / "latest.json") == best
+    assert runfolder.resolve_model_uri(out / "part1") == best
+    with pytest.raises(StorageNotFound, match="fix: pass a model file"):
+        runfolder.resolve_model_uri(tmp_path / "nothing.pth")
+
+
+def test_an_unfinished_run_or_a_broken_pointer_is_refused_with_a_fix(model_file, tmp_path):
+    out = tmp_path / "runs"
+    running = _finished_run(out, "part1-run", model_file, status="running")
+    with pytest.raises(StorageError, match="has not finished"):
+        runfolder.resolve_model_uri(running)
+    pointer = out / "part1" / "latest.json"
+    for text in ["{", json.dumps({"run_id": "../../x", "best_model": "m.pth"})]:
+        pointer.write_text(text)
+        with pytest.raises(StorageError, match="not a latest-run pointer.*fix: delete it"):
+            runfolder.resolve_model_uri(pointer)
+
+
+def test_the_pointers_name_is_no_run_id():
+    with pytest.raises(ConfigError, match="reserved"):
+        runfolder.check_run_id("latest.json")
