@@ -105,3 +105,21 @@ def _last_error(output: str) -> str:
     lines = [line.strip() for line in output.splitlines() if line.strip()]
     errors = [line for line in lines if re.match(r"^[\w.]+(Error|Exception)\b", line)]
     return (errors or lines or ["no output"])[-1]
+
+
+def exit_status(state: Any) -> int:
+    """A `python -m flows...` main's ending for its flow's final state: the result (a URI) on
+    stdout and 0; else one error line on stderr, 2 for a user's error (CamtrapError) and 1 for
+    anything else (a bug or a crash: the run's logs have the traceback)."""
+    if state.is_completed():
+        print(state.result())
+        return 0
+    try:
+        state.result()
+    except CamtrapError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except Exception as err:
+        print(f"error: {type(err).__name__}: {err}", file=sys.stderr)
+        return 1
+    return 1

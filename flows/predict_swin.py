@@ -22,7 +22,7 @@ from camtrap.errors import CamtrapError
 from camtrap.predict import DEFAULT_FEATURES_CSV, TTA_CHOICES
 from camtrap.runfolder import check_run_id, latest_location
 from camtrap.storage import check_data_folder
-from flows.local_prefect import prepare_temporary_server
+from flows.local_prefect import exit_status, prepare_temporary_server
 from tasks.data import fetch_features, fetch_images
 from tasks.gpu import gpu_slot
 from tasks.predict import predict, report_predictions, resolve_model, validate_features
@@ -93,18 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         args.stage,
         return_state=True,
     )
-    if state.is_completed():
-        print(state.result())
-        return 0
-    try:
-        state.result()
-    except CamtrapError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except Exception as err:  # a bug or a crash: the run's logs have the traceback
-        print(f"error: {type(err).__name__}: {err}", file=sys.stderr)
-        return 1
-    return 1
+    return exit_status(state)
 
 
 if __name__ == "__main__":

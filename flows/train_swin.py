@@ -24,7 +24,7 @@ from camtrap.errors import CamtrapError
 from camtrap.runfolder import check_run_id
 from camtrap.storage import check_data_folder
 from flows.hooks import restart_after_crash
-from flows.local_prefect import prepare_temporary_server
+from flows.local_prefect import exit_status, prepare_temporary_server
 from tasks.common import release_lease
 from tasks.data import (
     cache_images,
@@ -133,18 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     state = train_swin(
         args.data, args.out, args.preset, overrides, args.run_id, args.force, return_state=True
     )
-    if state.is_completed():
-        print(state.result())
-        return 0
-    try:
-        state.result()
-    except CamtrapError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except Exception as err:  # a bug or a crash: the run's logs have the traceback
-        print(f"error: {type(err).__name__}: {err}", file=sys.stderr)
-        return 1
-    return 1
+    return exit_status(state)
 
 
 if __name__ == "__main__":
