@@ -85,9 +85,11 @@ def _run_library(
 
 def _cmd_train(args: argparse.Namespace) -> int:
     _refuse_uris(data=args.data, out=args.out)
+    overrides = [*args.set, *([f"train.nproc={args.nproc}"] if args.nproc else [])]
     summary = _run_library(
-        Path(args.data), Path(args.out), args.preset, args.config, args.set, args.run_id, args.force
-    )
+        Path(args.data), Path(args.out), args.preset, args.config, overrides, args.run_id,
+        args.force,
+    )  # fmt: skip
     val = "  ".join(f"{k} {v:.4f}" for k, v in summary.val.items())
     print(f"{summary.status}: {summary.run_dir}\n  best epoch {summary.best_epoch}: {val}")
     return 0
@@ -205,6 +207,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="YAML file applied on top of the preset")
     p.add_argument("--run-id", help="name the run folder instead of deriving it")
     p.add_argument("--force", action="store_true", help="train again even if the run finished")
+    p.add_argument(
+        "--nproc",
+        metavar="N|auto",
+        help="training processes (DDP through torchrun; auto: one per GPU); batch_size is per "
+        "process. Same as --set train.nproc=N; a run may resume with another N",
+    )
     _add_train_options(p)
     p.set_defaults(func=_cmd_train)
 

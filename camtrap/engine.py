@@ -22,6 +22,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from camtrap.distributed import all_finite
 from camtrap.errors import OutOfMemory, TrainingDiverged
 
 log = logging.getLogger("camtrap")
@@ -207,7 +208,8 @@ def _train_step(
     # touch the weights must be known before optimizer.step, and without a GradScaler (fp32,
     # bf16) nothing else keeps a NaN out of them. Checked before backward, so a bad step costs
     # no backward pass and does not lower fp16's loss scale. (fp16's scaler.step syncs anyway.)
-    if not torch.isfinite(loss).item():
+    # With several training processes every rank must agree (camtrap.distributed.all_finite).
+    if not all_finite(loss):
         return None, loss.detach()  # the forward graph is dropped on return
     scaler.scale(loss).backward()
     scaler.step(optimizer)

@@ -20,11 +20,12 @@ import pandas as pd
 import torch
 from torch import nn
 
-from camtrap import checkpoint, runfolder
+from camtrap import checkpoint, distributed, runfolder
 from camtrap.augment import TrainAugment
 from camtrap.calibration import CALIBRATED_FROM
 from camtrap.config import RunConfig
 from camtrap.data import CachedBatches, DeviceNormalize, EpochShuffle, make_loader
+from camtrap.distributed import Group
 from camtrap.engine import (
     EpochOutputs,
     log_memory,
@@ -119,13 +120,20 @@ class _Trainer:
         run_dir: Path,
         pack: Pack,
         train_pack: Pack | None = None,
+        group: Group | None = None,
     ):
         self.config = config
         self.classes = classes
+        # Several training processes (camtrap.distributed): rank 0 alone evaluates and writes.
+        self.group = group
+        self.is_main = group is None or group.is_main
+        self.seed = config.train.seed if group is None else distributed.rank_seed(
+            config.train.seed, group.rank
+        )  # fmt: skip
         self.files = RunFiles.for_config(run_dir, config)
         self.device = resolve_device(config.train.device)
         self.precision = precision_for(self.device, config.train.amp, config.train.amp_dtype)
-        self.progress = (
+        self.progress = self.is_main and (
             sys.stderr.isatty() if config.train.progress is None else config.train.progress
         )
         self.to_input = DeviceNormalize(config.data.mean, config.data.std, self.device)
@@ -133,7 +141,9 @@ class _Trainer:
         self.augment = self._augment()
         log_memory("after datasets", self.device)
         self.model = self._model()
-        self.forward_model = torch.compile(self.model) if config.train.compile else self.model
+        self.forward_model = self._forward_model()
+        # Rank 0 evaluates alone: with the model itself (DDP's forward would wait for the others).
+        self.eval_model = self.forward_model if group is None else self.model
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=config.train.lr, weight_decay=config.train.weight_decay
         )
@@ -166,7 +176,9 @@ class _Trainer:
             source = train_pack if split == "train" and train_pack is not None else pack
             where = rows["row"] if source is pack else rows["id"].map(source.row_of())
             sets[split] = CachedBatches(source, where.tolist(), rows["label_idx"].tolist())
-        self.shuffle = EpochShuffle(len(sets["train"]), cfg.train.seed)
+        n = len(sets["train"])
+        self.shuffle = (EpochShuffle(n, cfg.train.seed) if self.group is None
+                        else distributed.shard_sampler(n, cfg.train.seed, self.group))  # fmt: skip
         options = {"num_workers": cfg.data.num_workers, "pin_memory": self.device.type == "cuda"}
         train = make_loader(sets["train"], cfg.train.batch_size, order=self.shuffle, **options)
         val = make_loader(sets["val"], cfg.train.eval_batch(), **options)
@@ -177,7 +189,7 @@ class _Trainer:
         if not cfg.augment.enabled:
             return None
         return TrainAugment(cfg.augment, cfg.data.image_size, cfg.data.mean, cfg.data.std,
-                            self.device, cfg.train.seed)  # fmt: skip
+                            self.device, self.seed)  # fmt: skip
 
     def warm_start(self) -> None:
         """A fresh run starts from model.init_from's weights (a resumed one from its state)."""
@@ -195,6 +207,16 @@ class _Trainer:
             model = model.to(self.device, memory_format=torch.channels_last)
         log_memory("after model to GPU", self.device)
         return model
+
+    def _forward_model(self) -> nn.Module:
+        """The model training steps run: DDP-wrapped on several processes (gradients averaged
+        across ranks; its construction copies rank 0's weights to all), compiled if asked."""
+        model = self.model
+        if self.group is not None:
+            on_gpu = self.device.type == "cuda"  # this rank's GPU: torch.cuda.set_device's
+            ids = [torch.cuda.current_device()] if on_gpu else None
+            model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        return torch.compile(model) if self.config.train.compile else model
 
     # --- resume state -------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -222,7 +244,7 @@ class _Trainer:
         """Continue after the last epoch in state/last.pt, the commit point: the files an epoch
         writes after it (best model, metrics CSVs) are brought back in line with it first."""
         # A kill -9 during an atomic write leaves only a temp file behind; the real file is intact.
-        for partial in self.files.root.rglob(".*.tmp"):
+        for partial in self.files.root.rglob(".*.tmp") if self.is_main else ():
             partial.unlink(missing_ok=True)
         if not self.files.state.exists():
             return
@@ -238,6 +260,10 @@ class _Trainer:
         self.best_epoch, self.best_value = state["best_epoch"], state["best_value"]
         self.best_sha256 = state.get("best_sha256")
         self.completed = state["epoch"]
+        if not self.is_main:  # writes nothing; its RNG stream is not saved (rank 0's is)
+            torch.manual_seed(distributed.rank_seed(self.config.train.seed, self.group.rank,
+                                                    self.completed))  # fmt: skip
+            return
         self._settle_best_model(state)
         self._restore_best_logloss(state)
         self._write_metrics(pd.DataFrame(self.history), pd.DataFrame(self.per_class))
@@ -349,8 +375,14 @@ class _Trainer:
             label_smoothing=self.config.train.label_smoothing,
             after_step=self.schedule.step if self.schedule is not None else None,
         )  # fmt: skip
+        if self.group is not None:
+            train_out = distributed.gather_outputs(train_out, self.group)
+            if not self.is_main:  # rank 0 evaluates and writes the epoch meanwhile
+                self.completed = epoch
+                distributed.barrier()
+                return
         val_out = predict(
-            self.forward_model, self.val_loader, self.to_input, self.precision, self.progress,
+            self.eval_model, self.val_loader, self.to_input, self.precision, self.progress,
             desc=f"epoch {epoch}/{epochs} val",
         )  # fmt: skip
         if not (_finite(train_out.loss) and _finite(val_out.loss)):  # before the metrics raise
@@ -378,6 +410,8 @@ class _Trainer:
             self.files,
         )  # fmt: skip
         self.save_in_background(record, on_epoch_end)
+        if self.group is not None:
+            distributed.barrier()
 
     def save_in_background(
         self, record: EpochRecord, on_epoch_end: Callable[[EpochRecord], None] | None
@@ -485,19 +519,21 @@ def fit(
     pack: Pack,
     on_epoch_end: Callable[[EpochRecord], None] | None = None,
     train_pack: Pack | None = None,
+    group: Group | None = None,
 ) -> FitResult:
     """Train `config` on `items` (columns row: the image's row in `pack`, label_idx, split) into
     `run_dir`, resuming if a previous attempt left state/last.pt there. `on_epoch_end` runs on
     a background thread once the epoch's files are written. `train_pack`: the train images at
-    data.train_cache_size (augmentation; rows found by the items' `id`)."""
+    data.train_cache_size (augmentation; rows found by the items' `id`). `group`: this
+    process's rank when several train (camtrap.distributed; rank 0 alone writes)."""
     devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
     # The global RNG (weight init, dropout, stochastic depth) is seeded here, at the edge, and
     # restored afterwards so callers' randomness is untouched.
     with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(config.train.seed)
+        torch.manual_seed(distributed.rank_seed(config.train.seed, group.rank if group else 0))
         if torch.cuda.is_available():
             torch.backends.cudnn.benchmark = True
-        trainer = _Trainer(config, items, classes, Path(run_dir), pack, train_pack)
+        trainer = _Trainer(config, items, classes, Path(run_dir), pack, train_pack, group)
         trainer.resume_if_possible()
         resumed_from = trainer.completed
         if resumed_from == 0:
@@ -510,7 +546,8 @@ def fit(
                 trainer.writer.wait()
             raise
         trainer.writer.wait()  # the last epoch's files, before anything else reads them
-        if resumed_from < config.train.epochs or not trainer.files.final_model.exists():
+        final_missing = resumed_from < config.train.epochs or not trainer.files.final_model.exists()
+        if trainer.is_main and final_missing:
             final_metrics = val_metrics(trainer.history[-1] if trainer.history else {})
             checkpoint.save_torch(
                 trainer.model_file(trainer.completed, final_metrics), trainer.files.final_model

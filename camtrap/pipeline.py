@@ -26,7 +26,7 @@ import torch
 import torchvision
 from torch.utils.data import DataLoader
 
-from camtrap import __version__, checkpoint, imagecache, runfolder
+from camtrap import __version__, checkpoint, distributed, imagecache, runfolder
 from camtrap.calibration import (
     CALIBRATED_FROM,
     apply_temperature,
@@ -195,6 +195,23 @@ def train(
     on_epoch_end: Callable[[EpochRecord], None] | None = None,
     cache_root: Path | None = None,
 ) -> FitResult:
+    """Train (or resume) the run in this process, or with train.nproc > 1 on that many
+    (camtrap.distributed: `on_epoch_end` still runs here)."""
+    if distributed.world_size(config.train.nproc, config.train.device) > 1:
+        cache_images(config, run_dir, data_root, cache_root)  # once, before the ranks read it
+        return distributed.launch(config, data_root, run_dir, on_epoch_end, cache_root)
+    return train_here(config, data_root, run_dir, on_epoch_end, cache_root)
+
+
+def train_here(
+    config: RunConfig,
+    data_root: Path,
+    run_dir: Path,
+    on_epoch_end: Callable[[EpochRecord], None] | None = None,
+    cache_root: Path | None = None,
+    group: distributed.Group | None = None,
+) -> FitResult:
+    """`train` in this process; `group`: its rank among several (camtrap.distributed)."""
     device = resolve_device(config.train.device)
     log_memory("start", device)
     pack = cache_images(config, run_dir, data_root, cache_root).pack
@@ -202,7 +219,7 @@ def train(
     items, classes = split_items(run_dir, pack)
     log_memory("after CSV load", device)
     train_pack = larger.pack if larger is not None else None
-    return fit(config, items, classes, Path(run_dir), pack, on_epoch_end, train_pack)
+    return fit(config, items, classes, Path(run_dir), pack, on_epoch_end, train_pack, group)
 
 
 @dataclass

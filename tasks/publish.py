@@ -8,19 +8,11 @@ import json
 from pathlib import Path
 
 from prefect import task
-from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from camtrap import pipeline, runfolder, storage
 from tasks import artifacts
-from tasks.common import (
-    IO_TASK,
-    RunRef,
-    ValMetrics,
-    artifact_key,
-    holding_lease,
-    library_logs,
-)
+from tasks.common import IO_TASK, RunRef, ValMetrics, holding_lease, library_logs
 
 PUBLISH_TASK = {"cache_policy": NO_CACHE, **IO_TASK}
 
@@ -47,14 +39,14 @@ def report_up_to_date(run: RunRef) -> str:
     """A finished run with this config and data exists: say so in the UI, train nothing."""
     info = json.loads(storage.read_text(storage.join(run.run_uri, runfolder.RUN_JSON)))
     val = "  ".join(f"{k} {v:.4f}" for k, v in info.get("val", {}).items())
-    create_markdown_artifact(
-        markdown=(
-            f"# {run.run_id}: up to date\n\nA finished run with this configuration and data "
-            f"exists (finished {info.get('finished', '?')}), so nothing was trained.\n\n"
-            f"- outputs: `{run.run_uri}`\n- best epoch {info.get('best_epoch', '?')}: {val}\n"
-            "- to train again into a new folder, run with the parameter `force: true`\n"
-        ),
-        key=artifact_key(run.run_id, "summary"),
-        description=f"{run.run_id}: up to date",
+    markdown = (
+        f"# {run.run_id}: up to date\n\nA finished run with this configuration and data "
+        f"exists (finished {info.get('finished', '?')}), so nothing was trained.\n\n"
+        f"- outputs: `{run.run_uri}`\n- best epoch {info.get('best_epoch', '?')}: {val}\n"
+        "- to train again into a new folder, run with the parameter `force: true`\n"
+    )
+    # Its own key: the summary's versions stay one per retrain.
+    artifacts.RunArtifacts(artifacts.stage_of(run)).write(
+        "up-to-date", "markdown", markdown, f"{run.run_id}: up to date"
     )
     return storage.join(run.run_uri, runfolder.RUN_JSON)

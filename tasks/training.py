@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from uuid import UUID
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -39,10 +38,13 @@ class EpochPublisher:
     """on_epoch_end: upload what changed, then update the progress bar and the tables."""
 
     def __init__(
-        self, run: RunRef, progress_id: UUID | None, lease: runfolder.RunLease | None = None
+        self,
+        run: RunRef,
+        run_artifacts: artifacts.RunArtifacts,
+        lease: runfolder.RunLease | None = None,
     ) -> None:
         self.run = run
-        self.progress_id = progress_id
+        self.artifacts = run_artifacts  # one card per key, updated every epoch
         self.lease = lease
 
     def __call__(self, record: EpochRecord) -> None:
@@ -56,18 +58,16 @@ class EpochPublisher:
             f"{self.run.run_id}: epoch {record.epoch}/{record.epochs} | val acc "
             f"{record.val.get('accuracy', float('nan')):.4f} | best epoch {record.best_epoch}"
         )
-        if self.progress_id is not None:
-            progress_id = self.progress_id
-            artifacts.best_effort(
-                "progress",
-                lambda: artifacts.update_progress(progress_id, record.epoch, record.epochs, note),
-            )
+        arts, run = self.artifacts, self.run
         artifacts.best_effort(
-            "epochs table", lambda: artifacts.epochs_table(self.run, record.files.epochs_csv)
+            "progress", lambda: artifacts.progress(arts, run, record.epoch, record.epochs, note)
+        )
+        artifacts.best_effort(
+            "epochs table", lambda: artifacts.epochs_table(arts, run, record.files.epochs_csv)
         )
         artifacts.best_effort(
             "per-class table",
-            lambda: artifacts.per_class_table(self.run, record.per_class, record.epoch),
+            lambda: artifacts.per_class_table(arts, run, record.per_class, record.epoch),
         )
 
 
@@ -88,10 +88,11 @@ def train(config: RunConfig, snapshot: DataSnapshot, run: RunRef) -> TrainSummar
         if done:
             log.info("resuming %s after epoch %d (%s)", run.run_id, done, moved)
         total = config.train.epochs
-        progress_id = artifacts.best_effort(
-            "progress", lambda: artifacts.start_progress(run, min(done, total), total)
+        run_artifacts = artifacts.RunArtifacts(config.output.stage)
+        artifacts.best_effort(
+            "progress", lambda: artifacts.progress(run_artifacts, run, min(done, total), total)
         )
-        publisher = EpochPublisher(run, progress_id, lease)
+        publisher = EpochPublisher(run, run_artifacts, lease)
         result = pipeline.train(config, Path(snapshot.root), run_dir, on_epoch_end=publisher)
         pipeline.record_training(run_dir, result)
         runfolder.push(run_dir, run.run_uri)

@@ -129,11 +129,33 @@ class S3Server:
         return sorted(obj["Key"] for page in pages for obj in page.get("Contents", []))
 
 
+def _atomic_conditional_puts() -> None:
+    """S3 makes a conditional PUT (If-None-Match: *, If-Match: etag) atomic; moto checks, then
+    writes, so two racing writers could both win under load (seen: the lease race test). One
+    lock around moto's PUT handling gives the server in these tests S3's guarantee."""
+    import threading
+
+    from moto.s3.responses import S3Response
+
+    if getattr(S3Response.put_object, "atomic", False):
+        return
+    lock = threading.Lock()
+    put_object = S3Response.put_object
+
+    def atomic_put_object(self):
+        with lock:
+            return put_object(self)
+
+    atomic_put_object.atomic = True
+    S3Response.put_object = atomic_put_object
+
+
 @pytest.fixture(scope="session")
 def s3_server() -> Iterator[S3Server]:
     """moto's S3 server on 127.0.0.1, and this process's AWS environment pointed at it."""
     from moto.server import ThreadedMotoServer
 
+    _atomic_conditional_puts()
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
@@ -368,6 +390,16 @@ def _migrated_prefect_db(tmp_path_factory) -> Path:
     return template
 
 
+@pytest.fixture
+def migrated_prefect_home(tmp_path, tmp_path_factory) -> Path:
+    """A PREFECT_HOME whose database is already migrated, for tests of a temporary server that
+    are not about the first start (test_flow_module.py's first-run tests start from nothing)."""
+    home = tmp_path / "prefect-home"
+    home.mkdir()
+    shutil.copyfile(_migrated_prefect_db(tmp_path_factory), home / "prefect.db")
+    return home
+
+
 @pytest.fixture(scope="session")
 def prefect_server(tmp_path_factory) -> Iterator[PrefectServer]:
     """`prefect server start` on a free port with its own PREFECT_HOME (sqlite)."""
@@ -417,9 +449,19 @@ def prefect_api(prefect_server: PrefectServer) -> Iterator[PrefectServer]:
         PREFECT_LOCAL_STORAGE_PATH: str(prefect_server.home / "client" / "storage"),
         PREFECT_SERVER_ANALYTICS_ENABLED: False,
     }
-    with temporary_settings(updates=updates):
-        yield prefect_server
-        _drain_prefect_workers()
+    # Threads that do not inherit the settings' context (a lease renewal, a download pool) read
+    # the environment: without it there, each started its own temporary Prefect server.
+    saved = os.environ.get("PREFECT_API_URL")
+    os.environ["PREFECT_API_URL"] = prefect_server.api_url
+    try:
+        with temporary_settings(updates=updates):
+            yield prefect_server
+            _drain_prefect_workers()
+    finally:
+        if saved is None:
+            os.environ.pop("PREFECT_API_URL", None)
+        else:
+            os.environ["PREFECT_API_URL"] = saved
 
 
 def _drain_prefect_workers() -> None:

@@ -101,18 +101,25 @@ def test_flow_on_s3_writes_the_layout_and_artifacts_then_hits_the_cache(
         "publish": ["Completed"],
     }
     by_key: dict[str, list] = {}
-    for artifact in record.artifacts:
-        by_key.setdefault(artifact.key, []).append(artifact)
-    for suffix in ("progress", "epochs", "per-class", "summary", "plots"):
-        assert f"{run_id}-{suffix}" in by_key, sorted(by_key)
-    assert [a.data for a in by_key[f"{run_id}-progress"]] == [100.0]
-    assert len(by_key[f"{run_id}-epochs"]) == 3  # after each epoch, and the final one
-    epoch_rows = json.loads(by_key[f"{run_id}-epochs"][-1].data)
+    for artifact in record.artifacts:  # keys stable per stage: train-swin-smoke-...
+        by_key.setdefault(artifact.key.removeprefix("train-swin-smoke-"), []).append(artifact)
+    # One card per key, updated in place every epoch (not 1 + 2 per epoch + 4)
+    assert {key: len(found) for key, found in by_key.items()} == dict.fromkeys(
+        ("progress", "epochs", "per-class", "summary", "plots", "history", "run-folder",
+         "best-model", "epochs-csv", "plots-folder"), 1
+    ), sorted(by_key)  # fmt: skip
+    assert [a.data for a in by_key["progress"]] == [100.0]
+    epoch_rows = json.loads(by_key["epochs"][0].data)
     assert [row["epoch"] for row in epoch_rows] == [1, 2]
     assert {"train_accuracy", "val_accuracy", "val_log_loss"} <= set(epoch_rows[0])
-    per_class = json.loads(by_key[f"{run_id}-per-class"][-1].data)
+    per_class = json.loads(by_key["per-class"][0].data)
     assert len(per_class) == 8 and {"class", "precision", "recall", "f1"} <= set(per_class[0])
-    summary = by_key[f"{run_id}-summary"][0].data
+    (history,) = json.loads(by_key["history"][0].data)  # the only run in this output_uri
+    assert (history["run_id"], history["run_uri"]) == (run_id, run_uri)
+    assert history["val_accuracy"] == round(info["val"]["accuracy"], 4)
+    best_model = f"{run_uri}/final_resnet18_model_smoke_best.pth"
+    assert by_key["best-model"][0].data == f"[{best_model}]({best_model})"
+    summary = by_key["summary"][0].data
     assert f"best epoch: **{info['best_epoch']}**" in summary
     assert "Generalisation gap" in summary
     assert f"{run_uri}/final_resnet18_model_smoke_best.pth" in summary
@@ -120,7 +127,7 @@ def test_flow_on_s3_writes_the_layout_and_artifacts_then_hits_the_cache(
     assert f"{logloss_best}{info['best_logloss_epoch']} |" in summary
     for section in ("## Calibration on val", "## Test-time augmentation", "## Val by site"):
         assert section in summary
-    plots = by_key[f"{run_id}-plots"][0].data
+    plots = by_key["plots"][0].data
     assert plots.count("data:image/png;base64,") == 6
     assert any("memory epoch 1 end" in line for line in record.logs)
     assert any(line.startswith("Epoch 2/2 |") for line in record.logs)

@@ -39,6 +39,7 @@ def _run_module(
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("migrated_prefect_home")  # its database made once, not migrated here
 def test_module_runs_the_flow_on_local_folders_without_a_server(demo_dir, tmp_path):
     out = tmp_path / "runs"
     proc = _run_module(["--data", str(demo_dir), "--out", str(out), *TINY_ARGS], tmp_path)
@@ -63,8 +64,10 @@ def test_module_exits_2_naming_a_missing_data_folder(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("migrated_prefect_home")  # its database made once, not migrated here
 def test_camtrap_demo_runs_the_flow_end_to_end(tmp_path):
-    # The README's Run command, made tiny: demo data + the flow with a temporary Prefect server.
+    # The README's Run command, made tiny: demo data + the flow with a temporary Prefect server
+    # (a first start from nothing: test_first_run_on_a_fresh_machine_...).
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "AWS_"))}
     env.update(PREFECT_HOME=str(tmp_path / "prefect-home"), CAMTRAP_CACHE_DIR=str(tmp_path / "c"))
     camtrap = Path(sys.executable).parent / "camtrap"
