@@ -50,6 +50,8 @@ ENV CAMTRAP_CACHE_DIR=/var/cache/camtrap \
 ARG GIT_COMMIT=unknown
 LABEL org.opencontainers.image.title="camtrap" \
       org.opencontainers.image.revision="${GIT_COMMIT}"
+# run.json's git_commit (the image holds no .git)
+ENV CAMTRAP_GIT_COMMIT=${GIT_COMMIT}
 USER camtrap
 WORKDIR /home/camtrap
 

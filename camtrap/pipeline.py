@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import platform
 import subprocess
 from collections.abc import Callable
@@ -426,15 +427,20 @@ def record_training(run_dir: Path, result: FitResult) -> None:
     write_run_json(run_dir, info)
 
 
+GIT_COMMIT_ENV = "CAMTRAP_GIT_COMMIT"  # set by the Dockerfile: an image has no .git
+
+
 def _git_commit() -> str | None:
+    """The code's commit for run.json: its checkout's HEAD, else $CAMTRAP_GIT_COMMIT."""
     try:
         out = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent,
             capture_output=True, text=True, timeout=5, check=True,
         )  # fmt: skip
+        return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None
+        recorded = os.environ.get(GIT_COMMIT_ENV, "").strip()
+        return recorded if recorded not in ("", "unknown") else None
 
 
 def finalize(run_dir: Path, status: str = "completed", val: dict | None = None) -> dict[str, Any]:

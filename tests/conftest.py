@@ -182,109 +182,6 @@ def bucket(s3_server: S3Server) -> str:
     return s3_server.new_bucket()
 
 
-class FlakyS3Proxy:
-    """An HTTP proxy in front of the S3 server that fails every `every`-th request, alternately
-    with a 503 SlowDown and with a connection dropped before any response."""
-
-    def __init__(self, upstream: str, every: int = 5) -> None:
-        import http.server
-        import threading
-
-        self.upstream = upstream.removeprefix("http://")
-        self.every = every
-        self.count = 0
-        self.failed = 0
-        self.lock = threading.Lock()
-        proxy = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args) -> None:  # quiet
-                return
-
-            def _body(self) -> bytes:
-                if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-                    chunks = []
-                    while True:
-                        size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
-                        if size == 0:
-                            self.rfile.readline()
-                            return b"".join(chunks)
-                        chunks.append(self.rfile.read(size))
-                        self.rfile.readline()
-                return self.rfile.read(int(self.headers.get("Content-Length") or 0))
-
-            def _handle(self) -> None:
-                body = self._body()
-                failure = proxy.next_failure()
-                if failure == "drop":
-                    self.close_connection = True
-                    self.connection.shutdown(socket.SHUT_RDWR)
-                    return
-                if failure == "503":
-                    error = b"<Error><Code>SlowDown</Code><Message>slow down</Message></Error>"
-                    self.send_response(503)
-                    self.send_header("Content-Type", "application/xml")
-                    self.send_header("Content-Length", str(len(error)))
-                    self.end_headers()
-                    if self.command != "HEAD":  # a HEAD reply has no body
-                        self.wfile.write(error)
-                    return
-                self._forward(body)
-
-            def _forward(self, body: bytes) -> None:
-                import http.client
-
-                conn = http.client.HTTPConnection(proxy.upstream, timeout=30)
-                skip = {"transfer-encoding", "connection", "content-length"}
-                headers = {k: v for k, v in self.headers.items() if k.lower() not in skip}
-                headers["Content-Length"] = str(len(body))
-                conn.request(self.command, self.path, body=body, headers=headers)
-                response = conn.getresponse()
-                data = response.read()
-                self.send_response(response.status)
-                for key, value in response.getheaders():
-                    if key.lower() not in skip:
-                        self.send_header(key, value)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(data)
-                conn.close()
-
-            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _handle
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def next_failure(self) -> str | None:
-        with self.lock:
-            self.count += 1
-            if self.count % self.every:
-                return None
-            self.failed += 1
-            return "503" if self.failed % 2 else "drop"
-
-    def __enter__(self) -> FlakyS3Proxy:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
-@pytest.fixture
-def flaky_s3(s3_server: S3Server, monkeypatch) -> Iterator[FlakyS3Proxy]:
-    """This process's S3 traffic through a proxy that fails every 5th request."""
-    with FlakyS3Proxy(s3_server.endpoint, every=5) as proxy:
-        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
-        yield proxy
-
-
 # --- Prefect --------------------------------------------------------------------------------------
 
 
@@ -390,6 +287,18 @@ def _migrated_prefect_db(tmp_path_factory) -> Path:
     return template
 
 
+# The session server's loops that no test needs, off: they cost CPU every few seconds beside the
+# tests, and two of them would change what tests see (the scheduler adds a deployment's future
+# cron runs; late-runs turns a restart that waits its turn from Scheduled into Late). Kept on:
+# task-run recording, event persistence, triggers (automations) and the repossessor (it frees
+# the concurrency-slot leases of dead runs: the GPU slot).
+UNUSED_SERVICES = "SCHEDULER LATE_RUNS FOREMAN PAUSE_EXPIRATIONS CANCELLATION_CLEANUP"
+UNUSED_SERVER_SERVICES_OFF = {
+    "PREFECT_SERVER_UI_ENABLED": "false",
+    **{f"PREFECT_SERVER_SERVICES_{name}_ENABLED": "false" for name in UNUSED_SERVICES.split()},
+}
+
+
 @pytest.fixture
 def migrated_prefect_home(tmp_path, tmp_path_factory) -> Path:
     """A PREFECT_HOME whose database is already migrated, for tests of a temporary server that
@@ -420,7 +329,7 @@ def prefect_server(tmp_path_factory) -> Iterator[PrefectServer]:
                 "--port",
                 env["PREFECT_SERVER_API_PORT"],
             ],
-            env={**os.environ, **env, "PREFECT_SERVER_UI_ENABLED": "false"},
+            env={**os.environ, **env, **UNUSED_SERVER_SERVICES_OFF},
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,

@@ -253,16 +253,6 @@ def test_an_invalid_override_fails_before_any_task(s3_server, demo_uri, cache_di
     assert read_run(state.state_details.flow_run_id).tasks == {}
 
 
-def test_the_flow_completes_while_s3_fails_every_fifth_request(
-    s3_server, flaky_s3, demo_uri, cache_dir, tiny
-):
-    output_uri = f"s3://{s3_server.new_bucket('runs')}/runs"
-    state = train_swin(demo_uri, output_uri, "smoke", tiny, return_state=True)
-    assert state.is_completed(), state.message
-    assert flaky_s3.failed >= 10
-    assert _run_files(s3_server, state.result()) == LAYOUT
-
-
 def test_a_storage_error_in_a_data_task_is_retried(
     s3_server, demo_uri, cache_dir, tiny, read_run, monkeypatch
 ):

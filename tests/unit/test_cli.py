@@ -1,11 +1,8 @@
-"""The command line as a user meets it: exit codes, plain error reports, kill -9 and rerun."""
+"""The command line as a user meets it: exit codes and plain error reports (kill -9 and rerun:
+tests/faults/test_kill.py)."""
 
-import os
-import signal
 import subprocess
 import sys
-import time
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -60,44 +57,6 @@ def test_train_with_an_s3_uri_points_to_the_flow(capsys, tmp_path):
     assert code == 2
     assert "python -m flows.train_swin" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []  # no local folder named "s3:" was made
-
-
-def _train_cmd(data: Path, out: Path, epochs: int) -> list[str]:
-    return [sys.executable, "-m", "camtrap.cli", "train", "--data", str(data), "--out", str(out),
-            "--preset", "smoke", *_sets(f"train.epochs={epochs}")]  # fmt: skip
-
-
-def _completed_epochs(out: Path) -> int:
-    csvs = list(out.glob("smoke/*/metrics/epochs.csv"))
-    return int(pd.read_csv(csvs[0]).epoch.max()) if csvs else 0
-
-
-@pytest.mark.slow
-def test_sigkill_mid_training_then_rerun_matches_an_uninterrupted_run(tmp_path, demo_root):
-    epochs = 4
-    straight = subprocess.run(_train_cmd(demo_root, tmp_path / "a", epochs), timeout=600)
-    assert straight.returncode == 0
-
-    proc = subprocess.Popen(_train_cmd(demo_root, tmp_path / "b", epochs))
-    deadline = time.monotonic() + 300
-    while _completed_epochs(tmp_path / "b") < 2 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)  # mid epoch 3: no chance to clean up
-    proc.wait()
-    done_before_kill = _completed_epochs(tmp_path / "b")
-    assert 2 <= done_before_kill < epochs
-
-    rerun = subprocess.run(_train_cmd(demo_root, tmp_path / "b", epochs), timeout=600)
-    assert rerun.returncode == 0
-    a = pd.read_csv(next((tmp_path / "a").glob("smoke/*/metrics/epochs.csv")))
-    b = pd.read_csv(next((tmp_path / "b").glob("smoke/*/metrics/epochs.csv")))
-    pd.testing.assert_frame_equal(a, b, check_exact=True)
-    # the same run id: the rerun found the killed run's folder and continued it
-    assert [p.name for p in (tmp_path / "a" / "smoke").iterdir()] == [
-        p.name for p in (tmp_path / "b" / "smoke").iterdir()
-    ]
-    leftovers = list((tmp_path / "b").rglob("*.tmp"))
-    assert not leftovers
 
 
 @pytest.mark.slow

@@ -341,3 +341,17 @@ def test_a_state_from_before_the_log_loss_best_still_resumes(finished_run, demo_
         assert load_model(files.best_logloss_model)[1].epoch == expected
     else:
         assert not files.best_logloss_model.exists()
+
+
+def test_run_json_commit_comes_from_the_environment_where_there_is_no_git(monkeypatch):
+    # A Docker image has no .git: the Dockerfile records the commit in CAMTRAP_GIT_COMMIT.
+    def no_git(*args, **kwargs):
+        raise FileNotFoundError("git")
+
+    monkeypatch.setattr(pipeline.subprocess, "run", no_git)
+    monkeypatch.setenv("CAMTRAP_GIT_COMMIT", "0123abc")
+    assert pipeline._git_commit() == "0123abc"
+    monkeypatch.setenv("CAMTRAP_GIT_COMMIT", "unknown")  # the Dockerfile's default
+    assert pipeline._git_commit() is None
+    monkeypatch.delenv("CAMTRAP_GIT_COMMIT")
+    assert pipeline._git_commit() is None
