@@ -16,6 +16,7 @@ import json
 import re
 import shutil
 import subprocess
+import time
 import tomllib
 import urllib.error
 import urllib.request
@@ -189,7 +190,9 @@ def test_device_request_is_one_docker_py_accepts():
 # --- deployed to a Prefect server ---------------------------------------------------------------
 
 
-def _api(server, method: str, path: str, body: dict | None = None):
+def _api(server, method: str, path: str, body: dict | None = None, tries: int = 5):
+    """One REST call; a 503 (the server's SQLite database busy, seen under load) is tried again,
+    as Prefect's own client does."""
     data = None if body is None else json.dumps(body).encode()
     request = urllib.request.Request(
         f"{server.api_url}{path}",
@@ -197,9 +200,15 @@ def _api(server, method: str, path: str, body: dict | None = None):
         method=method,
         headers={"Content-Type": "application/json"},
     )
-    with urllib.request.urlopen(request, timeout=30) as response:
-        text = response.read()
-    return json.loads(text) if text else None
+    for attempt in range(tries):
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                text = response.read()
+            return json.loads(text) if text else None
+        except urllib.error.HTTPError as err:
+            if err.code != 503 or attempt == tries - 1:
+                raise
+            time.sleep(2**attempt)
 
 
 def _pool_exists(server, name: str) -> bool:
