@@ -38,6 +38,8 @@ HEADS: dict[str, str] = {
     "efficientnet_b0": "classifier.1",
     "efficientnet_b3": "classifier.1",
     "efficientnet_v2_s": "classifier.1",
+    # 1.5M parameters (6 MB files): CPU-only machines and edge devices; the tests' tiny runs
+    "mobilenet_v3_small": "classifier.3",
     "vit_b_16": "heads.head",
 }
 SUPPORTED_ARCHS = tuple(HEADS)

@@ -450,3 +450,16 @@ def read_run(flow_run_id) -> RunRecord:
 def read_run_fixture(prefect_api):
     """read_run(flow_run_id) -> RunRecord, through the session's Prefect API."""
     return read_run
+
+
+@pytest.fixture(name="read_run_at")
+def read_run_at_fixture():
+    """read_run_at(api_url, flow_run_id) -> RunRecord, through the Prefect API at api_url (a
+    server the test started itself, not the session's)."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    def read(api_url: str, flow_run_id) -> RunRecord:
+        with temporary_settings(updates={PREFECT_API_URL: api_url}):
+            return read_run(flow_run_id)
+
+    return read

@@ -6,6 +6,7 @@ whole (every file run.json lists is there with its sha256, and no temp file is l
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import importlib.util
 import io
@@ -136,12 +137,16 @@ def epochs_csv(run_dir: Path) -> pd.DataFrame:
     return pd.read_csv(run_dir / "metrics" / "epochs.csv")
 
 
-def s3_epochs_csv(s3_server, run_uri: str) -> pd.DataFrame:
+def s3_epochs_bytes(s3_server, run_uri: str) -> bytes:
     from camtrap import storage
 
     bucket, prefix = storage.split_s3(run_uri)
     body = s3_server.client().get_object(Bucket=bucket, Key=f"{prefix}/metrics/epochs.csv")
-    return pd.read_csv(io.BytesIO(body["Body"].read()))
+    return body["Body"].read()
+
+
+def s3_epochs_csv(s3_server, run_uri: str) -> pd.DataFrame:
+    return pd.read_csv(io.BytesIO(s3_epochs_bytes(s3_server, run_uri)))
 
 
 # --- child processes ----------------------------------------------------------------------------
@@ -243,37 +248,52 @@ KILL_CONFIG = {**TINY, "train.epochs": 4}
 
 @dataclass(frozen=True)
 class Reference:
-    """An uninterrupted run: where it is, how long it took, when it began writing its run
-    folder (before: imports and validation, where a kill tests nothing), its epochs.csv."""
+    """An uninterrupted run: where it is, its CPU seconds, how many of them it had used when it
+    began writing its run folder (before: imports and validation, where a kill tests nothing),
+    its epochs.csv. Kill moments are in the child's CPU seconds, not wall seconds: on 2 shared
+    cores a run's wall time varies twofold with what runs beside it (a kill drawn from a slow
+    reference once came after a faster rerun had finished), its CPU time hardly."""
 
     location: str  # run folder (local) or run URI (s3://)
-    seconds: float  # from the start of the process to its exit
-    writing_from: float  # seconds after the start, when split.csv appeared in the run folder
+    cpu_seconds: float  # CPU seconds of the child, from its start to its exit
+    writing_from: float  # CPU seconds of the child when split.csv appeared in the run folder
     epochs: pd.DataFrame
 
     def kill_time(self, seed: int) -> float:
-        """A moment drawn from `seed` in the part of the run that writes its folder."""
+        """A moment drawn from `seed` (in the child's CPU seconds) in the part of the run that
+        writes its folder."""
         u = float(np.random.default_rng(seed).uniform())
-        return self.writing_from + u * (self.seconds - self.writing_from)
+        return self.writing_from + u * (self.cpu_seconds - self.writing_from)
+
+
+_TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU seconds a running process has used so far, all its threads (Linux /proc)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()  # after "pid (name)"
+    return (int(fields[11]) + int(fields[12])) / _TICKS_PER_SECOND  # utime + stime
 
 
 def timed_run(
     command: list[str], env: dict[str, str], logs: Path, writing: Callable[[], bool]
 ) -> tuple[Child, float, float]:
     """Run a child to its end (it must exit 0), watching for `writing()` to become true.
-    Returns the child, its seconds, and the seconds until `writing()` held."""
+    Returns the child, its CPU seconds, and its CPU seconds when `writing()` first held."""
     child = start(command, env, logs)
-    began = None
+    used, began = 0.0, None
     deadline = child.started + 300
     while child.proc.poll() is None and time.monotonic() < deadline:
+        with contextlib.suppress(OSError):  # it may exit between poll() and the read
+            used = cpu_seconds(child.pid)
         if began is None and writing():
-            began = time.monotonic() - child.started
-        time.sleep(0.2)
+            began = used
+        time.sleep(0.1)
     code = child.wait(timeout=1)
-    seconds = time.monotonic() - child.started
     assert code == 0, f"exit {code}\n{child.tail()}"
     assert began is not None, "the run folder never got a split.csv"
-    return child, seconds, began
+    return child, used, began
 
 
 def only_run_dir(out: Path) -> Path:
@@ -282,18 +302,56 @@ def only_run_dir(out: Path) -> Path:
     return run_dir
 
 
+def _session_folder(tmp_path_factory) -> Path:
+    """The test session's folder, above each xdist process's own."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+def shared_reference(
+    tmp_path_factory, name: str, make: Callable[[], tuple[Reference, bytes]]
+) -> Reference:
+    """make() once per test session, shared by its xdist processes through a file: each process
+    that needs a reference would otherwise run its own (10-15 CPU-seconds). make returns the
+    Reference and its epochs.csv bytes. In the processes that did not make it, only the last
+    part of `location` (the run id) means anything: the folder is the maker's."""
+    folder = _session_folder(tmp_path_factory)
+    saved = folder / f"{name}.json"
+    with (folder / f"{name}.lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if not saved.exists():
+            reference, epochs = make()
+            fields = {
+                "location": reference.location,
+                "cpu_seconds": reference.cpu_seconds,
+                "writing_from": reference.writing_from,
+                "epochs_csv": epochs.decode(),
+            }
+            saved.with_suffix(".tmp").write_text(json.dumps(fields))
+            os.replace(saved.with_suffix(".tmp"), saved)
+            return reference
+    fields = json.loads(saved.read_text())
+    epochs = pd.read_csv(io.BytesIO(fields.pop("epochs_csv").encode()))
+    return Reference(**fields, epochs=epochs)
+
+
 @pytest.fixture(scope="session")
 def cli_reference(demo_dir, tmp_path_factory) -> Reference:
     """`camtrap train` with KILL_CONFIG, never interrupted, on a fresh cache."""
-    base = tmp_path_factory.mktemp("cli-reference")
-    out = base / "out"
-    child, seconds, began = timed_run(
-        cli_train(demo_dir, out, config=KILL_CONFIG), child_env(base / "cache"), base / "run",
-        writing=lambda: any(out.glob("smoke/*/split.csv")),
-    )  # fmt: skip
-    run_dir = only_run_dir(out)
-    verify_run_dir(run_dir)
-    return Reference(str(run_dir), seconds, began, epochs_csv(run_dir))
+
+    def make() -> tuple[Reference, bytes]:
+        base = tmp_path_factory.mktemp("cli-reference")
+        out = base / "out"
+        child, cpu, began = timed_run(
+            cli_train(demo_dir, out, config=KILL_CONFIG), child_env(base / "cache"),
+            base / "run", writing=lambda: any(out.glob("smoke/*/split.csv")),
+        )  # fmt: skip
+        run_dir = only_run_dir(out)
+        verify_run_dir(run_dir)
+        epochs = (run_dir / "metrics" / "epochs.csv").read_bytes()
+        return Reference(str(run_dir), cpu, began, epochs_csv(run_dir)), epochs
+
+    return shared_reference(tmp_path_factory, "cli-reference", make)
 
 
 @pytest.fixture(scope="session")
@@ -312,17 +370,22 @@ def flow_env(prefect_server) -> Callable[[Path], dict[str, str]]:
 @pytest.fixture(scope="session")
 def flow_reference(s3_server, flow_env, demo_dir, tmp_path_factory) -> Reference:
     """`python -m flows.train_swin` on the demo data with outputs in S3, never interrupted."""
-    base = tmp_path_factory.mktemp("flow-reference")
-    bucket = s3_server.new_bucket("ref")
-    out = f"s3://{bucket}/runs"
-    child, seconds, began = timed_run(
-        flow_module(str(demo_dir), out), flow_env(base / "cache"), base / "run",
-        writing=lambda: any(k.endswith("/split.csv") for k in s3_server.keys(bucket)),
-    )  # fmt: skip
-    run_uri = last_line(child.out())
-    assert run_uri.startswith(f"{out}/smoke/"), run_uri
-    verify_run_uri(s3_server, run_uri)
-    return Reference(run_uri, seconds, began, s3_epochs_csv(s3_server, run_uri))
+
+    def make() -> tuple[Reference, bytes]:
+        base = tmp_path_factory.mktemp("flow-reference")
+        bucket = s3_server.new_bucket("ref")
+        out = f"s3://{bucket}/runs"
+        child, cpu, began = timed_run(
+            flow_module(str(demo_dir), out), flow_env(base / "cache"), base / "run",
+            writing=lambda: any(k.endswith("/split.csv") for k in s3_server.keys(bucket)),
+        )  # fmt: skip
+        run_uri = last_line(child.out())
+        assert run_uri.startswith(f"{out}/smoke/"), run_uri
+        verify_run_uri(s3_server, run_uri)
+        epochs = s3_epochs_bytes(s3_server, run_uri)
+        return Reference(run_uri, cpu, began, pd.read_csv(io.BytesIO(epochs))), epochs
+
+    return shared_reference(tmp_path_factory, "flow-reference", make)
 
 
 @pytest.fixture(scope="session")
@@ -344,4 +407,5 @@ def kit() -> SimpleNamespace:
         start=start,
         last_line=last_line,
         only_run_dir=only_run_dir,
+        cpu_seconds=cpu_seconds,
     )

@@ -16,10 +16,9 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-# part2 on the tiny CPU config (resnet18 as the part1 run below): random crops of 40 px cached
+# part2 on the tiny CPU config (the part1 run below's arch): random crops of 40 px cached
 # images to 32 px, cosine schedule with warm-up, label smoothing, from the part1 run's folder.
-PART2 = {"model.arch": "resnet18", "model.drop_path": 0.0, "data.train_cache_size": 40,
-         "train.device": "cpu"}  # fmt: skip
+PART2 = {"model.drop_path": 0.0, "data.train_cache_size": 40, "train.device": "cpu"}
 
 
 @pytest.fixture(scope="module")

@@ -32,9 +32,9 @@ pytestmark = [pytest.mark.usefixtures("prefect_api"), pytest.mark.slow]
 LAYOUT = sorted(
     [
         "run.json",
-        "final_resnet18_model_smoke_best.pth",
-        "final_resnet18_model_smoke_best_logloss.pth",
-        "final_resnet18_model_smoke.pth",
+        "final_mobilenet_v3_small_model_smoke_best.pth",
+        "final_mobilenet_v3_small_model_smoke_best_logloss.pth",
+        "final_mobilenet_v3_small_model_smoke.pth",
         "state/last.pt",
         "state/last.json",
         "split.csv",
@@ -68,7 +68,7 @@ def _no_secrets(texts: list[str], s3_server) -> None:
         assert s3_server.env["AWS_ACCESS_KEY_ID"] not in text
 
 
-def test_flow_on_s3_writes_the_layout_and_artifacts_then_hits_the_cache(
+def test_flow_on_s3_writes_the_layout_and_artifacts_hits_the_cache_then_fetches_a_changed_image(
     s3_server, demo_uri, cache_dir, tiny, read_run
 ):
     output_uri = f"s3://{s3_server.new_bucket('runs')}/runs"
@@ -117,13 +117,13 @@ def test_flow_on_s3_writes_the_layout_and_artifacts_then_hits_the_cache(
     (history,) = json.loads(by_key["history"][0].data)  # the only run in this output_uri
     assert (history["run_id"], history["run_uri"]) == (run_id, run_uri)
     assert history["val_accuracy"] == round(info["val"]["accuracy"], 4)
-    best_model = f"{run_uri}/final_resnet18_model_smoke_best.pth"
+    best_model = f"{run_uri}/final_mobilenet_v3_small_model_smoke_best.pth"
     assert by_key["best-model"][0].data == f"[{best_model}]({best_model})"
     summary = by_key["summary"][0].data
     assert f"best epoch: **{info['best_epoch']}**" in summary
     assert "Generalisation gap" in summary
-    assert f"{run_uri}/final_resnet18_model_smoke_best.pth" in summary
-    logloss_best = "| `final_resnet18_model_smoke_best_logloss.pth` | val_log_loss | "
+    assert f"{run_uri}/final_mobilenet_v3_small_model_smoke_best.pth" in summary
+    logloss_best = "| `final_mobilenet_v3_small_model_smoke_best_logloss.pth` | val_log_loss | "
     assert f"{logloss_best}{info['best_logloss_epoch']} |" in summary
     for section in ("## Calibration on val", "## Test-time augmentation", "## Val by site"):
         assert section in summary
@@ -146,28 +146,20 @@ def test_flow_on_s3_writes_the_layout_and_artifacts_then_hits_the_cache(
     assert "train" not in second.tasks and second.tasks["report-up-to-date"] == ["Completed"]
     assert _run_files(s3_server, run_uri) == LAYOUT
 
-
-def test_a_changed_image_is_fetched_alone_and_makes_a_new_run(
-    s3_server, demo_uri, cache_dir, tiny, read_run
-):
-    output_uri = f"s3://{s3_server.new_bucket('runs')}/runs"
-    first = train_swin(demo_uri, output_uri, "smoke", tiny, return_state=True)
-    assert first.is_completed(), first.message
-
+    # One image changed: only it is fetched again, and it is new data, so a new run.
     bucket, prefix = storage.split_s3(demo_uri)
     images = s3_server.keys(bucket, prefix + "/train_features/")
     body = s3_server.client().get_object(Bucket=bucket, Key=images[1])["Body"].read()
     s3_server.client().put_object(Bucket=bucket, Key=images[0], Body=body)
-
-    second = train_swin(demo_uri, output_uri, "smoke", tiny, return_state=True)
-    assert second.is_completed(), second.message
-    record = read_run(second.state_details.flow_run_id)
-    assert record.tasks["fetch-metadata"] == ["Cached"]
-    assert record.tasks["fetch-images"] == ["Completed"]
-    assert record.tasks["validate-and-split"] == ["Completed"]
-    assert any("1 downloaded, 31 unchanged" in line for line in record.logs), record.logs
-    assert second.result() != first.result()  # new data: a new run folder
-    assert record.tasks["train"] == ["Completed"]
+    changed = train_swin(demo_uri, output_uri, "smoke", tiny, return_state=True)
+    assert changed.is_completed(), changed.message
+    third = read_run(changed.state_details.flow_run_id)
+    assert third.tasks["fetch-metadata"] == ["Cached"]
+    assert third.tasks["fetch-images"] == ["Completed"]
+    assert third.tasks["validate-and-split"] == ["Completed"]
+    assert any("1 downloaded, 31 unchanged" in line for line in third.logs), third.logs
+    assert changed.result() != run_uri  # new data: a new run folder
+    assert third.tasks["train"] == ["Completed"]
 
 
 def test_a_train_retry_on_another_machine_resumes_from_output_uri(
@@ -198,7 +190,7 @@ def test_a_train_retry_on_another_machine_resumes_from_output_uri(
     assert state.is_failed()
     saved = storage.list_files(run.run_uri)
     assert "state/last.pt" in saved
-    assert "final_resnet18_model_smoke.pth" not in saved
+    assert "final_mobilenet_v3_small_model_smoke.pth" not in saved
 
     monkeypatch.setattr(training.EpochPublisher, "__call__", publish_epoch)
     shutil.rmtree(tmp_path / "machine-a")
@@ -253,9 +245,10 @@ def test_an_invalid_override_fails_before_any_task(s3_server, demo_uri, cache_di
     assert read_run(state.state_details.flow_run_id).tasks == {}
 
 
-def test_a_storage_error_in_a_data_task_is_retried(
+def test_a_storage_error_is_retried_and_a_deleted_run_folder_is_started_again(
     s3_server, demo_uri, cache_dir, tiny, read_run, monkeypatch
 ):
+    """Two subjects, one first run (each flow run here costs about 12 CPU-seconds)."""
     fetch_files = storage.fetch_files
     calls = []
 
@@ -266,21 +259,16 @@ def test_a_storage_error_in_a_data_task_is_retried(
         return fetch_files(*args, **kwargs)
 
     monkeypatch.setattr(storage, "fetch_files", fail_once)
-    output_uri = f"s3://{s3_server.new_bucket('runs')}/runs"
-    state = train_swin(demo_uri, output_uri, "smoke", tiny, return_state=True)
-    assert state.is_completed(), state.message
-    record = read_run(state.state_details.flow_run_id)
-    assert record.run_counts["fetch-metadata"] == 2
-    assert record.tasks["fetch-metadata"] == ["Completed"]
-
-
-def test_a_deleted_run_folder_is_started_again_despite_the_cache(
-    s3_server, demo_uri, cache_dir, tiny, read_run
-):
     out_bucket = s3_server.new_bucket("runs")
     output_uri = f"s3://{out_bucket}/runs"
     first = train_swin(demo_uri, output_uri, "smoke", tiny, return_state=True)
     assert first.is_completed(), first.message
+    record = read_run(first.state_details.flow_run_id)
+    assert record.run_counts["fetch-metadata"] == 2  # the storage error was retried
+    assert record.tasks["fetch-metadata"] == ["Completed"]
+    monkeypatch.setattr(storage, "fetch_files", fetch_files)
+
+    # The run folder deleted: the data tasks' cache still says done; the run starts again.
     client = s3_server.client()
     for key in s3_server.keys(out_bucket):
         client.delete_object(Bucket=out_bucket, Key=key)

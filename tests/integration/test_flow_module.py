@@ -14,6 +14,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 TINY_ARGS = [
     "--preset", "smoke",
+    "--set", "model.arch=mobilenet_v3_small",
     "--set", "data.image_size=32",
     "--set", "data.num_workers=0",
     "--set", "train.epochs=2",
@@ -74,7 +75,11 @@ def test_camtrap_demo_runs_the_flow_end_to_end(tmp_path):
     val = info["val"]
     best = f"val accuracy {val['accuracy']:.4f}, val log loss {val['log_loss']:.4f}"
     assert f"Best epoch {info['best_epoch']} of 2: {best}" in summary
-    for name in ("metrics/epochs.csv", "plots/curves.png", "final_resnet18_model_smoke_best.pth"):
+    for name in (
+        "metrics/epochs.csv",
+        "plots/curves.png",
+        "final_mobilenet_v3_small_model_smoke_best.pth",
+    ):
         assert any(line.startswith(f"  {name}  ") for line in summary), name
     assert any("server start`, then open http://127.0.0.1:4200" in line for line in summary)
 
@@ -141,7 +146,7 @@ def test_first_run_on_a_fresh_machine_waits_for_a_slow_first_migration(demo_dir,
     info = json.loads((run_dir / "run.json").read_text())
     assert info["status"] == "completed"
     assert all((run_dir / name).is_file() for name in info["files"])
-    assert (run_dir / "final_resnet18_model_smoke_best.pth").is_file()
+    assert (run_dir / "final_mobilenet_v3_small_model_smoke_best.pth").is_file()
     # local data and outputs are used in place: the cache holds only the decoded images
     assert [p.name for p in (tmp_path / "cache").iterdir()] == ["images"]
 

@@ -29,8 +29,9 @@ from tasks.common import RunRef, ValMetrics
 from tasks.data import run_ref
 from tasks.publish import publish
 
-# tests/integration/conftest.py's TINY: resnet18 from scratch, 32 px, 2 epochs, batch 8
+# tests/integration/conftest.py's TINY: mobilenet_v3_small from scratch, 32 px, 2 epochs, batch 8
 TINY = {
+    "model.arch": "mobilenet_v3_small",
     "data.image_size": 32,
     "data.num_workers": 0,
     "train.epochs": 2,
@@ -41,8 +42,8 @@ TINY = {
 
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory, demo_dir) -> Path:
-    """One finished tiny run (smoke preset, resnet18, 32 px, 2 epochs) of `camtrap train`'s
-    library path, in out/smoke/<run_id>: trained once per test session, shared by its xdist
+    """One finished tiny run (smoke preset, TINY above) of `camtrap train`'s library path,
+    in out/smoke/<run_id>: trained once per test session, shared by its xdist
     processes (each would otherwise train its own)."""
     shared = tmp_path_factory.getbasetemp()
     if os.environ.get("PYTEST_XDIST_WORKER"):
@@ -83,7 +84,7 @@ def _classes(run_dir: Path) -> list[str]:
 @pytest.mark.slow
 def test_the_best_model_reproduces_the_runs_val_predictions(trained, photos, tmp_path):
     out = tmp_path / "preds.csv"
-    best = trained / "final_resnet18_model_smoke_best.pth"
+    best = trained / "final_mobilenet_v3_small_model_smoke_best.pth"
     assert main(["predict", "--model", str(best), "--data", str(photos), "--out", str(out)]) == 0
     predicted, val = pd.read_csv(out, dtype={"id": str}), _val_csv(trained)
     classes = _classes(trained)
@@ -103,7 +104,7 @@ def test_latest_json_moves_only_after_a_fully_successful_cli_run(
     before = pointer.read_bytes()
     assert json.loads(before)["run_id"] == trained.name
     assert runfolder.resolve_model_uri(pointer) == str(
-        trained / "final_resnet18_model_smoke_best.pth"
+        trained / "final_mobilenet_v3_small_model_smoke_best.pth"
     )
     monkeypatch.setenv("CAMTRAP_CACHE_DIR", str(tmp_path / "cache"))
 
@@ -127,7 +128,7 @@ def test_predict_reads_and_writes_s3(trained, photos, s3_server, tmp_path, monke
     data_uri = s3_server.upload_tree(photos, s3_server.new_bucket("data"), "test")
     out = f"{runs}/submission.csv"
     assert main(["predict", "--model", run_uri, "--data", data_uri, "--out", out]) == 0
-    assert "final_resnet18_model_smoke_best.pth (epoch" in capsys.readouterr().out
+    assert "final_mobilenet_v3_small_model_smoke_best.pth (epoch" in capsys.readouterr().out
     predicted = pd.read_csv(io.BytesIO(storage.read_bytes(out)), dtype={"id": str})
     classes = _classes(trained)
     val = _val_csv(trained)

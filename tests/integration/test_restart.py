@@ -221,14 +221,20 @@ def test_a_worker_restarts_a_deployment_run_killed_with_sigkill(prefect_server, 
     """The path the hook is for: the flow process gets SIGKILL, the process worker reports the
     run Crashed and runs the hook in a fresh process, which schedules the restart."""
     from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
+    from prefect.workers.process import ProcessWorker
 
     pool, deployment, marker = (f"{kind}-{uuid4().hex[:8]}" for kind in ("crash", "d", "m"))
-    prefect_server.cli("work-pool", "create", pool, "--type", "process")
+    template = ProcessWorker.get_default_base_job_template()
+    with get_client(sync_client=True) as client:  # the API, not the CLI: 3 CPU-seconds each
+        client.create_work_pool(WorkPoolCreate(name=pool, type="process",
+                                               base_job_template=template))  # fmt: skip
     entry = "tests/integration/crashing_flow.py:crash"
     prefect_server.cli("deploy", entry, "-n", deployment, "-p", pool, "--tag", "camtrap")
-    prefect_server.cli("deployment", "run", f"camtrap-crash-test/{deployment}",
-                       "--param", f"marker={marker}")  # fmt: skip
+    with get_client(sync_client=True) as client:
+        target = client.read_deployment_by_name(f"camtrap-crash-test/{deployment}")
+        client.create_flow_run_from_deployment(target.id, parameters={"marker": marker})
     worker = prefect_server.cli("worker", "start", "--pool", pool, "--run-once", timeout=180)
 
     only_this = DeploymentFilter(name=DeploymentFilterName(any_=[deployment]))

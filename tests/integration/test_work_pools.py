@@ -272,7 +272,7 @@ def test_image_step_prints_camtrap_image_else_the_project_version(path):
         assert out.stdout.strip() == expected
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def deployed(prefect_server, tmp_path_factory):
     """Every deployment of deployments/ on the server, the pools they name made first where
     missing (the Docker and Kubernetes ones with the documented `prefect work-pool create`).
@@ -320,7 +320,18 @@ def _create_pool(server, name: str) -> None:
 
 
 @pytest.mark.slow
-def test_every_deployment_file_deploys_to_its_pool(deployed):
+def test_deployed_files_reach_their_pools_ask_for_gpus_and_pin_the_commit(
+    deployed, prefect_api, tmp_path, monkeypatch
+):
+    """One test over one `prefect deploy --all` (about 25 CPU-seconds): as four tests, each
+    test process that ran one of them deployed again."""
+    _every_deployment_file_deploys_to_its_pool(deployed)
+    _deployed_kubernetes_job_asks_for_the_gpu(deployed, prefect_api)
+    _deployed_docker_runs_get_the_gpus_and_the_pinned_commit(deployed, prefect_api)
+    _deployed_pull_step_clones_the_pinned_commit(deployed, prefect_api, tmp_path, monkeypatch)
+
+
+def _every_deployment_file_deploys_to_its_pool(deployed):
     names = {path.name for path in deployment_files()}
     assert {"prefect.yaml", "docker.yaml", "kubernetes.yaml"} <= names
     for path in deployment_files():
@@ -330,8 +341,7 @@ def test_every_deployment_file_deploys_to_its_pool(deployed):
             assert deployed["deployments"][key]["work_pool_name"] == spec["work_pool"]["name"]
 
 
-@pytest.mark.slow
-def test_deployed_kubernetes_job_asks_for_the_gpu(deployed, prefect_server):
+def _deployed_kubernetes_job_asks_for_the_gpu(deployed, prefect_server):
     pool = _api(prefect_server, "GET", "/work_pools/k8s-gpu-pool")
     assert pool["type"] == "kubernetes"
     assert pool["base_job_template"] == json.loads(K8S_TEMPLATE.read_text())
@@ -346,8 +356,7 @@ def test_deployed_kubernetes_job_asks_for_the_gpu(deployed, prefect_server):
     ]
 
 
-@pytest.mark.slow
-def test_deployed_docker_runs_get_the_gpus_and_the_pinned_commit(deployed, prefect_server):
+def _deployed_docker_runs_get_the_gpus_and_the_pinned_commit(deployed, prefect_server):
     pool = _api(prefect_server, "GET", "/work_pools/docker-gpu-pool")
     rows = {
         name: deployed["deployments"][(name, "flows/train_swin.py:train_swin")]
@@ -368,8 +377,7 @@ def test_deployed_docker_runs_get_the_gpus_and_the_pinned_commit(deployed, prefe
     }
 
 
-@pytest.mark.slow
-def test_deployed_pull_step_clones_the_pinned_commit(deployed, prefect_api, tmp_path, monkeypatch):
+def _deployed_pull_step_clones_the_pinned_commit(deployed, prefect_api, tmp_path, monkeypatch):
     """What a worker on another machine does at the start of a part1-git run: the pull steps as
     the server holds them, the repository read from the Prefect variable (this checkout)."""
     import asyncio

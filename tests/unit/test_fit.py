@@ -57,8 +57,8 @@ def test_run_writes_the_whole_output_layout(finished_run):
     ]  # fmt: skip
     missing = [str(p) for p in expected if not p.exists()]
     assert not missing
-    assert files.best_model.name == "final_resnet18_model_smoke_best.pth"
-    assert files.final_model.name == "final_resnet18_model_smoke.pth"
+    assert files.best_model.name == "final_mobilenet_v3_small_model_smoke_best.pth"
+    assert files.final_model.name == "final_mobilenet_v3_small_model_smoke.pth"
 
 
 def test_run_json_lists_every_file_with_its_sha256(finished_run):
@@ -187,7 +187,7 @@ def test_compiled_training_saves_plain_model_files(tmp_path, demo_root, tiny_con
     summary = _run(config, demo_root, tmp_path)
     state = load_torch(summary.run_dir / "state" / "last.pt")
     assert not any(key.startswith("_orig_mod") for key in state["model"])
-    model, meta = load_model(summary.run_dir / "final_resnet18_model_smoke_best.pth")
+    model, meta = load_model(summary.run_dir / "final_mobilenet_v3_small_model_smoke_best.pth")
     assert meta.epoch == 1 and isinstance(model, torch.nn.Module)
 
 

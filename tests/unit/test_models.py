@@ -25,6 +25,7 @@ REQUIRED = [
     "resnet50",
     "convnext_tiny",
     "efficientnet_b0",
+    "mobilenet_v3_small",
     "vit_b_16",
 ]
 

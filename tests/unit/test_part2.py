@@ -214,16 +214,17 @@ def test_every_train_deployment_builds_its_config():
 
 # --- warm start from a part1-style run, and a tiny part2 run ------------------------------------
 
+ARCH = "mobilenet_v3_small"  # the smallest model; part2's own (swin_t) is too slow on a CPU
 TINY_PART2 = {
     "data.image_size": 32, "data.num_workers": 0, "train.epochs": 2, "train.batch_size": 8,
-    "train.progress": False, "model.arch": "resnet18", "model.drop_path": 0.0,
+    "train.progress": False, "model.arch": ARCH, "model.drop_path": 0.0,
     "data.train_cache_size": 40, "train.device": "cpu",
 }  # fmt: skip
 
 
 @pytest.fixture(scope="module")
 def source_run(tmp_path_factory, demo_root):
-    """A finished part1-style run folder of the demo's classes: its best model file (resnet18,
+    """A finished part1-style run folder of the demo's classes: its best model file (ARCH above,
     weights from a fixed seed: no training needed to test loading them), run.json and the
     stage's latest.json."""
     out = tmp_path_factory.mktemp("source")
@@ -233,8 +234,8 @@ def source_run(tmp_path_factory, demo_root):
     classes = load_dataset(demo_root).classes
     with torch.random.fork_rng():
         torch.manual_seed(1)
-        model = build_model("resnet18", len(classes), "none", 0.0, 32)
-    meta = ModelMeta("resnet18", classes, 32, list(config.data.mean), list(config.data.std), 1)
+        model = build_model(ARCH, len(classes), "none", 0.0, 32)
+    meta = ModelMeta(ARCH, classes, 32, list(config.data.mean), list(config.data.std), 1)
     checkpoint.save_torch(model_file_dict(model, meta), files.best_model)
     info = {"run_id": run_dir.name, "config": config.model_dump(mode="json")}
     runfolder.write_run_json(run_dir, info)
@@ -245,10 +246,10 @@ def source_run(tmp_path_factory, demo_root):
 @pytest.mark.slow  # builds and loads models (no training)
 def test_warm_start_gives_the_source_models_outputs(source_run):
     source, _ = load_model(source_run.best)
-    model = build_model("resnet18", len(source_run.classes), "none", 0.0, 32)
+    model = build_model(ARCH, len(source_run.classes), "none", 0.0, 32)
     x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     assert not torch.allclose(model.eval()(x), source(x))
-    warm_start(model, str(source_run.best), "resnet18", source_run.classes)
+    warm_start(model, str(source_run.best), ARCH, source_run.classes)
     assert torch.equal(model.eval()(x), source(x))
 
 
@@ -256,7 +257,7 @@ def test_warm_start_gives_the_source_models_outputs(source_run):
 def test_init_from_resolves_a_run_folder_a_latest_pointer_and_a_file(source_run):
     best = str(source_run.best.resolve())
     for given in (source_run.run_dir, source_run.out / "smoke" / "latest.json", best):
-        config = _part2(**{"model.init_from": str(given), "model.arch": "resnet18"})
+        config = _part2(**{"model.init_from": str(given), "model.arch": ARCH})
         assert resolve_init_from(config).model.init_from == best, given
 
 
@@ -264,11 +265,11 @@ def test_init_from_resolves_a_run_folder_a_latest_pointer_and_a_file(source_run)
 def test_warm_start_refuses_other_classes_or_arch_and_names_a_missing_file(source_run):
     classes, best = source_run.classes, str(source_run.best)
     other = list(reversed(classes))
-    model = build_model("resnet18", len(other), "none", 0.0, 32)
+    model = build_model(ARCH, len(other), "none", 0.0, 32)
     with pytest.raises(ConfigError, match="was trained on classes") as err:
-        warm_start(model, best, "resnet18", other)
+        warm_start(model, best, ARCH, other)
     assert str(classes) in str(err.value) and str(other) in str(err.value)
-    with pytest.raises(ConfigError, match="holds a resnet18 model, not resnet34"):
+    with pytest.raises(ConfigError, match=f"holds a {ARCH} model, not resnet34"):
         warm_start(build_model("resnet34", 8, "none"), best, "resnet34", classes)
     missing = _part2(**{"model.init_from": str(source_run.out / "part1" / "latest.json")})
     with pytest.raises(StorageError, match="model.init_from .*fix:"):
@@ -314,23 +315,23 @@ def test_part2_from_a_part1_run_then_resumed_after_a_crash_gives_the_same_number
     # It started from the source run's best model, and run.json names that file.
     assert run_id.startswith("part2-")
     files = RunFiles.for_config(straight, config)
-    assert files.final_model.name == "final_resnet18_model_part2.pth"
+    assert files.final_model.name == f"final_{ARCH}_model_part2.pth"
     assert files.best_model.exists() and files.final_model.exists()
     info = json.loads(files.run_json.read_text())
     assert info["config"]["model"]["init_from"] == str(source_run.best.resolve())
     # 6 steps at a peak rate of 1e-5 from the source's weights: still next to them (another
     # initialisation is ~0.1 away)
-    source = load_torch(source_run.best)["model"]["conv1.weight"]
-    trained = load_torch(files.final_model)["model"]["conv1.weight"]
+    source = load_torch(source_run.best)["model"]["features.0.0.weight"]
+    trained = load_torch(files.final_model)["model"]["features.0.0.weight"]
     assert not torch.equal(source, trained) and (source - trained).abs().max() < 1e-3
     assert load_torch(files.state)["schedule"] == {"steps_done": 2 * 3}  # 24 images, batch 8
 
     # The train loss is label-smoothed; log loss (from the probabilities) and the val loss
     # are plain cross entropy (without smoothing the train loss equals its log loss to ~1e-7;
-    # with it, near-uniform predictions as here differ by ~0.01).
+    # with it, near-uniform predictions as here differ by ~6e-4).
     epochs = pd.read_csv(files.epochs_csv)
     train, val = epochs[epochs.split == "train"], epochs[epochs.split == "val"]
-    assert (train["loss"] - train["log_loss"]).abs().min() > 1e-3
+    assert (train["loss"] - train["log_loss"]).abs().min() > 1e-4
     np.testing.assert_allclose(val["loss"], val["log_loss"], rtol=1e-5)
 
     # Resumed after epoch 1: the same crops, learning rates and weights as without the crash.
