@@ -1,104 +1,22 @@
-"""Model files and resume state, written atomically (tmp file in the same folder, fsync,
-os.replace, fsync of the folder), as timm's CheckpointSaver does: a crash mid-write never leaves a
-half file under the real name, and a full disk is a StorageError naming the path."""
+"""Model files and resume state: torch.save to memory, then one atomic write through storage
+(tmp file in the same folder, fsync, os.replace, fsync of the folder), as timm's CheckpointSaver
+does: a crash mid-write never leaves a half file under the real name, and a full disk is a
+StorageError naming the path."""
 
 from __future__ import annotations
 
-import contextlib
 import contextvars
-import errno
 import hashlib
 import io
-import os
 import threading
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from camtrap.errors import StorageError
-
-DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})  # no space; quota exceeded
-# Some filesystems can't fsync a folder; the rename is then as durable as they make it.
-_NO_DIR_FSYNC_ERRNOS = frozenset({errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EBADF})
-
-
-def disk_full_error(path: str | Path) -> StorageError:
-    """The one message for a full disk (or quota) under `path`, whatever was being written."""
-    return StorageError(
-        f"disk full at {path} — fix: free space or set CAMTRAP_CACHE_DIR to a bigger disk"
-    )
-
-
-@contextlib.contextmanager
-def reporting_disk_full(path: str | Path) -> Iterator[None]:
-    """Turn ENOSPC / EDQUOT raised inside into disk_full_error(path); other errors pass."""
-    try:
-        yield
-    except OSError as err:
-        if err.errno in DISK_FULL_ERRNOS:
-            raise disk_full_error(path) from err
-        raise
-
-
-def temp_path_for(path: Path) -> Path:
-    """A fresh temp name beside `path`: `.{name}.XXXXXXXX.tmp` (hidden; syncs skip it)."""
-    return path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-
-
-def fsync_dir(folder: str | Path) -> None:
-    """Make a rename or link in `folder` durable: the new entry is in the folder, not only the
-    file's data on disk."""
-    fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    except OSError as err:
-        if err.errno not in _NO_DIR_FSYNC_ERRNOS:
-            raise
-    finally:
-        os.close(fd)
-
-
-def write_new_file(path: Path, data: bytes) -> None:
-    """Create `path` (it must not exist) with `data`, fsynced. Mode 0o666 less the umask, as a
-    plain open() gives (mkstemp's 0o600 would hide checkpoints from the group)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write `path` so that a crash leaves the old file or the new one, never half of one: a temp
-    file beside it, fsynced, renamed over it, then the folder fsynced (so the rename survives
-    power loss). A full disk raises disk_full_error naming `path`."""
-    path = Path(path)
-    with reporting_disk_full(path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = temp_path_for(path)
-        try:
-            write_new_file(tmp, data)
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        fsync_dir(path.parent)
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def file_sha256(path: str | Path) -> str:
-    """sha256 of a file's bytes, read in blocks (run.json's file list, the image cache)."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as fh:
-        for block in iter(lambda: fh.read(8 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+from camtrap.storage import atomic_write_bytes
 
 
 def torch_bytes(obj: Any) -> bytes:

@@ -39,6 +39,10 @@ BestMetric = Literal["val_accuracy", "val_loss", "val_log_loss", "val_top3_accur
 DEFAULT_MAX_IMAGE_PIXELS = 50_000_000
 DEFAULT_MAX_IMAGE_BYTES = 50 * 2**20
 
+# Prediction's options, here so that the predict flow's parameters need no torch import.
+TTA_CHOICES = ("none", "hflip")
+DEFAULT_FEATURES_CSV = "test_features.csv"
+
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)

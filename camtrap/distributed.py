@@ -44,7 +44,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DistributedSampler
 
-from camtrap import checkpoint, errors
+from camtrap import errors, storage
 from camtrap.errors import CamtrapError, ConfigError
 
 if TYPE_CHECKING:
@@ -184,7 +184,7 @@ def launch(
     with tempfile.TemporaryDirectory(prefix="camtrap-ddp-") as folder:
         ipc = Path(folder)
         job = (config, Path(data_root), Path(run_dir), cache_root, os.getpid())
-        checkpoint.atomic_write_bytes(ipc / _JOB, pickle.dumps(job))
+        storage.atomic_write_bytes(ipc / _JOB, pickle.dumps(job))
         relay = _Relay(ipc, on_epoch_end)
         relay.start()
         try:
@@ -272,7 +272,7 @@ class _Relay:
             self.error = err
         if self.error is not None:
             answer = f"{type(self.error).__name__}: {self.error}"
-        checkpoint.atomic_write_text(path.with_suffix(".ack"), answer)
+        storage.atomic_write_text(path.with_suffix(".ack"), answer)
 
     def _relay_logs(self) -> None:
         path = self.ipc / _LOG
@@ -299,7 +299,7 @@ class _EpochCourier:
 
     def __call__(self, record: EpochRecord) -> None:
         path = self.ipc / f"epoch-{record.epoch:06d}.pkl"
-        checkpoint.atomic_write_bytes(path, pickle.dumps(record))
+        storage.atomic_write_bytes(path, pickle.dumps(record))
         answer = path.with_suffix(".ack")
         while not answer.exists():
             time.sleep(_POLL_S)
@@ -356,7 +356,7 @@ def _threads_per_rank(group: Group) -> None:
 
 def _report_error(ipc: Path, group: Group, err: CamtrapError) -> None:
     report = {"type": type(err).__name__, "message": str(err)}
-    checkpoint.atomic_write_text(ipc / f"error-rank{group.rank:04d}.json", json.dumps(report))
+    storage.atomic_write_text(ipc / f"error-rank{group.rank:04d}.json", json.dumps(report))
 
 
 def worker_main(ipc: Path) -> int:
@@ -377,7 +377,7 @@ def worker_main(ipc: Path) -> int:
         courier = _EpochCourier(ipc) if group.is_main else None
         result = pipeline.train_here(config, data_root, run_dir, courier, cache_root, group)
         if group.is_main:
-            checkpoint.atomic_write_bytes(ipc / _RESULT, pickle.dumps(result))
+            storage.atomic_write_bytes(ipc / _RESULT, pickle.dumps(result))
         barrier()
     except CamtrapError as err:
         _report_error(ipc, group, err)  # the launcher raises it (rank 0's first)

@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from camtrap import checkpoint, distributed, runfolder
+from camtrap import checkpoint, distributed, runfolder, storage
 from camtrap.augment import TrainAugment
 from camtrap.calibration import CALIBRATED_FROM
 from camtrap.config import RunConfig
@@ -323,13 +323,13 @@ class _Trainer:
         epoch, path = int(row["epoch"]), self.files.best_logloss_model
         self.best_logloss_epoch, self.best_logloss_value = epoch, float(row["log_loss"])
         if path.exists():  # seeded by an earlier resume of this state
-            self.best_logloss_sha256 = checkpoint.file_sha256(path)
+            self.best_logloss_sha256 = storage.file_sha256(path)
         elif epoch == self.completed:
             best = self.model_file(epoch, self._val_metrics(epoch))
             self.best_logloss_sha256 = checkpoint.save_torch(best, path)
         elif epoch == self.best_epoch and self.files.best_model.exists():
             data = self.files.best_model.read_bytes()
-            checkpoint.atomic_write_bytes(path, data)
+            storage.atomic_write_bytes(path, data)
             self.best_logloss_sha256 = hashlib.sha256(data).hexdigest()
         else:
             log.warning(
@@ -436,10 +436,10 @@ class _Trainer:
 
         def write() -> None:
             state_bytes = checkpoint.torch_bytes(state)
-            checkpoint.atomic_write_bytes(self.files.state, state_bytes)
+            storage.atomic_write_bytes(self.files.state, state_bytes)
             runfolder.write_state_info(self.files.root, record.epoch, len(state_bytes))
             for path in best_paths:
-                checkpoint.atomic_write_bytes(path, best_bytes)
+                storage.atomic_write_bytes(path, best_bytes)
             self._write_metrics(history, per_class)
             if on_epoch_end is not None:
                 on_epoch_end(record)
@@ -449,8 +449,8 @@ class _Trainer:
     def _write_metrics(self, history: pd.DataFrame, per_class: pd.DataFrame) -> None:
         if history.empty:
             return
-        checkpoint.atomic_write_text(self.files.epochs_csv, history.to_csv(index=False))
-        checkpoint.atomic_write_text(self.files.per_class_csv, per_class.to_csv(index=False))
+        storage.atomic_write_text(self.files.epochs_csv, history.to_csv(index=False))
+        storage.atomic_write_text(self.files.per_class_csv, per_class.to_csv(index=False))
 
     def _record(self, epoch, train_m, val_m, per_class: pd.DataFrame, counts) -> bool:
         no_steps = dict.fromkeys(STEP_COUNTS, 0)  # evaluation takes no optimizer steps
@@ -473,7 +473,7 @@ def _is_recorded_file(path: Path, sha256: str) -> bool:
     sha256 in CALIBRATED_FROM (same weights, same epoch; camtrap.pipeline.evaluate)."""
     if not path.exists():
         return False
-    if checkpoint.file_sha256(path) == sha256:
+    if storage.file_sha256(path) == sha256:
         return True
     try:
         blob = checkpoint.load_torch(path)

@@ -42,10 +42,9 @@ import numpy as np
 import PIL
 from PIL import Image
 
-from camtrap.checkpoint import atomic_write_text, file_sha256
 from camtrap.errors import DataError, Problem, StorageError
 from camtrap.images import open_rgb
-from camtrap.storage import default_cache_root
+from camtrap.storage import atomic_write_text, default_cache_root, file_sha256
 
 log = logging.getLogger("camtrap")
 

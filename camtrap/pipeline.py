@@ -27,7 +27,7 @@ import torch
 import torchvision
 from torch.utils.data import DataLoader
 
-from camtrap import __version__, checkpoint, distributed, imagecache, runfolder
+from camtrap import __version__, checkpoint, distributed, imagecache, runfolder, storage
 from camtrap.calibration import (
     CALIBRATED_FROM,
     apply_temperature,
@@ -164,7 +164,7 @@ def prepare(config: RunConfig, data: LabelledData, run_dir: Path) -> Path:
         frame, config.data.split, config.data.val_fraction, config.data.split_seed
     )
     columns = ["id", "filepath", "site", "label", "split", "sha256"]
-    checkpoint.atomic_write_text(files.split_csv, frame[columns].to_csv(index=False))
+    storage.atomic_write_text(files.split_csv, frame[columns].to_csv(index=False))
     info = read_run_json(run_dir) or {"started": _utc_now()}
     info.update(
         run_id=run_dir.name,
@@ -317,7 +317,7 @@ def store_temperature(path: Path, temperature: float) -> None:
     blob = checkpoint.load_torch(path)
     if blob.get("temperature") == temperature and blob.get(CALIBRATED_FROM):
         return  # calibrated already (evaluate retried): the same bytes
-    calibrated = with_temperature(blob, temperature, checkpoint.file_sha256(path))
+    calibrated = with_temperature(blob, temperature, storage.file_sha256(path))
     checkpoint.save_torch(calibrated, path)
 
 
@@ -354,9 +354,9 @@ def evaluate(
     _write_predictions(files, val, calibrated)
     preds = best.out.probs.argmax(axis=1)  # the same classes as the calibrated argmax
     cm = confusion_matrix(best.out.targets, preds, val.classes)
-    checkpoint.atomic_write_text(files.confusion_csv, cm.to_csv())
+    storage.atomic_write_text(files.confusion_csv, cm.to_csv())
     per_site = per_site_metrics(best.out.targets, calibrated, val.items["site"].tolist())
-    checkpoint.atomic_write_text(files.per_site_csv, per_site.to_csv(index=False))
+    storage.atomic_write_text(files.per_site_csv, per_site.to_csv(index=False))
     info = read_run_json(run_dir)
     _write_plots(files, cm, info.get("best_epoch"))
     _write_calibration_plot(files, evaluated)
@@ -386,7 +386,7 @@ def _write_predictions(files: RunFiles, val: _ValSplit, probs: np.ndarray) -> No
     predictions = pd.DataFrame(probs, columns=val.classes)
     predictions.insert(0, "label", val.items["label"])
     predictions.insert(0, "id", val.items["id"])
-    checkpoint.atomic_write_text(files.predictions_csv, predictions.to_csv(index=False))
+    storage.atomic_write_text(files.predictions_csv, predictions.to_csv(index=False))
 
 
 def _write_calibration_plot(files: RunFiles, evaluated: dict[str, _Evaluated]) -> None:
@@ -398,7 +398,7 @@ def _write_calibration_plot(files: RunFiles, evaluated: dict[str, _Evaluated]) -
             f"after (T = {e.temperature:.3g})": reliability_table(e.calibrated, targets),
         }
     figure = calibration_figure(panels)
-    checkpoint.atomic_write_bytes(files.plots / "calibration.png", figure_to_png_bytes(figure))
+    storage.atomic_write_bytes(files.plots / "calibration.png", figure_to_png_bytes(figure))
 
 
 def _write_plots(files: RunFiles, cm: pd.DataFrame, best_epoch: int | None) -> None:
@@ -412,7 +412,7 @@ def _write_plots(files: RunFiles, cm: pd.DataFrame, best_epoch: int | None) -> N
         "confusion_matrix.png": confusion_matrix_figure(cm),
     }
     for name, figure in figures.items():
-        checkpoint.atomic_write_bytes(files.plots / name, figure_to_png_bytes(figure))
+        storage.atomic_write_bytes(files.plots / name, figure_to_png_bytes(figure))
 
 
 def record_training(run_dir: Path, result: FitResult) -> None:
@@ -465,7 +465,7 @@ def finalize(run_dir: Path, status: str = "completed", val: dict | None = None) 
         files={
             str(p.relative_to(run_dir)): {
                 "bytes": p.stat().st_size,
-                "sha256": checkpoint.file_sha256(p),
+                "sha256": storage.file_sha256(p),
             }
             for p in outputs
         },

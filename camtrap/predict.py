@@ -25,7 +25,7 @@ import torch
 
 from camtrap import imagecache, runfolder, storage
 from camtrap.calibration import apply_temperature
-from camtrap.config import redact_uri
+from camtrap.config import DEFAULT_FEATURES_CSV, TTA_CHOICES, redact_uri
 from camtrap.data import CachedBatches, DeviceNormalize, make_loader
 from camtrap.engine import precision_for
 from camtrap.engine import predict as run_model
@@ -37,9 +37,7 @@ from camtrap.storage import StorageNotFound
 
 log = logging.getLogger("camtrap")
 
-TTA_CHOICES = ("none", "hflip")
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
-DEFAULT_FEATURES_CSV = "test_features.csv"
 DEFAULT_BATCH_SIZE = 64
 LEAST_CONFIDENT = 10  # ids listed in the flow's artifact
 

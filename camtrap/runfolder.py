@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from camtrap import checkpoint, storage
+from camtrap import storage
 from camtrap.errors import CamtrapError, ConfigError, StorageError
 
 log = logging.getLogger("camtrap")
@@ -156,7 +156,7 @@ def read_run_json(run_dir: str | Path) -> dict[str, Any]:
 
 
 def write_run_json(run_dir: str | Path, info: dict[str, Any]) -> None:
-    checkpoint.atomic_write_text(Path(run_dir) / RUN_JSON, json.dumps(info, indent=2) + "\n")
+    storage.atomic_write_text(Path(run_dir) / RUN_JSON, json.dumps(info, indent=2) + "\n")
 
 
 def remote_status(run_uri: str) -> str:
@@ -255,7 +255,7 @@ def write_state_info(run_dir: str | Path, epoch: int, state_bytes: int) -> None:
     """state/last.json, written after state/last.pt: its epoch, for the resume rule's comparison
     of a local and a remote copy without downloading the state."""
     info = {"epoch": epoch, "bytes": state_bytes}
-    checkpoint.atomic_write_text(Path(run_dir) / STATE_INFO, json.dumps(info) + "\n")
+    storage.atomic_write_text(Path(run_dir) / STATE_INFO, json.dumps(info) + "\n")
 
 
 def epochs_done(run_dir: str | Path) -> int:
@@ -380,7 +380,7 @@ def _check(run_uri: str, rel: str, entry: dict[str, Any], tmp: str) -> str | Non
         storage.download_file(uri, path)
     if path.stat().st_size != entry["bytes"]:
         return f"{rel}: {path.stat().st_size} bytes, run.json says {entry['bytes']}"
-    if checkpoint.file_sha256(path) != entry["sha256"]:
+    if storage.file_sha256(path) != entry["sha256"]:
         return f"{rel}: sha256 differs from run.json"
     return None
 

@@ -17,9 +17,8 @@ from typing import Literal
 
 from prefect import flow, get_run_logger
 
-from camtrap.config import DataConfig
+from camtrap.config import DEFAULT_FEATURES_CSV, TTA_CHOICES, DataConfig
 from camtrap.errors import CamtrapError
-from camtrap.predict import DEFAULT_FEATURES_CSV, TTA_CHOICES
 from camtrap.runfolder import check_run_id, latest_location
 from camtrap.storage import check_data_folder
 from flows.local_prefect import exit_status, prepare_temporary_server

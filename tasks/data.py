@@ -15,7 +15,7 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from camtrap import imagecache, pipeline, runfolder, storage
+from camtrap import imagecache, runfolder, storage
 from camtrap.config import DataConfig, RunConfig
 from tasks.common import (
     CODE_AND_INPUTS,
@@ -182,6 +182,8 @@ def validate_and_split(
     """Validate the dataset (every problem at once: DataError, not retried), derive the run id
     (config + data fingerprint), and start the run folder in output_uri with split.csv and a
     `running` run.json. A finished run is left untouched."""
+    from camtrap import pipeline  # loads torch: here, not at the top (tasks/__init__.py)
+
     with library_logs():
         if config.data.cache_mirror:
             pull_image_cache(config, output_uri)
@@ -242,6 +244,8 @@ def cache_images(
     are copied, not decoded again), checked against its sha256. Not cached by Prefect:
     reusing an intact cache is this task's fast path. With data.cache_mirror the pack is also
     kept under {output_uri}/cache/, for workers on other machines (see `pull_image_cache`)."""
+    from camtrap import pipeline  # loads torch: here, not at the top (tasks/__init__.py)
+
     with library_logs():
         report = pipeline.cache_images(config, Path(run.local_dir), Path(snapshot.root))
         if config.data.cache_mirror:

@@ -10,7 +10,7 @@ from pathlib import Path
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from camtrap import pipeline, runfolder
+from camtrap import runfolder
 from camtrap.config import RunConfig
 from tasks.common import (
     IO_TASK,
@@ -24,6 +24,8 @@ from tasks.common import (
 
 @task(name="evaluate", cache_policy=NO_CACHE, timeout_seconds=2 * 3600, **IO_TASK)
 def evaluate(config: RunConfig, snapshot: DataSnapshot, run: RunRef) -> ValMetrics:
+    from camtrap import pipeline  # loads torch: here, not at the top (tasks/__init__.py)
+
     run_dir = Path(run.local_dir)
     with library_logs(), holding_lease(run):
         runfolder.reconcile(run.run_uri, run_dir)

@@ -20,12 +20,10 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict
 
-from camtrap import predict as library
 from camtrap import runfolder, storage
 from camtrap.config import redact_uri
 from camtrap.errors import StorageError
 from camtrap.labels import ImageLimits
-from camtrap.models import load_model
 from tasks.common import CODE_AND_INPUTS, IO_TASK, DataSnapshot, artifact_key, library_logs
 
 log = logging.getLogger("camtrap")
@@ -71,9 +69,11 @@ class PredictionsRef(_Model):
 def resolve_model(model_uri: str) -> ModelRef:
     """The model file behind `model_uri` (latest.json moves: never cached), fetched to this
     machine (kept while its ETag is the same) and read for its image size and temperature."""
+    from camtrap import predict as library  # loads torch: here, not at the top (tasks/__init__.py)
+
     with library_logs():
         uri = runfolder.resolve_model_uri(model_uri)
-        _, meta = load_model(library.local_model_file(uri))
+        _, meta = library.load(library.local_model_file(uri), device="cpu")
         limits = library.image_limits(meta)
         ref = ModelRef(
             model_uri=uri,
@@ -116,6 +116,8 @@ def validate_features(
 ) -> FeaturesRef:
     """The features CSV and its images checked as for training (every problem at once:
     DataError, not retried); images new to the image cache are decoded into it here."""
+    from camtrap import predict as library  # loads torch: here, not at the top (tasks/__init__.py)
+
     limits = ImageLimits(max_image_bytes, max_image_pixels)
     with library_logs():
         data = library.validate(Path(snapshot.root), features_csv, image_size, limits)
@@ -131,6 +133,8 @@ def predictions_uri(
     output_uri: str, model: ModelRef, features: FeaturesRef, tta: str, calibration: bool
 ) -> str:
     """{output_uri}/predictions/{run_id}/{fingerprint}.csv (see library.prediction_name)."""
+    from camtrap import predict as library  # loads torch: here, not at the top (tasks/__init__.py)
+
     name = library.prediction_name(features.fingerprint, tta, calibration, model.file_name)
     return storage.join(output_uri, "predictions", model.run_id, name)
 
@@ -141,6 +145,8 @@ def predict(
 ) -> PredictionsRef:
     """The model's probabilities for every photo, written to `predictions_uri` in one write; a
     file already there (same run, data and options) is reused."""
+    from camtrap import predict as library  # loads torch: here, not at the top (tasks/__init__.py)
+
     target = predictions_uri(output_uri, model, features, tta, calibration)
     ref = PredictionsRef(output_uri=target, rows=features.images, reused=True, tta=tta,
                          calibration=calibration)  # fmt: skip
@@ -183,6 +189,8 @@ def report_predictions(predictions: PredictionsRef, model: ModelRef) -> str:
 
 
 def predictions_markdown(predictions: PredictionsRef, model: ModelRef, frame: pd.DataFrame) -> str:
+    from camtrap import predict as library  # loads torch: here, not at the top (tasks/__init__.py)
+
     counts = library.class_counts(frame)
     lowest = library.least_confident(frame)
     temperature = (

@@ -10,7 +10,7 @@ from pathlib import Path
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from camtrap import pipeline, runfolder, storage
+from camtrap import runfolder, storage
 from tasks import artifacts
 from tasks.common import IO_TASK, RunRef, ValMetrics, holding_lease, library_logs
 
@@ -23,6 +23,8 @@ def publish(run: RunRef, val: ValMetrics) -> str:
     file, so a finished run.json means a complete folder), {output_uri}/{stage}/latest.json
     pointed at it, then the summary artifacts.
     Returns the URI of run.json."""
+    from camtrap import pipeline  # loads torch: here, not at the top (tasks/__init__.py)
+
     run_dir = Path(run.local_dir)
     with library_logs():
         with holding_lease(run, release=True):  # the run's last write

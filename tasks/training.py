@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from camtrap import models, pipeline, runfolder
+from camtrap import runfolder
 from camtrap.config import RunConfig
 from camtrap.errors import StorageError
-from camtrap.fit import EpochRecord
 from tasks import artifacts
 from tasks.common import (
     IO_TASK,
@@ -30,6 +30,9 @@ from tasks.common import (
     retry_unless_user_error,
 )
 from tasks.gpu import train_timeout_s
+
+if TYPE_CHECKING:
+    from camtrap.fit import EpochRecord
 
 log = logging.getLogger("camtrap")
 
@@ -81,6 +84,8 @@ class EpochPublisher:
 )
 def train(config: RunConfig, snapshot: DataSnapshot, run: RunRef) -> TrainSummary:
     """Train (or resume) the run; its folder in output_uri holds every epoch's state."""
+    from camtrap import pipeline  # loads torch: here, not at the top (tasks/__init__.py)
+
     run_dir = Path(run.local_dir)
     with library_logs(), holding_lease(run) as lease:
         moved = runfolder.reconcile(run.run_uri, run_dir)
@@ -109,5 +114,7 @@ def resolve_init_from(config: RunConfig) -> RunConfig:
     """model.init_from (a run folder, a stage's latest.json) resolved to the model file it names
     now, before the run id is derived from the config: a new part1 run is a new part2 run. Not
     cached: the pointer moves."""
+    from camtrap import models  # loads torch: here, not at the top (tasks/__init__.py)
+
     with library_logs():
         return models.resolve_init_from(config)

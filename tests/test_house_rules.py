@@ -38,6 +38,20 @@ def test_importing_the_library_does_not_load_prefect():
     assert out.stdout.strip() == "False"
 
 
+@pytest.mark.slow  # a second Python process: a few seconds
+def test_importing_a_flow_does_not_load_torch():
+    # `prefect deploy` imports every flow's module, as does a flow run that stops at a refused
+    # argument or is served from the caches: torch & co. cost 7 CPU-seconds of its 10.
+    code = (
+        "import sys, flows.train_swin, flows.predict_swin, flows.watch_data, flows.alerts; "
+        "print(sorted(m for m in ('torch', 'torchvision', 'matplotlib') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "[]"
+
+
 def test_every_torch_load_is_weights_only():
     unsafe = []
     for path in [

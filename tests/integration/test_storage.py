@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from camtrap import checkpoint, storage
+from camtrap import storage
 from camtrap.errors import StorageError
 
 
@@ -314,7 +314,7 @@ def test_runs_verify_checks_a_run_in_s3(s3_server, bucket, tmp_path):
     _write(run / "a.txt", b"alpha")
     _write(run / "state" / "last.pt", b"state")
     files = {rel: {"bytes": (run / rel).stat().st_size,
-                   "sha256": checkpoint.file_sha256(run / rel)}
+                   "sha256": storage.file_sha256(run / rel)}
              for rel in ("a.txt", "state/last.pt")}  # fmt: skip
     runfolder.write_run_json(run, {"status": "completed", "files": files})
     uri = f"s3://{bucket}/runs/smoke/r1"

@@ -8,7 +8,7 @@ import hashlib
 import pandas as pd
 import pytest
 
-from camtrap import checkpoint
+from camtrap import checkpoint, storage
 from camtrap.calibration import CALIBRATED_FROM
 from camtrap.fit import _is_recorded_file
 from camtrap.models import ModelMeta, build_model, load_model, model_file_dict
@@ -28,7 +28,7 @@ def model_file(tmp_path):
 def test_a_calibrated_file_is_still_the_one_the_state_records(model_file):
     path, trained_sha256 = model_file
     store_temperature(path, 1.5)
-    assert checkpoint.file_sha256(path) != trained_sha256  # rewritten...
+    assert storage.file_sha256(path) != trained_sha256  # rewritten...
     assert _is_recorded_file(path, trained_sha256)  # ...yet recognised
     assert load_torch_key(path, CALIBRATED_FROM) == trained_sha256
     _, meta = load_model(path)
@@ -47,9 +47,9 @@ def test_another_file_is_not_the_recorded_one(model_file, tmp_path):
 def test_calibrating_again_keeps_the_trained_sha256(model_file):
     path, trained_sha256 = model_file
     store_temperature(path, 1.5)
-    calibrated = checkpoint.file_sha256(path)
+    calibrated = storage.file_sha256(path)
     store_temperature(path, 1.5)  # evaluate retried: nothing to change
-    assert checkpoint.file_sha256(path) == calibrated
+    assert storage.file_sha256(path) == calibrated
     store_temperature(path, 0.8)  # a new fit (e.g. the run was extended, the best unchanged)
     assert load_torch_key(path, "temperature") == 0.8
     assert _is_recorded_file(path, trained_sha256)

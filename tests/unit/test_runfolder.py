@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from camtrap import checkpoint, runfolder
+from camtrap import checkpoint, runfolder, storage
 from camtrap.errors import ConfigError, StorageError
 from camtrap.runfolder import RunBusy, RunLease
 
@@ -93,10 +93,10 @@ def test_a_finished_run_is_up_to_date_unless_more_epochs_are_asked():
 # --- the resume rule: newest state wins ---------------------------------------------------------
 def _save_state(run_dir: Path, epoch: int, files: dict[str, str] = {}) -> None:  # noqa: B006
     data = checkpoint.torch_bytes({"epoch": epoch, "model": {"w": torch.full((2,), epoch)}})
-    checkpoint.atomic_write_bytes(run_dir / "state" / "last.pt", data)
+    storage.atomic_write_bytes(run_dir / "state" / "last.pt", data)
     runfolder.write_state_info(run_dir, epoch, len(data))
     for name, text in files.items():
-        checkpoint.atomic_write_text(run_dir / name, text)
+        storage.atomic_write_text(run_dir / name, text)
 
 
 def test_epochs_done_reads_the_state(tmp_path):
@@ -135,18 +135,18 @@ def test_remote_copy_ahead_replaces_the_local_one(tmp_path):
 
 def test_fresh_machine_gets_the_remote_files(tmp_path):
     remote, local = tmp_path / "remote", tmp_path / "local"
-    checkpoint.atomic_write_text(remote / "split.csv", "s")
+    storage.atomic_write_text(remote / "split.csv", "s")
     assert runfolder.reconcile(str(remote), local) == "same"
     assert (local / "split.csv").read_text() == "s"
 
 
 # --- verification -------------------------------------------------------------------------------
 def _finished(run_dir: Path) -> None:
-    checkpoint.atomic_write_text(run_dir / "a.txt", "alpha")
-    checkpoint.atomic_write_text(run_dir / "m" / "b.txt", "beta")
+    storage.atomic_write_text(run_dir / "a.txt", "alpha")
+    storage.atomic_write_text(run_dir / "m" / "b.txt", "beta")
     files = {
         rel: {"bytes": (run_dir / rel).stat().st_size,
-              "sha256": checkpoint.file_sha256(run_dir / rel)}
+              "sha256": storage.file_sha256(run_dir / rel)}
         for rel in ("a.txt", "m/b.txt")
     }  # fmt: skip
     runfolder.write_run_json(run_dir, {"status": "completed", "files": files})
