@@ -29,6 +29,28 @@ from camtrap.errors import ConfigError
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
+# The supported archs (torchvision builders): arch -> dotted name of its classification head, the
+# Linear layer camtrap.models replaces for our classes. Here, not in models: validating a config
+# must not import torch (a flow checks its arguments before any work).
+HEADS: dict[str, str] = {
+    "swin_t": "head",
+    "swin_s": "head",
+    "swin_b": "head",
+    "swin_v2_t": "head",
+    "resnet18": "fc",
+    "resnet34": "fc",
+    "resnet50": "fc",
+    "convnext_tiny": "classifier.2",
+    "convnext_small": "classifier.2",
+    "efficientnet_b0": "classifier.1",
+    "efficientnet_b3": "classifier.1",
+    "efficientnet_v2_s": "classifier.1",
+    # 1.5M parameters (6 MB files): CPU-only machines and edge devices; the tests' tiny runs
+    "mobilenet_v3_small": "classifier.3",
+    "vit_b_16": "heads.head",
+}
+SUPPORTED_ARCHS = tuple(HEADS)
+
 BestMetric = Literal["val_accuracy", "val_loss", "val_log_loss", "val_top3_accuracy"]
 
 # Images larger than these are refused at validation, before their pixels are decoded: a
@@ -84,10 +106,6 @@ class ModelConfig(_Section):
     @field_validator("arch")
     @classmethod
     def _known_arch(cls, arch: str) -> str:
-        from camtrap.models import (
-            SUPPORTED_ARCHS,
-        )  # local: models imports torch, config must stay light
-
         if arch not in SUPPORTED_ARCHS:
             raise ValueError(f"unknown arch {arch!r}; choose one of {', '.join(SUPPORTED_ARCHS)}")
         return arch

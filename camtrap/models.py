@@ -19,30 +19,11 @@ from torch import nn
 from torchvision.ops import StochasticDepth
 
 from camtrap import runfolder, storage
-from camtrap.config import RunConfig, redact_text, redact_uri
+from camtrap.config import HEADS, SUPPORTED_ARCHS, RunConfig, redact_text, redact_uri
 from camtrap.errors import ConfigError, StorageError
 
 log = logging.getLogger("camtrap")
 
-# arch -> dotted name of its classification head (the Linear layer replaced for our classes)
-HEADS: dict[str, str] = {
-    "swin_t": "head",
-    "swin_s": "head",
-    "swin_b": "head",
-    "swin_v2_t": "head",
-    "resnet18": "fc",
-    "resnet34": "fc",
-    "resnet50": "fc",
-    "convnext_tiny": "classifier.2",
-    "convnext_small": "classifier.2",
-    "efficientnet_b0": "classifier.1",
-    "efficientnet_b3": "classifier.1",
-    "efficientnet_v2_s": "classifier.1",
-    # 1.5M parameters (6 MB files): CPU-only machines and edge devices; the tests' tiny runs
-    "mobilenet_v3_small": "classifier.3",
-    "vit_b_16": "heads.head",
-}
-SUPPORTED_ARCHS = tuple(HEADS)
 TORCHVISION_WEIGHTS = ("IMAGENET1K_V1", "IMAGENET1K_V2", "DEFAULT")
 
 

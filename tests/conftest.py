@@ -51,8 +51,11 @@ def pytest_configure(config) -> None:
         os.environ["PREFECT_HOME"] = str(Path(home) / worker)
 
 
-# Minutes alone on 2 cores, far longer than any other test: started first.
-LONGEST_TESTS = {"test_smoke_preset_clearly_learns_the_demo_data"}
+# The longest tests (a minute or more on 2 busy cores): started first.
+LONGEST_TESTS = {
+    "test_camtrap_demo_on_a_fresh_machine_waits_for_a_slow_first_migration",
+    "test_smoke_preset_clearly_learns_the_demo_data",
+}
 
 
 def pytest_collection_modifyitems(config, items) -> None:

@@ -40,10 +40,13 @@ def test_importing_the_library_does_not_load_prefect():
 
 @pytest.mark.slow  # a second Python process: a few seconds
 def test_importing_a_flow_does_not_load_torch():
-    # `prefect deploy` imports every flow's module, as does a flow run that stops at a refused
-    # argument or is served from the caches: torch & co. cost 7 CPU-seconds of its 10.
+    # `prefect deploy` imports every flow's module, and a flow run validates its config before
+    # any task, also when it stops at a refused argument or is served from the caches: torch &
+    # co. would cost 7 CPU-seconds of its 10.
     code = (
         "import sys, flows.train_swin, flows.predict_swin, flows.watch_data, flows.alerts; "
+        "from camtrap.config import build_config; "
+        "build_config('part1', None, {'model.arch': 'resnet18'}); "
         "print(sorted(m for m in ('torch', 'torchvision', 'matplotlib') if m in sys.modules))"
     )
     out = subprocess.run(

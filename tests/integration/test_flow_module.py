@@ -48,42 +48,6 @@ def test_module_exits_2_naming_a_missing_data_folder(tmp_path):
     assert errors[0].startswith(f"error: {tmp_path / 'nowhere'} is not a folder — fix: ")
 
 
-@pytest.mark.slow
-@pytest.mark.usefixtures("migrated_prefect_home")  # its database made once, not migrated here
-def test_camtrap_demo_runs_the_flow_end_to_end(tmp_path):
-    # The README's Run command, made tiny: demo data + the flow with a temporary Prefect server
-    # (a first start from nothing: test_first_run_on_a_fresh_machine_...).
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "AWS_"))}
-    env.update(PREFECT_HOME=str(tmp_path / "prefect-home"), CAMTRAP_CACHE_DIR=str(tmp_path / "c"))
-    camtrap = Path(sys.executable).parent / "camtrap"
-    args = [a for a in TINY_ARGS if a not in ("--preset", "smoke")]
-    proc = subprocess.run(
-        [str(camtrap), "demo", "--dir", str(tmp_path / "demo"), "--per-class", "4", *args],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    stage = tmp_path / "demo" / "runs" / "smoke"
-    runs = [p for p in stage.iterdir() if p.is_dir() and p.name[0] != "."]  # not .leases
-    assert len(runs) == 1 and runs[0].name.startswith("smoke-")
-    assert list((stage / ".leases").iterdir()) == []  # released when the flow ended
-    info = json.loads((runs[0] / "run.json").read_text())
-    assert info["status"] == "completed" and len(info["classes"]) == 8
-    assert "Flow run" in proc.stderr + proc.stdout  # it went through Prefect, not the library alone
-    # The summary a first-time user reads: where the run is, how good, what to open, the UI.
-    summary = proc.stdout.splitlines()
-    assert f"Run folder: {runs[0]}" in summary
-    val = info["val"]
-    best = f"val accuracy {val['accuracy']:.4f}, val log loss {val['log_loss']:.4f}"
-    assert f"Best epoch {info['best_epoch']} of 2: {best}" in summary
-    for name in (
-        "metrics/epochs.csv",
-        "plots/curves.png",
-        "final_mobilenet_v3_small_model_smoke_best.pth",
-    ):
-        assert any(line.startswith(f"  {name}  ") for line in summary), name
-    assert any("server start`, then open http://127.0.0.1:4200" in line for line in summary)
-
-
 # --- a brand-new machine: Prefect's temporary server creates its database on its first start ---
 
 # Put on PYTHONPATH, it runs at the start of every Python process of the test (the flow, the
@@ -129,26 +93,47 @@ def _slow(tmp_path: Path, **env: str) -> dict[str, str]:
 
 
 @pytest.mark.slow
-def test_first_run_on_a_fresh_machine_waits_for_a_slow_first_migration(demo_dir, tmp_path):
-    # The laptop path: `python -m flows.train_swin` on local folders, no server configured.
-    # Seen: a fresh PREFECT_HOME on 2 busy cores; the temporary server migrated its database for
-    # longer than Prefect's 20 s startup deadline and the run died with "Timed out ...".
-    db = tmp_path / "prefect-home" / "prefect.db"
-    env = _slow(tmp_path, SLOW_FIRST_MIGRATION_DB=str(db))
-    out = tmp_path / "runs"
-    proc = _run_module(["--data", str(demo_dir), "--out", str(out), *TINY_ARGS], tmp_path, env)
+def test_camtrap_demo_on_a_fresh_machine_waits_for_a_slow_first_migration(tmp_path):
+    # The README's Run command, made tiny, where Prefect never ran: no PREFECT_* settings, a new
+    # PREFECT_HOME. Seen: on 2 busy cores the temporary server migrated its new database for
+    # longer than Prefect's 20 s startup deadline; the run died with "Timed out ...".
+    home = tmp_path / "prefect-home"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "AWS_"))}
+    env.update(PREFECT_HOME=str(home), CAMTRAP_CACHE_DIR=str(tmp_path / "cache"))
+    env.update(_slow(tmp_path, SLOW_FIRST_MIGRATION_DB=str(home / "prefect.db")))
+    camtrap = Path(sys.executable).parent / "camtrap"
+    args = [a for a in TINY_ARGS if a not in ("--preset", "smoke")]
+    proc = subprocess.run(
+        [str(camtrap), "demo", "--dir", str(tmp_path / "demo"), "--per-class", "4", *args],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Timed out" not in proc.stdout + proc.stderr
-    assert (tmp_path / "prefect-home" / "prefect.db.slowed").is_file()  # it was slow
-    # ... and ran the flow on the local folders: the run folder, complete, as the last line
-    run_dir = Path(proc.stdout.strip().splitlines()[-1])
-    assert run_dir.parent == out / "smoke" and run_dir.name.startswith("smoke-")
-    info = json.loads((run_dir / "run.json").read_text())
-    assert info["status"] == "completed"
-    assert all((run_dir / name).is_file() for name in info["files"])
-    assert (run_dir / "final_mobilenet_v3_small_model_smoke_best.pth").is_file()
+    assert (home / "prefect.db.slowed").is_file()  # it was slow
+    assert "Flow run" in proc.stderr + proc.stdout  # it went through Prefect, not the library alone
+    # ... and ran the flow (`python -m flows.train_swin`) on the local folders, complete
+    stage = tmp_path / "demo" / "runs" / "smoke"
+    runs = [p for p in stage.iterdir() if p.is_dir() and p.name[0] != "."]  # not .leases
+    assert len(runs) == 1 and runs[0].name.startswith("smoke-")
+    assert list((stage / ".leases").iterdir()) == []  # released when the flow ended
+    info = json.loads((runs[0] / "run.json").read_text())
+    assert info["status"] == "completed" and len(info["classes"]) == 8
+    assert all((runs[0] / name).is_file() for name in info["files"])
     # local data and outputs are used in place: the cache holds only the decoded images
     assert [p.name for p in (tmp_path / "cache").iterdir()] == ["images"]
+    # The summary a first-time user reads: where the run is, how good, what to open, the UI.
+    summary = proc.stdout.splitlines()
+    assert f"Run folder: {runs[0]}" in summary
+    val = info["val"]
+    best = f"val accuracy {val['accuracy']:.4f}, val log loss {val['log_loss']:.4f}"
+    assert f"Best epoch {info['best_epoch']} of 2: {best}" in summary
+    for name in (
+        "metrics/epochs.csv",
+        "plots/curves.png",
+        "final_mobilenet_v3_small_model_smoke_best.pth",
+    ):
+        assert any(line.startswith(f"  {name}  ") for line in summary), name
+    assert any("server start`, then open http://127.0.0.1:4200" in line for line in summary)
 
 
 @pytest.mark.slow
