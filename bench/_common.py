@@ -29,7 +29,7 @@ import psutil
 import torch.utils.data
 from PIL import Image
 
-from camtrap import pipeline
+from camtrap import runfolder, stages
 from camtrap.demo import SEED_CLASSES
 from camtrap.images import open_rgb
 
@@ -231,23 +231,23 @@ def delta_rows(store: Path) -> dict[str, int]:
 
 
 def data_stages(config: Any, data_root: Path, runs_root: Path) -> Stages:
-    """camtrap's data stages on a local folder (no fetch), each timed: pipeline.validate (which
-    decodes images the cache has not seen into a delta pack), pipeline.prepare (split.csv) and
-    pipeline.cache_images (the dataset's pack). The run folder is runs_root/{run id}, the id
+    """camtrap's data stages on a local folder (no fetch), each timed: stages.validate (which
+    decodes images the cache has not seen into a delta pack), stages.prepare (split.csv) and
+    stages.cache_images (the dataset's pack). The run folder is runs_root/{run id}, the id
     derived from the config and the data as `camtrap run` derives it: unchanged data, same
     folder."""
-    from camtrap import imagecache, pipeline
+    from camtrap import imagecache, stages
 
     store = imagecache.store_dir(config.data.image_size)
     before = delta_rows(store)
     with Timer() as validate:
-        data = pipeline.validate(config, data_root)
+        data = stages.validate(config, data_root)
     new_deltas = {k: v for k, v in delta_rows(store).items() if k not in before}
-    run_dir = Path(runs_root) / pipeline.run_id_for(config, data)
+    run_dir = Path(runs_root) / runfolder.run_id_for(config, data.fingerprint)
     with Timer() as prepare:
-        pipeline.prepare(config, data, run_dir)
+        stages.prepare(config, data, run_dir)
     with Timer() as cache:
-        report = pipeline.cache_images(config, run_dir, data_root)
+        report = stages.cache_images(config, run_dir, data_root)
     return Stages(
         data,
         run_dir,
@@ -261,7 +261,7 @@ def data_stages(config: Any, data_root: Path, runs_root: Path) -> Stages:
 
 def split_items(run_dir: Path, pack: Any, classes: Sequence[str]) -> pd.DataFrame:
     """split.csv with each image's row in `pack` and its class index: what fit.fit takes."""
-    items, found = pipeline.split_items(Path(run_dir), pack)
+    items, found = stages.split_items(Path(run_dir), pack)
     assert list(found) == list(classes), (found, classes)
     return items
 

@@ -42,7 +42,7 @@ from _common import (
 from torch.utils.data import DataLoader
 
 from camtrap.config import build_config
-from camtrap.data import CachedBatches, DeviceNormalize, make_loader, seed_transform
+from camtrap.loader import CachedBatches, DeviceNormalize, make_loader, seed_transform
 
 
 def parse_args() -> argparse.Namespace:

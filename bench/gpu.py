@@ -5,12 +5,12 @@ Measured (each configuration on a fresh model, `models.build_model("swin_t", 8, 
 
   train images/s   camtrap.engine.train_one_epoch (autocast + GradScaler as configured by
                    precision_for / make_scaler, AdamW): --warmup steps, then --steps timed
-  eval images/s    camtrap.engine.predict, the same way (batch = the train batch)
+  eval images/s    camtrap.engine.infer, the same way (batch = the train batch)
   MFU              model FLOPs per step (torch.utils.flop_counter.FlopCounterMode, counted once
                    per image in eager mode and scaled by the batch) / step time / the GPU's peak
                    dense bf16/fp16 TFLOPS (a table by GPU name: H100/H200 989; --peak-tflops
                    for another GPU)
-  peak MiB         camtrap.engine.memory_report after the configuration (peak allocated)
+  peak MiB         camtrap.device.memory_report after the configuration (peak allocated)
 
 over batch 64/128/256 x fp16 + GradScaler / bf16 x channels_last on/off (eager), and
 torch.compile on/off for --compile-batch (channels_last on; bf16, plus fp16 with
@@ -43,15 +43,9 @@ from _common import Timer, cold_cache_dir, data_stages, emit, split_items, temp_
 from torch.utils.flop_counter import FlopCounterMode
 
 from camtrap.config import build_config
-from camtrap.data import CachedBatches, DeviceNormalize, make_loader
-from camtrap.engine import (
-    forward_loss,
-    make_scaler,
-    memory_report,
-    precision_for,
-    predict,
-    train_one_epoch,
-)
+from camtrap.device import make_scaler, memory_report, precision_for
+from camtrap.engine import forward_loss, infer, train_one_epoch
+from camtrap.loader import CachedBatches, DeviceNormalize, make_loader
 from camtrap.models import build_model
 
 # Peak dense bf16/fp16 tensor TFLOPS (no sparsity), by a name torch.cuda.get_device_name() holds.
@@ -136,7 +130,7 @@ def measure(
     channels_last: bool,
     compiled: bool,
 ) -> dict[str, Any]:
-    """Train and eval images/s of one configuration, through train_one_epoch and predict."""
+    """Train and eval images/s of one configuration, through train_one_epoch and infer."""
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
@@ -162,7 +156,7 @@ def measure(
     def evaluate(steps: int) -> float:
         sync(device)
         started = time.perf_counter()
-        predict(forward_model, [(x, y)] * steps, same, precision)
+        infer(forward_model, [(x, y)] * steps, same, precision)
         sync(device)
         return time.perf_counter() - started
 

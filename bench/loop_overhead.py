@@ -50,8 +50,8 @@ from torch import nn
 
 from camtrap import fit
 from camtrap.config import RunConfig, build_config
-from camtrap.data import DeviceNormalize, EpochShuffle
 from camtrap.imagecache import Pack
+from camtrap.loader import DeviceNormalize, EpochShuffle
 from camtrap.models import build_model
 
 

@@ -1,8 +1,8 @@
 """What a rerun costs: camtrap's data stages on a cold cache vs on unchanged data vs on 1% more.
 
 The data stages are those of `camtrap run` before training, on a local folder (no fetch):
-pipeline.validate (reads and hashes every image; decodes those the cache has not seen, into a
-delta pack), pipeline.prepare (split.csv, run.json) and pipeline.cache_images (the dataset's
+stages.validate (reads and hashes every image; decodes those the cache has not seen, into a
+delta pack), stages.prepare (split.csv, run.json) and stages.cache_images (the dataset's
 uint8 pack: reused if present and intact, else copied from other packs plus decoded). Three
 passes over one generated dataset (960x540 and 640x360 JPEGs), each timed in full:
 

@@ -60,8 +60,8 @@ from torch.utils.data import DataLoader
 
 from camtrap import fit, runfolder
 from camtrap.config import RunConfig, build_config
-from camtrap.data import seed_transform
 from camtrap.imagecache import Pack
+from camtrap.loader import seed_transform
 from camtrap.models import build_model
 
 

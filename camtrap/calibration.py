@@ -6,7 +6,6 @@ the reliability table behind it. Compute only, no I/O."""
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -20,9 +19,6 @@ T_MIN, T_MAX = 0.05, 20.0
 _SEARCH_STEPS = 80  # golden-section steps on log T: the bracket shrinks to ~1e-16 of its width
 _GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0
 LOG_LOSS_EPS = 1e-15  # as camtrap.metrics.log_loss clips p_true
-# The model-file key that names the file a calibration rewrote: its sha256 as training wrote it
-# (state/last.pt records that sha256, so a resume recognises the calibrated file as the same).
-CALIBRATED_FROM = "calibrated_from"
 RELIABILITY_COLUMNS = ("bin", "lower", "upper", "confidence", "accuracy", "count")
 
 
@@ -129,14 +125,3 @@ def expected_calibration_error(probs: np.ndarray, targets: np.ndarray, bins: int
     used = table[table["count"] > 0]
     gap = (used["accuracy"] - used["confidence"]).abs()
     return float((used["count"] * gap).sum() / used["count"].sum())
-
-
-def with_temperature(model_file: dict[str, Any], temperature: float, sha256: str) -> dict[str, Any]:
-    """A model file's dict with `temperature` set. `sha256` is the file's as it is now; the
-    file as training wrote it stays named in CALIBRATED_FROM (kept from an earlier calibration),
-    so calibrating again never loses the link to the state's record."""
-    return {
-        **model_file,
-        "temperature": float(temperature),
-        CALIBRATED_FROM: model_file.get(CALIBRATED_FROM) or sha256,
-    }

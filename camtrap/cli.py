@@ -1,31 +1,35 @@
-"""`camtrap` command line: demo-data, validate, train, predict, demo, runs verify.
+"""The library's command line: demo-data, validate, train, predict, runs verify.
 
-User errors (bad data, config, paths) print a plain report and exit 2 — never a traceback."""
+The `camtrap` console script is flows.cli: these commands plus `demo`, which runs the Prefect
+flow (the library never imports Prefect). User errors (bad data, config, paths) print a plain
+report and exit 2 — never a traceback."""
 
 from __future__ import annotations
 
 import argparse
 import logging
-import os
-import subprocess
 import sys
-import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from camtrap.config import PRESETS, build_config
+from camtrap.config import FEATURES_CSV, LABELS_CSV, PRESETS, TEST_FEATURES_CSV, build_config
 from camtrap.errors import CamtrapError, ConfigError
 
 if TYPE_CHECKING:
-    from camtrap.pipeline import RunSummary
+    from camtrap.stages import RunSummary
+
+# Adds commands to the parser's subcommands (flows.cli adds `demo`).
+AddCommands = Callable[[argparse._SubParsersAction], None]
 
 log = logging.getLogger("camtrap")
 
+DESCRIPTION = "Train camera-trap species classifiers and label new photos with them."
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
 
 
-def _setup_logging(verbose: bool) -> None:
+def setup_logging(verbose: bool) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(message)s", "%H:%M:%S"))
     log.handlers[:] = [handler]
@@ -42,14 +46,15 @@ def _cmd_demo_data(args: argparse.Namespace) -> int:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from camtrap.labels import validate_dataset
+    from camtrap.dataset import validate_dataset
 
     root = args.data
     if "://" in root:  # s3://bucket/prefix: fetch (ETag-cached) and check the local copy
-        from camtrap import storage
+        from camtrap.dataset import fetch_dataset
+        from camtrap.storage.uris import local_copy
 
-        cache = storage.cache_path_for(root, storage.default_cache_root() / "data")
-        root = storage.fetch_dataset(root, cache, args.features_csv, args.labels_csv)
+        cache = local_copy(root, "data")
+        root = fetch_dataset(root, cache, args.features_csv, args.labels_csv)
     data, problems = validate_dataset(root, args.features_csv, args.labels_csv)
     if problems:
         from camtrap.errors import DataError
@@ -74,10 +79,11 @@ def _refuse_uris(**locations: str) -> None:
             )
 
 
-def _run_library(
-    data: Path, out: Path, preset: str, config_file, overrides, run_id, force
+def run_library(
+    data: Path, out: Path, preset: str, config_file, overrides, run_id=None, force=False
 ) -> RunSummary:
-    from camtrap.pipeline import run_all
+    """Validate, split, train, evaluate and finalize one run with the library alone."""
+    from camtrap.stages import run_all
 
     config = build_config(preset, config_file, overrides)
     return run_all(config, data, out, run_id=run_id, force=force)
@@ -86,7 +92,7 @@ def _run_library(
 def _cmd_train(args: argparse.Namespace) -> int:
     _refuse_uris(data=args.data, out=args.out)
     overrides = [*args.set, *([f"train.nproc={args.nproc}"] if args.nproc else [])]
-    summary = _run_library(
+    summary = run_library(
         Path(args.data), Path(args.out), args.preset, args.config, overrides, args.run_id,
         args.force,
     )  # fmt: skip
@@ -126,54 +132,7 @@ def _cmd_runs_verify(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_demo(args: argparse.Namespace) -> int:
-    from camtrap.demo import write_demo_dataset
-    from camtrap.report import run_summary
-
-    data, runs = Path(args.dir) / "data", Path(args.dir) / "runs"
-    if not (data / "train_labels.csv").exists():
-        write_demo_dataset(data, per_class=args.per_class, seed=0)
-        log.info("wrote demo data to %s", data)
-    if args.no_prefect:
-        summary = _run_library(data, runs, "smoke", None, args.set, None, False)
-        print(run_summary(summary.run_dir))
-        return 0
-    code, run_dir = _run_flow_module(data, runs, args.set)
-    if code == 0 and run_dir is not None:
-        print(run_summary(run_dir, _prefect_command(), os.environ.get("PREFECT_API_URL")))
-    return code
-
-
-def _run_flow_module(data: Path, runs: Path, overrides: list[str]) -> tuple[int, Path | None]:
-    """The flow `train-swin` (preset smoke) in a child process: the library itself never imports
-    Prefect. With no server configured, the child starts a temporary one. Returns the child's
-    exit status and the run folder it printed last (None when it failed)."""
-    command = [sys.executable, "-m", "flows.train_swin", "--data", str(data), "--out", str(runs),
-               "--preset", "smoke", *[arg for s in overrides for arg in ("--set", s)]]  # fmt: skip
-    # A laptop demo sends nothing anywhere: no analytics from the temporary server.
-    env = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1", **os.environ}
-    # stdout through a file, not a pipe: the temporary server inherits it, and a pipe it held
-    # open after the child's end would keep us waiting.
-    with tempfile.TemporaryFile("w+") as out:
-        code = subprocess.run(command, check=False, env=env, stdout=out).returncode
-        out.seek(0)
-        printed = out.read()
-    lines = printed.rstrip().splitlines(keepends=True)
-    if code != 0 or not lines:
-        sys.stdout.write(printed)
-        return code, None
-    sys.stdout.write("".join(lines[:-1]))  # its last line, the run folder, heads the summary
-    return code, Path(lines[-1].strip())
-
-
-def _prefect_command() -> str:
-    """The `prefect` executable beside this Python, relative to the current folder if inside."""
-    path = Path(sys.executable).parent / "prefect"
-    relative = os.path.relpath(path)
-    return relative if not relative.startswith("..") else str(path)
-
-
-def _add_train_options(parser: argparse.ArgumentParser) -> None:
+def add_train_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--set",
         action="append",
@@ -183,8 +142,8 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="camtrap", description=__doc__.splitlines()[0])
+def build_parser(add_commands: AddCommands | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="camtrap", description=DESCRIPTION)
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -196,8 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("validate", help="check a dataset against the data contract")
     p.add_argument("--data", required=True, help="dataset root or s3://bucket/prefix")
-    p.add_argument("--features-csv", default="train_features.csv")
-    p.add_argument("--labels-csv", default="train_labels.csv")
+    p.add_argument("--features-csv", default=FEATURES_CSV)
+    p.add_argument("--labels-csv", default=LABELS_CSV)
     p.set_defaults(func=_cmd_validate)
 
     p = sub.add_parser("train", help="validate, split, train, evaluate; resumes an interrupted run")
@@ -213,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="training processes (DDP through torchrun; auto: one per GPU); batch_size is per "
         "process. Same as --set train.nproc=N; a run may resume with another N",
     )
-    _add_train_options(p)
+    add_train_options(p)
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("predict", help="label photos: class probabilities in submission format")
@@ -225,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="folder or s3://bucket/prefix with the photos")
     p.add_argument(
         "--features",
-        default="test_features.csv",
+        default=TEST_FEATURES_CSV,
         help="CSV in --data listing the photos: id, filepath, optional site",
     )
     p.add_argument("--out", required=True, help="the CSV to write (local path or s3:// URI)")
@@ -250,18 +209,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_uri", help="a run folder: OUT/STAGE/RUN_ID or s3://bucket/prefix/...")
     p.set_defaults(func=_cmd_runs_verify)
 
-    p = sub.add_parser("demo", help="write demo data and run the flow train-swin on it (CPU)")
-    p.add_argument("--dir", default="camtrap-demo", help="where demo data and runs go")
-    p.add_argument("--per-class", type=int, default=40)
-    p.add_argument("--no-prefect", action="store_true", help="train with the library alone")
-    _add_train_options(p)
-    p.set_defaults(func=_cmd_demo)
+    if add_commands is not None:
+        add_commands(sub)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    _setup_logging(args.verbose)
+def main(argv: list[str] | None = None, add_commands: AddCommands | None = None) -> int:
+    args = build_parser(add_commands).parse_args(argv)
+    setup_logging(args.verbose)
     try:
         return args.func(args)
     except CamtrapError as err:

@@ -7,11 +7,9 @@ dotted keys (`train.epochs=2`)."""
 from __future__ import annotations
 
 import copy
-import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit, urlunsplit
 
 import yaml
 from pydantic import (
@@ -25,6 +23,7 @@ from pydantic import (
 )
 
 from camtrap.errors import ConfigError
+from camtrap.redact import URI_SETTINGS, redact_uri
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -61,9 +60,14 @@ BestMetric = Literal["val_accuracy", "val_loss", "val_log_loss", "val_top3_accur
 DEFAULT_MAX_IMAGE_PIXELS = 50_000_000
 DEFAULT_MAX_IMAGE_BYTES = 50 * 2**20
 
+# The Conser-vision file names, in one place: the defaults of data.features_csv /
+# data.labels_csv, what `camtrap demo-data` writes, and the features CSV `camtrap predict` reads.
+FEATURES_CSV = "train_features.csv"
+LABELS_CSV = "train_labels.csv"
+TEST_FEATURES_CSV = "test_features.csv"
+
 # Prediction's options, here so that the predict flow's parameters need no torch import.
 TTA_CHOICES = ("none", "hflip")
-DEFAULT_FEATURES_CSV = "test_features.csv"
 
 
 class _Section(BaseModel):
@@ -71,8 +75,8 @@ class _Section(BaseModel):
 
 
 class DataConfig(_Section):
-    features_csv: str = "train_features.csv"
-    labels_csv: str = "train_labels.csv"
+    features_csv: str = FEATURES_CSV
+    labels_csv: str = LABELS_CSV
     split: Literal["random", "stratified", "site"] = "random"
     val_fraction: float = Field(0.25, gt=0.0, lt=1.0)
     split_seed: int = 42
@@ -113,52 +117,14 @@ class ModelConfig(_Section):
     # A weights URI may carry credentials (a presigned query string, user:password@). Every dump
     # (run.json, model files, resume state, Prefect cache keys) and repr shows it redacted; the
     # attribute keeps the real value, which is what loads the file.
-    @field_serializer("weights", "init_from")
+    @field_serializer(*URI_SETTINGS)
     def _redacted_weights(self, uri: str | None) -> str | None:
         return None if uri is None else redact_uri(uri)
 
     def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
         for name, value in super().__repr_args__():
-            uri = name in ("weights", "init_from") and isinstance(value, str)
+            uri = name in URI_SETTINGS and isinstance(value, str)
             yield name, redact_uri(value) if uri else value
-
-
-REDACTED = "REDACTED"
-# A URI inside a message, without the punctuation that usually follows one there.
-_URI_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]*[^\s'\"<>.,:;)\]]")
-
-
-def redact_uri(uri: str) -> str:
-    """`uri` without its secrets: user info (`user:password@`) and the values of its query
-    string and fragment (a presigned URL's signature and token) become REDACTED; the scheme,
-    host, path and query keys stay, so the file is still recognisable. Plain paths and names
-    are returned as they are."""
-    if "://" not in uri:
-        return uri
-    try:
-        parts = urlsplit(uri)
-    except ValueError:  # not parseable (e.g. an unclosed "[" in the host): hide all after ://
-        return uri.partition("://")[0] + "://" + REDACTED
-    if "@" not in parts.netloc and not parts.query and not parts.fragment:
-        return uri  # nothing secret: left byte for byte as given
-    netloc = parts.netloc
-    if "@" in netloc:
-        netloc = f"{REDACTED}@{netloc.rpartition('@')[2]}"
-    query, fragment = _redact_pairs(parts.query), _redact_pairs(parts.fragment)
-    return urlunsplit((parts.scheme, netloc, parts.path, query, fragment))
-
-
-def _redact_pairs(text: str) -> str:
-    """`a=1&b=2` -> `a=REDACTED&b=REDACTED`; a part without `=` may itself be a token."""
-    if not text:
-        return text
-    pairs = (part.partition("=") for part in text.split("&"))
-    return "&".join(f"{key}={REDACTED}" if sep else REDACTED for key, sep, _ in pairs)
-
-
-def redact_text(text: str) -> str:
-    """`text` (an error message, a log line) with every URI in it redacted (`redact_uri`)."""
-    return _URI_IN_TEXT.sub(lambda match: redact_uri(match.group(0)), text)
 
 
 class TrainConfig(_Section):

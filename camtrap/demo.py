@@ -15,13 +15,15 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from camtrap.config import FEATURES_CSV, LABELS_CSV
+from camtrap.storage.files import atomic_write_bytes
 
 SEED_CLASSES: tuple[str, ...] = (
     "antelope_duiker",
@@ -41,8 +43,6 @@ NIGHT_FRACTION = 0.25
 # 20 px when the seed recipe resizes to 64 x 64.
 OBJECT_HEIGHT_RANGE = (0.40, 0.55)
 JPEG_QUALITY = 85
-FEATURES_CSV = "train_features.csv"
-LABELS_CSV = "train_labels.csv"
 IMAGE_DIR = "train_features"
 _TRUNK_SHADE = 0.75  # tree trunks darken the background to this fraction
 _TEXTURE_STRENGTH = 0.06  # relative contrast of leaf and soil blotches
@@ -337,12 +337,6 @@ def _render(label: str, site: Site, rng: np.random.Generator) -> Image.Image:
     return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def _csv_bytes(header: Sequence[str], rows: Sequence[Sequence[str]]) -> bytes:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
@@ -389,11 +383,11 @@ def write_demo_dataset(
         image_id = f"ZJ{number:06d}"
         site = sites[int(rng.integers(n_sites))]
         filepath = f"{IMAGE_DIR}/{image_id}.jpg"
-        _write_atomic(root / filepath, _jpeg_bytes(_render(names[label_idx], site, rng)))
+        atomic_write_bytes(root / filepath, _jpeg_bytes(_render(names[label_idx], site, rng)))
         feature_rows.append([image_id, filepath, site.name])
         label_rows.append(
             [image_id, *("1.0" if i == label_idx else "0.0" for i in range(len(names)))]
         )
-    _write_atomic(root / LABELS_CSV, _csv_bytes(["id", *names], label_rows))
-    _write_atomic(root / FEATURES_CSV, _csv_bytes(["id", "filepath", "site"], feature_rows))
+    atomic_write_bytes(root / LABELS_CSV, _csv_bytes(["id", *names], label_rows))
+    atomic_write_bytes(root / FEATURES_CSV, _csv_bytes(["id", "filepath", "site"], feature_rows))
     return root

@@ -10,20 +10,20 @@ from __future__ import annotations
 import gc
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import TypeVar
 
 import numpy as np
-import psutil
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from camtrap.distributed import all_finite
+from camtrap.device import Precision
 from camtrap.errors import OutOfMemory, TrainingDiverged
+from camtrap.ranks import all_finite
 
 log = logging.getLogger("camtrap")
 
@@ -38,34 +38,6 @@ _FIX_DIVERGED = (
 )
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class Precision:
-    """Mixed precision settings for one device. On CPU AMP is always off (bf16 autocast is ~20x
-    slower than fp32 on the CPUs we run tests on)."""
-
-    device_type: str
-    enabled: bool
-    dtype: torch.dtype
-
-    @property
-    def use_scaler(self) -> bool:
-        # bf16 has fp32's range: no loss scaling needed. fp16 underflows without it.
-        return self.enabled and self.dtype == torch.float16
-
-
-def precision_for(device: torch.device, amp: bool, dtype_name: str = "float16") -> Precision:
-    enabled = amp and device.type == "cuda"
-    dtype = torch.bfloat16 if dtype_name == "bfloat16" else torch.float16
-    if enabled and dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
-        log.warning("this GPU has no bfloat16; using float16 with loss scaling")
-        dtype = torch.float16
-    return Precision(device.type, enabled, dtype)
-
-
-def make_scaler(precision: Precision) -> torch.amp.GradScaler:
-    return torch.amp.GradScaler(precision.device_type, enabled=precision.use_scaler)
 
 
 @dataclass
@@ -87,6 +59,22 @@ class EpochOutputs:
     @property
     def images_per_second(self) -> float:
         return len(self.targets) / self.seconds if self.seconds > 0 else 0.0
+
+    @classmethod
+    def combine(cls, parts: Sequence[EpochOutputs]) -> EpochOutputs:
+        """Several training processes' outputs of one epoch as one: images in rank order, the
+        loss averaged over every image, the slowest rank's time. Step counts are the same on
+        every rank (gradients are averaged and a non-finite loss skips a step everywhere): the
+        largest is kept."""
+        n = [len(p.targets) for p in parts]
+        return cls(
+            targets=np.concatenate([p.targets for p in parts]),
+            probs=np.concatenate([p.probs for p in parts]),
+            loss=float(sum(p.loss * k for p, k in zip(parts, n, strict=True)) / sum(n)),
+            seconds=max(p.seconds for p in parts),
+            skipped_steps=max(p.skipped_steps for p in parts),
+            nonfinite_steps=max(p.nonfinite_steps for p in parts),
+        )
 
 
 # A loader's images -> the model's input on the device (camtrap.data.DeviceNormalize).
@@ -287,7 +275,7 @@ class _ScaleWatch:
 
 
 @torch.no_grad()
-def predict(
+def infer(
     model: nn.Module,
     loader: DataLoader,
     to_input: ToInput,
@@ -359,30 +347,3 @@ def _describe_batch(shape: tuple[int, ...]) -> str:
     # camtrap's loaders yield uint8 (B, s, s, 3) cache rows; a model's input is (B, 3, s, s)
     height, width = (shape[1], shape[2]) if shape[3] in (1, 3, 4) else (shape[2], shape[3])
     return f"a batch of {n} images of {height}x{width} px"
-
-
-def memory_report(device: torch.device) -> dict[str, float]:
-    """GPU memory (allocated / reserved / peak, MiB) on CUDA; process resident memory on CPU."""
-    mib = 1024**2
-    if device.type == "cuda":
-        return {
-            "allocated_mib": torch.cuda.memory_allocated(device) / mib,
-            "reserved_mib": torch.cuda.memory_reserved(device) / mib,
-            "peak_mib": torch.cuda.max_memory_allocated(device) / mib,
-        }
-    return {"rss_mib": psutil.Process().memory_info().rss / mib}
-
-
-def log_memory(point: str, device: torch.device) -> dict[str, float]:
-    report = memory_report(device)
-    log.info("memory %-22s %s", point, "  ".join(f"{k}={v:,.0f}" for k, v in report.items()))
-    return report
-
-
-def release_memory(device: torch.device) -> None:
-    """The seed's per-epoch cleanup of GPU memory: Python garbage first (tensors held only by
-    reference cycles), then the CUDA caching allocator. On CPU there is nothing to hand back,
-    and a full collection costs about half a second of every epoch."""
-    if device.type == "cuda":
-        gc.collect()
-        torch.cuda.empty_cache()

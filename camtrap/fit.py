@@ -2,12 +2,11 @@
 
 Rerunning on the same run folder continues after the last completed epoch and, on CPU, ends with the
 same numbers as an uninterrupted run: the shuffle order is derived from (seed, epoch), and the RNG
-streams, optimizer and scaler states travel in state/last.pt."""
+streams, optimizer and scaler states travel in state/last.pt (camtrap.checkpoints)."""
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import sys
 import time
@@ -20,33 +19,32 @@ import pandas as pd
 import torch
 from torch import nn
 
-from camtrap import checkpoint, distributed, runfolder, storage
+from camtrap import ranks, runfolder
 from camtrap.augment import TrainAugment
-from camtrap.calibration import CALIBRATED_FROM
-from camtrap.config import RunConfig
-from camtrap.data import CachedBatches, DeviceNormalize, EpochShuffle, make_loader
-from camtrap.distributed import Group
-from camtrap.engine import (
-    EpochOutputs,
-    log_memory,
-    make_scaler,
-    precision_for,
-    predict,
-    release_memory,
-    train_one_epoch,
+from camtrap.checkpoints import (
+    STEP_COUNTS,
+    Checkpoints,
+    cpu_copy,
+    load_scaler_state,
+    restore_rng_state,
+    rng_state,
+    val_metrics,
 )
-from camtrap.errors import ConfigError, StorageError, TrainingDiverged
+from camtrap.config import RunConfig
+from camtrap.device import log_memory, make_scaler, precision_for, release_memory, resolve_device
+from camtrap.engine import EpochOutputs, infer, train_one_epoch
+from camtrap.errors import ConfigError, TrainingDiverged
 from camtrap.imagecache import Pack
+from camtrap.loader import CachedBatches, DeviceNormalize, EpochShuffle, make_loader
 from camtrap.metrics import per_class_metrics, summary_metrics
-from camtrap.models import ModelMeta, build_model, model_file_dict, warm_start
+from camtrap.modelfile import ModelMeta, model_file_dict
+from camtrap.models import build_model, warm_start
+from camtrap.ranks import Group
 from camtrap.runfolder import RunFiles
 from camtrap.schedule import make_schedule
+from camtrap.torchfile import load_torch
 
 log = logging.getLogger("camtrap")
-
-LOWER_IS_BETTER = {"val_loss", "val_log_loss"}
-METRICS = ("accuracy", "loss", "log_loss", "top3_accuracy")  # epochs.csv, in this order
-STEP_COUNTS = ("skipped_steps", "nonfinite_steps")  # train steps not applied (epochs.csv)
 
 
 @dataclass
@@ -77,40 +75,8 @@ class FitResult:
     best_logloss_value: float = float("nan")
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device=cuda but no CUDA GPU is visible; use train.device=auto")
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def _is_better(metric: str, value: float, best: float | None) -> bool:
-    if best is None:
-        return True
-    return value < best if metric in LOWER_IS_BETTER else value > best
-
-
-def _epoch_metrics(out: EpochOutputs) -> dict[str, float]:
-    summary = summary_metrics(out.targets, out.probs, k=3)
-    # The column order of metrics/epochs.csv: accuracy, loss, log_loss, top3_accuracy.
-    return {
-        "accuracy": summary["accuracy"],
-        "loss": out.loss,
-        "log_loss": summary["log_loss"],
-        "top3_accuracy": summary["top3_accuracy"],
-    }
-
-
-def _per_class_rows(epoch: int, split: str, out: EpochOutputs, classes: list[str]) -> pd.DataFrame:
-    frame = per_class_metrics(out.targets, out.probs.argmax(axis=1), classes)
-    frame.insert(0, "split", split)
-    frame.insert(0, "epoch", epoch)
-    return frame
-
-
 class _Trainer:
-    """Holds the objects of one fit so the loop below reads like the seed's."""
+    """The objects of one fit, set up once, so that `run_epoch` reads like the seed's loop."""
 
     def __init__(
         self,
@@ -122,21 +88,20 @@ class _Trainer:
         train_pack: Pack | None = None,
         group: Group | None = None,
     ):
-        self.config = config
+        cfg = self.config = config
         self.classes = classes
-        # Several training processes (camtrap.distributed): rank 0 alone evaluates and writes.
+        # Several training processes (camtrap.launch): rank 0 alone evaluates and writes.
         self.group = group
         self.is_main = group is None or group.is_main
-        self.seed = config.train.seed if group is None else distributed.rank_seed(
-            config.train.seed, group.rank
-        )  # fmt: skip
+        self.seed = ranks.rank_seed(cfg.train.seed, group.rank) if group else cfg.train.seed
         self.files = RunFiles.for_config(run_dir, config)
-        self.device = resolve_device(config.train.device)
-        self.precision = precision_for(self.device, config.train.amp, config.train.amp_dtype)
+        self.checkpoints = Checkpoints(self.files, cfg.train.best_metric)
+        self.device = resolve_device(cfg.train.device)
+        self.precision = precision_for(self.device, cfg.train.amp, cfg.train.amp_dtype)
         self.progress = self.is_main and (
-            sys.stderr.isatty() if config.train.progress is None else config.train.progress
+            sys.stderr.isatty() if cfg.train.progress is None else cfg.train.progress
         )
-        self.to_input = DeviceNormalize(config.data.mean, config.data.std, self.device)
+        self.to_input = DeviceNormalize(cfg.data.mean, cfg.data.std, self.device)
         self.train_loader, self.val_loader = self._loaders(items, pack, train_pack)
         self.augment = self._augment()
         log_memory("after datasets", self.device)
@@ -145,22 +110,11 @@ class _Trainer:
         # Rank 0 evaluates alone: with the model itself (DDP's forward would wait for the others).
         self.eval_model = self.forward_model if group is None else self.model
         self.optimizer = torch.optim.AdamW(
-            self.model.parameters(), lr=config.train.lr, weight_decay=config.train.weight_decay
+            self.model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay
         )
         # None with a constant rate (part1): the optimizer's lr is then never touched.
-        self.schedule = make_schedule(self.optimizer, config.train, len(self.train_loader))
+        self.schedule = make_schedule(self.optimizer, cfg.train, len(self.train_loader))
         self.scaler = make_scaler(self.precision)
-        self.writer = checkpoint.BackgroundWriter()
-        self.history: list[dict[str, Any]] = []
-        self.per_class: list[dict[str, Any]] = []
-        self.best_epoch = 0
-        self.best_value: float | None = None
-        self.best_sha256: str | None = None  # of the best model file, kept in the state
-        # The second best model, by val log loss whatever train.best_metric is (the competition
-        # and any triage of new photos are scored by log loss).
-        self.best_logloss_epoch = 0
-        self.best_logloss_value: float | None = None
-        self.best_logloss_sha256: str | None = None
         self.completed = 0
 
     def _loaders(self, items: pd.DataFrame, pack: Pack, train_pack: Pack | None = None):
@@ -178,7 +132,7 @@ class _Trainer:
             sets[split] = CachedBatches(source, where.tolist(), rows["label_idx"].tolist())
         n = len(sets["train"])
         self.shuffle = (EpochShuffle(n, cfg.train.seed) if self.group is None
-                        else distributed.shard_sampler(n, cfg.train.seed, self.group))  # fmt: skip
+                        else ranks.shard_sampler(n, cfg.train.seed, self.group))  # fmt: skip
         options = {"num_workers": cfg.data.num_workers, "pin_memory": self.device.type == "cuda"}
         train = make_loader(sets["train"], cfg.train.batch_size, order=self.shuffle, **options)
         val = make_loader(sets["val"], cfg.train.eval_batch(), **options)
@@ -190,12 +144,6 @@ class _Trainer:
             return None
         return TrainAugment(cfg.augment, cfg.data.image_size, cfg.data.mean, cfg.data.std,
                             self.device, self.seed)  # fmt: skip
-
-    def warm_start(self) -> None:
-        """A fresh run starts from model.init_from's weights (a resumed one from its state)."""
-        if self.config.model.init_from is not None:
-            warm_start(self.model, self.config.model.init_from, self.config.model.arch,
-                       self.classes)  # fmt: skip
 
     def _model(self) -> nn.Module:
         cfg = self.config.model
@@ -218,55 +166,49 @@ class _Trainer:
             model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
         return torch.compile(model) if self.config.train.compile else model
 
+    def warm_start(self) -> None:
+        """A fresh run starts from model.init_from's weights (a resumed one from its state)."""
+        if self.config.model.init_from is not None:
+            warm_start(self.model, self.config.model.init_from, self.config.model.arch,
+                       self.classes)  # fmt: skip
+
     # --- resume state -------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """The resume state, copied: training goes on while it is written."""
-        return checkpoint.cpu_copy({
+        """The resume state (the epoch records are added by Checkpoints.save), copied:
+        training goes on while it is written."""
+        return cpu_copy({
             "epoch": self.completed,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "schedule": self.schedule.state_dict() if self.schedule is not None else None,
             "scaler": self.scaler.state_dict(),
-            "rng": checkpoint.rng_state(),
-            "history": list(self.history),
-            "per_class": list(self.per_class),
-            "best_epoch": self.best_epoch,
-            "best_value": self.best_value,
-            "best_sha256": self.best_sha256,
-            "best_logloss_epoch": self.best_logloss_epoch,
-            "best_logloss_value": self.best_logloss_value,
-            "best_logloss_sha256": self.best_logloss_sha256,
+            "rng": rng_state(),
             "classes": self.classes,
             "config": self.config.model_dump(mode="json"),
         })  # fmt: skip
 
     def resume_if_possible(self) -> None:
         """Continue after the last epoch in state/last.pt, the commit point: the files an epoch
-        writes after it (best model, metrics CSVs) are brought back in line with it first."""
+        writes after it (best models, metrics CSVs) are brought back in line with it first."""
         # A kill -9 during an atomic write leaves only a temp file behind; the real file is intact.
         for partial in self.files.root.rglob(".*.tmp") if self.is_main else ():
             partial.unlink(missing_ok=True)
         if not self.files.state.exists():
             return
-        state = checkpoint.load_torch(self.files.state)
+        state = load_torch(self.files.state)
         self._refuse_changes(state)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         if self.schedule is not None:  # after the optimizer: it sets the groups' lr
             self.schedule.load_state_dict(state["schedule"])
-        checkpoint.load_scaler_state(self.scaler, state["scaler"])
-        checkpoint.restore_rng_state(state["rng"])
-        self.history, self.per_class = state["history"], state["per_class"]
-        self.best_epoch, self.best_value = state["best_epoch"], state["best_value"]
-        self.best_sha256 = state.get("best_sha256")
+        load_scaler_state(self.scaler, state["scaler"])
+        restore_rng_state(state["rng"])
         self.completed = state["epoch"]
         if not self.is_main:  # writes nothing; its RNG stream is not saved (rank 0's is)
-            torch.manual_seed(distributed.rank_seed(self.config.train.seed, self.group.rank,
-                                                    self.completed))  # fmt: skip
+            torch.manual_seed(ranks.rank_seed(self.config.train.seed, self.group.rank,
+                                              self.completed))  # fmt: skip
             return
-        self._settle_best_model(state)
-        self._restore_best_logloss(state)
-        self._write_metrics(pd.DataFrame(self.history), pd.DataFrame(self.per_class))
+        self.checkpoints.resume(state, self.model_file)
         log.info("resuming %s after epoch %d", self.files.root, self.completed)
 
     def _refuse_changes(self, state: dict[str, Any]) -> None:
@@ -283,66 +225,6 @@ class _Trainer:
                 f"{self.config.train.epochs} — fix: set train.epochs to {state['epoch']} or more"
             )
 
-    def _settle_best_model(self, state: dict[str, Any]) -> None:
-        """Make the best model file the one the state names. The state is written before the
-        best model: a kill between them leaves the previous best file, while the state's own
-        weights are the new best's (best_epoch == epoch), so the file is rebuilt from them."""
-        self.best_sha256 = self._settle(self.files.best_model, self.best_epoch, self.best_sha256)
-
-    def _settle(self, path: Path, epoch: int, sha256: str | None) -> str | None:
-        """`path` made the model file of `epoch` whose sha256 the state recorded (rebuilt from
-        the state's weights when that epoch is the last one); returns the sha256 to record."""
-        if sha256 is None or _is_recorded_file(path, sha256):
-            return sha256
-        if epoch != self.completed:
-            raise StorageError(
-                f"{path} is not the best model state/last.pt names (epoch {epoch}) "
-                "and that epoch's weights are gone — fix: delete the run folder (or use a new "
-                "--run-id) to train it again"
-            )
-        log.info("rebuilding %s from state/last.pt (epoch %d)", path.name, epoch)
-        return checkpoint.save_torch(self.model_file(epoch, self._val_metrics(epoch)), path)
-
-    def _restore_best_logloss(self, state: dict[str, Any]) -> None:
-        if "best_logloss_epoch" not in state:
-            self._seed_best_logloss()
-            return
-        self.best_logloss_epoch = state["best_logloss_epoch"]
-        self.best_logloss_value = state["best_logloss_value"]
-        path, sha256 = self.files.best_logloss_model, state["best_logloss_sha256"]
-        self.best_logloss_sha256 = self._settle(path, self.best_logloss_epoch, sha256)
-
-    def _seed_best_logloss(self) -> None:
-        """A state written before the log-loss best model existed: that best is the history's
-        lowest val log loss (the first of equal ones). Its weights survive if it is the state's
-        own epoch or the best model's; otherwise its file appears once a later epoch beats it."""
-        val = [row for row in self.history if row["split"] == "val"]
-        if not val:
-            return
-        row = min(val, key=lambda r: r["log_loss"])
-        epoch, path = int(row["epoch"]), self.files.best_logloss_model
-        self.best_logloss_epoch, self.best_logloss_value = epoch, float(row["log_loss"])
-        if path.exists():  # seeded by an earlier resume of this state
-            self.best_logloss_sha256 = storage.file_sha256(path)
-        elif epoch == self.completed:
-            best = self.model_file(epoch, self._val_metrics(epoch))
-            self.best_logloss_sha256 = checkpoint.save_torch(best, path)
-        elif epoch == self.best_epoch and self.files.best_model.exists():
-            data = self.files.best_model.read_bytes()
-            storage.atomic_write_bytes(path, data)
-            self.best_logloss_sha256 = hashlib.sha256(data).hexdigest()
-        else:
-            log.warning(
-                "%s: epoch %d has the lowest val log loss but its weights are gone; no %s "
-                "until a later epoch beats it", self.files.root, epoch, path.name,
-            )  # fmt: skip
-
-    def _val_metrics(self, epoch: int) -> dict[str, float]:
-        return val_metrics(
-            next(r for r in self.history if r["epoch"] == epoch and r["split"] == "val")
-        )
-
-    # --- outputs -----------------------------------------------------------------------------
     def model_file(
         self, epoch: int, metrics: dict[str, float], weights: dict[str, Any] | None = None
     ) -> dict[str, Any]:
@@ -376,22 +258,16 @@ class _Trainer:
             after_step=self.schedule.step if self.schedule is not None else None,
         )  # fmt: skip
         if self.group is not None:
-            train_out = distributed.gather_outputs(train_out, self.group)
+            train_out = EpochOutputs.combine(ranks.gather(train_out, self.group))
             if not self.is_main:  # rank 0 evaluates and writes the epoch meanwhile
                 self.completed = epoch
-                distributed.barrier()
+                ranks.barrier()
                 return
-        val_out = predict(
+        val_out = infer(
             self.eval_model, self.val_loader, self.to_input, self.precision, self.progress,
             desc=f"epoch {epoch}/{epochs} val",
         )  # fmt: skip
-        if not (_finite(train_out.loss) and _finite(val_out.loss)):  # before the metrics raise
-            raise TrainingDiverged(
-                f"the loss is not finite at epoch {epoch} (train {train_out.loss}, val "
-                f"{val_out.loss}); the last good state is the previous epoch's — fix: lower "
-                f"train.lr (now {self.config.train.lr}), or with train.amp use "
-                "train.amp_dtype=bfloat16"
-            )
+        _check_finite(epoch, train_out, val_out, self.config.train.lr)
         train_m, val_m = _epoch_metrics(train_out), _epoch_metrics(val_out)
         counts = {name: getattr(train_out, name) for name in STEP_COUNTS}
         per_class = pd.concat(
@@ -399,100 +275,58 @@ class _Trainer:
              _per_class_rows(epoch, "val", val_out, self.classes)],
             ignore_index=True,
         )  # fmt: skip
-        is_best = self._record(epoch, train_m, val_m, per_class, counts)
+        is_best = self.checkpoints.record(epoch, train_m, val_m, per_class, counts)
         self.completed = epoch
         release_memory(self.device)
         memory = log_memory(f"epoch {epoch} end", self.device)
         seconds = time.perf_counter() - started
         log.info(_epoch_line(epoch, epochs, train_m, val_m, seconds, is_best, counts))
         record = EpochRecord(
-            epoch, epochs, train_m, val_m, per_class, is_best, self.best_epoch, seconds, memory,
-            self.files,
+            epoch, epochs, train_m, val_m, per_class, is_best, self.checkpoints.best.epoch,
+            seconds, memory, self.files,
         )  # fmt: skip
-        self.save_in_background(record, on_epoch_end)
+        # Written while the next epoch trains; the state first (the commit point).
+        then = (lambda: on_epoch_end(record)) if on_epoch_end is not None else None
+        self.checkpoints.save(epoch, self.state_dict(), self.model_file, then)
         if self.group is not None:
-            distributed.barrier()
+            ranks.barrier()
 
-    def save_in_background(
-        self, record: EpochRecord, on_epoch_end: Callable[[EpochRecord], None] | None
-    ) -> None:
-        """Snapshot the epoch's state now; write it and run `on_epoch_end` (uploads, artifacts)
-        while the next epoch trains. The state is written first: it is the commit point, and
-        it names the best model files it goes with (epoch and sha256)."""
-        best_bytes, best_paths = None, []
-        state = self.state_dict()  # one copy of the weights serves the best model files too
-        is_best_logloss = record.epoch == self.best_logloss_epoch
-        if record.is_best or is_best_logloss:  # both bests of one epoch: the same file
-            best = self.model_file(record.epoch, _prefixed(record.val), state["model"])
-            best_bytes = checkpoint.torch_bytes(best)
-            sha256 = hashlib.sha256(best_bytes).hexdigest()
-        if record.is_best:
-            self.best_sha256 = state["best_sha256"] = sha256
-            best_paths.append(self.files.best_model)
-        if is_best_logloss:
-            self.best_logloss_sha256 = state["best_logloss_sha256"] = sha256
-            best_paths.append(self.files.best_logloss_model)
-        history, per_class = pd.DataFrame(self.history), pd.DataFrame(self.per_class)
-
-        def write() -> None:
-            state_bytes = checkpoint.torch_bytes(state)
-            storage.atomic_write_bytes(self.files.state, state_bytes)
-            runfolder.write_state_info(self.files.root, record.epoch, len(state_bytes))
-            for path in best_paths:
-                storage.atomic_write_bytes(path, best_bytes)
-            self._write_metrics(history, per_class)
-            if on_epoch_end is not None:
-                on_epoch_end(record)
-
-        self.writer.submit(write)
-
-    def _write_metrics(self, history: pd.DataFrame, per_class: pd.DataFrame) -> None:
-        if history.empty:
-            return
-        storage.atomic_write_text(self.files.epochs_csv, history.to_csv(index=False))
-        storage.atomic_write_text(self.files.per_class_csv, per_class.to_csv(index=False))
-
-    def _record(self, epoch, train_m, val_m, per_class: pd.DataFrame, counts) -> bool:
-        no_steps = dict.fromkeys(STEP_COUNTS, 0)  # evaluation takes no optimizer steps
-        for split, metrics, steps in (("train", train_m, counts), ("val", val_m, no_steps)):
-            self.history.append({"epoch": epoch, "split": split, **_as_floats(metrics), **steps})
-        self.per_class.extend(per_class.to_dict("records"))
-        if _is_better("val_log_loss", val_m["log_loss"], self.best_logloss_value):
-            self.best_logloss_epoch, self.best_logloss_value = epoch, float(val_m["log_loss"])
-        metric = self.config.train.best_metric
-        value = val_m[metric.removeprefix("val_")]
-        if not _is_better(metric, value, self.best_value):
-            return False
-        self.best_epoch, self.best_value = epoch, float(value)
-        return True
+    def save_final_model(self) -> None:
+        history = self.checkpoints.history
+        final_metrics = val_metrics(history[-1] if history else {})
+        self.checkpoints.save_final(self.model_file(self.completed, final_metrics))
 
 
-def _is_recorded_file(path: Path, sha256: str) -> bool:
-    """Whether `path` is the model file whose sha256 the state recorded: that very file, or
-    that file after calibration, which rewrote it with a temperature and kept the recorded
-    sha256 in CALIBRATED_FROM (same weights, same epoch; camtrap.pipeline.evaluate)."""
-    if not path.exists():
-        return False
-    if storage.file_sha256(path) == sha256:
-        return True
-    try:
-        blob = checkpoint.load_torch(path)
-    except StorageError:  # not a model file at all
-        return False
-    return isinstance(blob, dict) and blob.get(CALIBRATED_FROM) == sha256
+def _check_finite(epoch: int, train: EpochOutputs, val: EpochOutputs, lr: float) -> None:
+    """Before the metrics, which would raise on NaN probabilities."""
+    if not (_finite(train.loss) and _finite(val.loss)):
+        raise TrainingDiverged(
+            f"the loss is not finite at epoch {epoch} (train {train.loss}, val {val.loss}); "
+            f"the last good state is the previous epoch's — fix: lower train.lr (now {lr}), "
+            "or with train.amp use train.amp_dtype=bfloat16"
+        )
 
 
 def _finite(x: float) -> bool:
     return x == x and abs(x) != float("inf")
 
 
-def _prefixed(val: dict[str, float]) -> dict[str, float]:
-    return {f"val_{k}": float(v) for k, v in val.items()}
+def _epoch_metrics(out: EpochOutputs) -> dict[str, float]:
+    summary = summary_metrics(out.targets, out.probs, k=3)
+    # The column order of metrics/epochs.csv: accuracy, loss, log_loss, top3_accuracy.
+    return {
+        "accuracy": summary["accuracy"],
+        "loss": out.loss,
+        "log_loss": summary["log_loss"],
+        "top3_accuracy": summary["top3_accuracy"],
+    }
 
 
-def _as_floats(metrics: dict[str, float]) -> dict[str, float]:
-    # Full float precision in the CSVs, so metrics recomputed from predictions match exactly.
-    return {k: float(v) for k, v in metrics.items()}
+def _per_class_rows(epoch: int, split: str, out: EpochOutputs, classes: list[str]) -> pd.DataFrame:
+    frame = per_class_metrics(out.targets, out.probs.argmax(axis=1), classes)
+    frame.insert(0, "split", split)
+    frame.insert(0, "epoch", epoch)
+    return frame
 
 
 def _epoch_line(epoch, epochs, train_m, val_m, seconds, is_best, counts) -> str:
@@ -504,11 +338,6 @@ def _epoch_line(epoch, epochs, train_m, val_m, seconds, is_best, counts) -> str:
         f"top3 {val_m['top3_accuracy']:.4f} | {seconds:.1f}s{skipped}"
         + (" | best" if is_best else "")
     )
-
-
-def val_metrics(row: dict[str, Any]) -> dict[str, float]:
-    """A history row's metrics as a model file stores them: val_accuracy, val_loss, ..."""
-    return {f"val_{k}": float(row[k]) for k in METRICS if k in row}
 
 
 def fit(
@@ -525,12 +354,12 @@ def fit(
     `run_dir`, resuming if a previous attempt left state/last.pt there. `on_epoch_end` runs on
     a background thread once the epoch's files are written. `train_pack`: the train images at
     data.train_cache_size (augmentation; rows found by the items' `id`). `group`: this
-    process's rank when several train (camtrap.distributed; rank 0 alone writes)."""
+    process's rank when several train (camtrap.launch; rank 0 alone writes)."""
     devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
     # The global RNG (weight init, dropout, stochastic depth) is seeded here, at the edge, and
     # restored afterwards so callers' randomness is untouched.
     with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(distributed.rank_seed(config.train.seed, group.rank if group else 0))
+        torch.manual_seed(ranks.rank_seed(config.train.seed, group.rank if group else 0))
         if torch.cuda.is_available():
             torch.backends.cudnn.benchmark = True
         trainer = _Trainer(config, items, classes, Path(run_dir), pack, train_pack, group)
@@ -538,28 +367,27 @@ def fit(
         resumed_from = trainer.completed
         if resumed_from == 0:
             trainer.warm_start()
+        writer = trainer.checkpoints.writer
         try:
             for epoch in range(trainer.completed + 1, config.train.epochs + 1):
                 trainer.run_epoch(epoch, on_epoch_end)
         except BaseException:
             with contextlib.suppress(Exception):  # the first error is the one to report
-                trainer.writer.wait()
+                writer.wait()
             raise
-        trainer.writer.wait()  # the last epoch's files, before anything else reads them
+        writer.wait()  # the last epoch's files, before anything else reads them
         final_missing = resumed_from < config.train.epochs or not trainer.files.final_model.exists()
         if trainer.is_main and final_missing:
-            final_metrics = val_metrics(trainer.history[-1] if trainer.history else {})
-            checkpoint.save_torch(
-                trainer.model_file(trainer.completed, final_metrics), trainer.files.final_model
-            )
+            trainer.save_final_model()
+    best, best_logloss = trainer.checkpoints.bests
     return FitResult(
-        best_epoch=trainer.best_epoch,
-        best_value=float(trainer.best_value) if trainer.best_value is not None else float("nan"),
+        best_epoch=best.epoch,
+        best_value=_or_nan(best.value),
         epochs_run=config.train.epochs - resumed_from,
         resumed_from=resumed_from,
-        history=trainer.history,
-        best_logloss_epoch=trainer.best_logloss_epoch,
-        best_logloss_value=_or_nan(trainer.best_logloss_value),
+        history=trainer.checkpoints.history,
+        best_logloss_epoch=best_logloss.epoch,
+        best_logloss_value=_or_nan(best_logloss.value),
     )
 
 

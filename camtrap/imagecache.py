@@ -44,7 +44,8 @@ from PIL import Image
 
 from camtrap.errors import DataError, Problem, StorageError
 from camtrap.images import open_rgb
-from camtrap.storage import atomic_write_text, default_cache_root, file_sha256
+from camtrap.storage.files import atomic_write_text, file_sha256
+from camtrap.storage.uris import default_cache_root
 
 log = logging.getLogger("camtrap")
 

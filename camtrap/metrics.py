@@ -17,6 +17,8 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+# The metrics of every epoch and split, in the column order of metrics/epochs.csv.
+EPOCH_METRICS = ("accuracy", "loss", "log_loss", "top3_accuracy")
 # Rows of `probs` must sum to 1 within this: float32 softmax is off by ~1e-7, fp16 by ~1e-3.
 ROW_SUM_TOLERANCE = 1e-2
 

@@ -1,47 +1,27 @@
-"""Model factory over torchvision, and the self-describing model file format.
-
-A model file (`final_*.pth`) is a plain dict loadable with `torch.load(path, weights_only=True)`:
-`model` (state_dict), `arch`, `classes`, `image_size`, `mean`, `std`, `epoch`, `metrics`,
-`config`."""
+"""Nets: torchvision models with camtrap's head, built for a run (`build_model`), warm-started
+from another run's model file (model.init_from), or loaded ready to predict from a model file
+(`load_model`; the file's format is camtrap.modelfile's)."""
 
 from __future__ import annotations
 
-import io
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-import fsspec
 import torch
 import torchvision
 from torch import nn
 from torchvision.ops import StochasticDepth
 
-from camtrap import runfolder, storage
-from camtrap.config import HEADS, SUPPORTED_ARCHS, RunConfig, redact_text, redact_uri
+from camtrap import storage
+from camtrap.config import HEADS, SUPPORTED_ARCHS, RunConfig
 from camtrap.errors import ConfigError, StorageError
+from camtrap.latest import resolve_model_uri
+from camtrap.modelfile import ModelMeta, read_model_file
+from camtrap.redact import redact_text, redact_uri
 
 log = logging.getLogger("camtrap")
 
 TORCHVISION_WEIGHTS = ("IMAGENET1K_V1", "IMAGENET1K_V2", "DEFAULT")
-
-
-@dataclass
-class ModelMeta:
-    """What a model file says about itself, beyond the weights."""
-
-    arch: str
-    classes: list[str]
-    image_size: int
-    mean: list[float]
-    std: list[float]
-    epoch: int | None = None
-    metrics: dict[str, float] = field(default_factory=dict)
-    config: dict[str, Any] = field(default_factory=dict)
-    # Divides the logits before the softmax (camtrap.calibration): fitted on the val split after
-    # training; 1.0 (no change) for a file written before calibration or without it.
-    temperature: float = 1.0
 
 
 def build_model(
@@ -121,7 +101,7 @@ def resolve_init_from(config: RunConfig) -> RunConfig:
     if given is None:
         return config
     try:
-        found = runfolder.resolve_model_uri(given)
+        found = resolve_model_uri(given)
     except StorageError as err:
         raise StorageError(f"model.init_from {redact_uri(given)}: {redact_text(str(err))} "
                            "(part2 starts from a finished part1 run)") from None  # fmt: skip
@@ -137,7 +117,7 @@ def warm_start(model: nn.Module, uri: str, arch: str, classes: list[str]) -> Non
     (model.init_from, resolved). ConfigError when it holds another arch or other classes: its
     head would predict the wrong classes (fix: start from a model of this dataset)."""
     shown = redact_uri(uri)
-    blob = read_model_file(runfolder.resolve_model_uri(uri))  # resolved already: unchanged
+    blob = read_model_file(resolve_model_uri(uri))  # resolved already: unchanged
     if not isinstance(blob, dict) or not {"arch", "classes", "model"} <= set(blob):
         raise ConfigError(
             f"model.init_from {shown} is not a camtrap model file (no arch/classes/model) — fix: "
@@ -183,70 +163,12 @@ def _set_drop_path(model: nn.Module, arch: str, drop_path: float) -> None:
         m.p = m.p * drop_path / top if top > 0 else drop_path
 
 
-def read_model_file(uri: str | Path) -> dict[str, Any]:
-    """torch.load a local path or an fsspec URI, tensors only (weights_only=True).
-
-    Errors show the URI redacted (a presigned URL's signature, user:password@) and are raised
-    `from None`: the underlying error's text may hold the full URL, and a chained traceback
-    would print it."""
-    shown = redact_uri(str(uri))
-    try:
-        with fsspec.open(str(uri), "rb") as fh:
-            data = fh.read()
-    except FileNotFoundError:
-        raise StorageError(f"model file {shown} does not exist; check the path or URI") from None
-    except OSError as err:
-        reason = redact_text(str(err))
-        raise StorageError(f"cannot read model file {shown}: {reason}") from None
-    try:
-        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises several types for a file that is not a checkpoint
-        reason = redact_text(str(err))
-        raise StorageError(f"{shown} is not a readable PyTorch file: {reason}") from None
-
-
-def model_file_dict(model: nn.Module, meta: ModelMeta) -> dict[str, Any]:
-    """The dict stored in a model file: weights on CPU plus metadata of plain types only."""
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    return {
-        "model": state,
-        "arch": meta.arch,
-        "classes": list(meta.classes),
-        "image_size": int(meta.image_size),
-        "mean": [float(x) for x in meta.mean],
-        "std": [float(x) for x in meta.std],
-        "epoch": meta.epoch,
-        "metrics": {k: float(v) for k, v in meta.metrics.items()},
-        "config": _redacted_config(meta.config),
-        "temperature": float(meta.temperature),
-    }
-
-
-def _redacted_config(config: dict[str, Any]) -> dict[str, Any]:
-    """The config as stored in a model file, its weights URI redacted even when the caller
-    passed a dict that did not come from RunConfig's own (redacting) dump."""
-    model = config.get("model")
-    if not isinstance(model, dict) or not isinstance(model.get("weights"), str):
-        return config
-    return {**config, "model": {**model, "weights": redact_uri(model["weights"])}}
-
-
 def load_model(uri: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, ModelMeta]:
     """A ready-to-use model (eval mode) from a camtrap model file, plus its metadata."""
     blob = read_model_file(uri)
     if not isinstance(blob, dict) or "arch" not in blob or "model" not in blob:
         raise StorageError(f"{uri} is not a camtrap model file (no 'arch'/'model' keys)")
-    meta = ModelMeta(
-        arch=blob["arch"],
-        classes=list(blob["classes"]),
-        image_size=int(blob["image_size"]),
-        mean=list(blob["mean"]),
-        std=list(blob["std"]),
-        epoch=blob.get("epoch"),
-        metrics=dict(blob.get("metrics") or {}),
-        config=dict(blob.get("config") or {}),
-        temperature=float(blob.get("temperature", 1.0)),
-    )
+    meta = ModelMeta.of(blob)
     model = build_model(meta.arch, len(meta.classes), weights="none", image_size=meta.image_size)
     model.load_state_dict(blob["model"])
     return model.to(device).eval(), meta

@@ -14,15 +14,6 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-PLOT_FILES: dict[str, str] = {
-    "class_precision.png": "validation precision of each class over epochs",
-    "class_recalls.png": "validation recall of each class over epochs",
-    "class_f1.png": "validation F1 of each class over epochs",
-    "curves.png": "accuracy and loss of train and val over epochs, best epoch marked",
-    "confusion_matrix.png": "confusion matrix of the best checkpoint on val (rows: true class)",
-    "calibration.png": "reliability diagram of each best model on val, before and after its "
-    "temperature",
-}
 METRIC_TITLES = {"precision": "Precision", "recall": "Recall", "f1": "F1"}
 PER_CLASS_COLUMNS = ("epoch", "class", "precision", "recall", "f1", "support")
 EPOCH_COLUMNS = ("epoch", "split", "accuracy", "loss")

@@ -23,23 +23,26 @@ import numpy as np
 import pandas as pd
 import torch
 
-from camtrap import imagecache, runfolder, storage
+from camtrap import imagecache, storage
 from camtrap.calibration import apply_temperature
-from camtrap.config import DEFAULT_FEATURES_CSV, TTA_CHOICES, redact_uri
-from camtrap.data import CachedBatches, DeviceNormalize, make_loader
-from camtrap.engine import precision_for
-from camtrap.engine import predict as run_model
+from camtrap.config import TEST_FEATURES_CSV, TTA_CHOICES
+from camtrap.dataset import FeatureData, ImageLimits, fetch_dataset, load_features
+from camtrap.device import precision_for, resolve_device
+from camtrap.engine import infer
 from camtrap.errors import ConfigError
-from camtrap.fit import resolve_device
-from camtrap.labels import FeatureData, ImageLimits, load_features
-from camtrap.models import MirrorAverage, ModelMeta, load_model
+from camtrap.latest import resolve_model_uri
+from camtrap.loader import CachedBatches, DeviceNormalize, make_loader
+from camtrap.modelfile import ModelMeta
+from camtrap.models import MirrorAverage, load_model
+from camtrap.redact import redact_uri
 from camtrap.storage import StorageNotFound
+from camtrap.storage.mirror import fetch_files
+from camtrap.storage.uris import cache_path_for, default_cache_root, local_copy
 
 log = logging.getLogger("camtrap")
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 DEFAULT_BATCH_SIZE = 64
-LEAST_CONFIDENT = 10  # ids listed in the flow's artifact
 
 
 @dataclass
@@ -51,7 +54,7 @@ class Predictions:
     meta: ModelMeta
     temperature: float  # the temperature applied (1.0: none, or --no-calibration)
     tta: str
-    fingerprint: str  # of the features CSV and its images (camtrap.labels.FeatureData)
+    fingerprint: str  # of the features CSV and its images (camtrap.dataset.FeatureData)
 
     def describe(self) -> str:
         calibration = (
@@ -82,41 +85,27 @@ def check_options(tta: str, device: str, batch_size: int) -> None:
 
 def local_model_file(model_uri: str, cache_root: Path | None = None) -> Path:
     """A local copy of the model file at `model_uri` (a model file, not a run: see
-    runfolder.resolve_model_uri). S3: fetched into the cache (reused while its ETag is the
+    camtrap.latest.resolve_model_uri). S3: fetched into the cache (reused while its ETag is the
     same); a local file is used in place."""
     if not storage.is_remote(model_uri):
         return Path(model_uri)
     folder, name = model_uri.rstrip("/").rsplit("/", 1)
-    cache = storage.cache_path_for(folder, _cache_root(cache_root) / "models")
-    report = storage.fetch_files(folder, [name], cache)
+    cache = cache_path_for(folder, _cache_root(cache_root) / "models")
+    report = fetch_files(folder, [name], cache)
     if report.missing:
         raise StorageNotFound(f"model file {model_uri} does not exist — fix: check the URI")
     return report.root / name
 
 
 def fetch_features(data_uri: str, features_csv: str, cache_root: Path | None = None) -> Path:
-    """The local root holding the features CSV and every image it lists. S3: fetched into the
-    data cache (only files whose ETag changed); a local folder is used in place. Images missing
-    at the URI are left for validation to report, with their CSV line."""
-    cache = _data_cache(data_uri, cache_root)
-    meta = storage.fetch_files(data_uri, [features_csv], cache)
-    if meta.missing:
-        raise StorageNotFound(
-            f"{storage.join(data_uri, features_csv)} does not exist — fix: put {features_csv} "
-            f"(columns id, filepath, optional site) at {data_uri}, or name it with --features"
-        )
-    storage.fetch_files(data_uri, storage.image_names(meta.root / features_csv), cache)
-    return meta.root
-
-
-def _data_cache(data_uri: str, cache_root: Path | None) -> Path:
-    if not storage.is_remote(data_uri):
-        return Path(data_uri)
-    return storage.cache_path_for(data_uri, _cache_root(cache_root) / "data")
+    """The local root holding the features CSV and every image it lists (camtrap.dataset.fetch:
+    S3 into the data cache, a local folder in place)."""
+    cache = local_copy(data_uri, "data", cache_root)
+    return fetch_dataset(data_uri, cache, features_csv, labels_csv=None)
 
 
 def _cache_root(cache_root: Path | None) -> Path:
-    return Path(cache_root) if cache_root is not None else storage.default_cache_root()
+    return Path(cache_root) if cache_root is not None else default_cache_root()
 
 
 def image_limits(meta: ModelMeta) -> ImageLimits:
@@ -208,7 +197,7 @@ def _probabilities(
     precision = precision_for(device, train.get("amp", True), train.get("amp_dtype", "float16"))
     net = MirrorAverage(model) if tta == "hflip" else model
     to_input = DeviceNormalize(meta.mean, meta.std, device)
-    out = run_model(net, loader, to_input, precision, progress=progress, desc="predict")
+    out = infer(net, loader, to_input, precision, progress=progress, desc="predict")
     return out.probs
 
 
@@ -236,28 +225,6 @@ def check_output(output_uri: str) -> None:
         )
 
 
-def class_counts(frame: pd.DataFrame) -> pd.DataFrame:
-    """How many images each class is the top-1 prediction for (every class, 0 included)."""
-    classes = [c for c in frame.columns if c != "id"]
-    top = frame[classes].to_numpy().argmax(axis=1)
-    counts = np.bincount(top, minlength=len(classes))
-    return pd.DataFrame({"class": classes, "images": counts})
-
-
-def least_confident(frame: pd.DataFrame, n: int = LEAST_CONFIDENT) -> pd.DataFrame:
-    """The `n` images whose top-1 probability is lowest: id, top class and its probability."""
-    classes = [c for c in frame.columns if c != "id"]
-    probs = frame[classes].to_numpy()
-    table = pd.DataFrame(
-        {
-            "id": frame["id"].to_numpy(),
-            "top_class": np.asarray(classes)[probs.argmax(axis=1)],
-            "probability": probs.max(axis=1),
-        }
-    )
-    return table.sort_values("probability", kind="stable").head(n).reset_index(drop=True)
-
-
 def prediction_name(fingerprint: str, tta: str = "none", calibration: bool = True,
                     model_file: str = "") -> str:  # fmt: skip
     """`{fingerprint}.csv` for the run's best model with the defaults; other choices are named
@@ -281,7 +248,7 @@ def predict(
     data_uri: str,
     output_uri: str,
     *,
-    features_csv: str = DEFAULT_FEATURES_CSV,
+    features_csv: str = TEST_FEATURES_CSV,
     tta: str = "none",
     calibration: bool = True,
     batch_size: int = DEFAULT_BATCH_SIZE,
@@ -293,7 +260,7 @@ def predict(
     Nothing is written unless every step succeeded."""
     check_options(tta, device, batch_size)
     check_output(output_uri)
-    model_uri = runfolder.resolve_model_uri(model_uri)
+    model_uri = resolve_model_uri(model_uri)
     model, meta = load(local_model_file(model_uri, cache_root), device)
     root = fetch_features(data_uri, features_csv, cache_root)
     image_cache = _cache_root(cache_root) / "images" if cache_root is not None else None

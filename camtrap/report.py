@@ -1,22 +1,28 @@
-"""What a user reads about runs: the summary `camtrap demo` prints at the end (where the run is,
-how good its best model is, which files to open, how to see it in the Prefect UI), and a stage's
-retrain history (one row per run folder under {output_uri}/{stage}/). Both read only run.json."""
+"""What a user reads about runs, rendered from run.json and the run folder's files: the summary
+`camtrap train` and `camtrap demo` print at the end (where the run is, how good its best model
+is, which files to open), the markdown the Prefect tasks publish (a run's summary and plots, a
+prediction's summary), and a stage's retrain history (one row per run folder under
+{output_uri}/{stage}/). Rendering only: nothing here trains or writes."""
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
-from camtrap import runfolder, storage
+from camtrap import storage
+from camtrap.metrics import EPOCH_METRICS
+from camtrap.redact import redact_uri
+from camtrap.runfolder import EPOCHS_CSV, PLOT_NAMES, PLOTS, RUN_JSON, RunFiles
+from camtrap.storage import uris
 
 log = logging.getLogger("camtrap")
-
-PREFECT_UI_URL = "http://127.0.0.1:4200"
 
 # The files a first-time user looks at, in reading order, with what each shows.
 _FILES_TO_OPEN = [
@@ -29,26 +35,28 @@ _FILES_TO_OPEN = [
 ]
 
 
-def run_summary(
-    run_dir: Path, prefect_command: str | None = None, api_url: str | None = None
-) -> str:
-    """A few lines on the finished run in `run_dir`. With `prefect_command` (the `prefect`
-    executable to show), also how to see the run in the Prefect UI: the server at `api_url`
-    (PREFECT_API_URL) when the run went there, else the temporary server's history."""
+def run_summary(run_dir: Path) -> str:
+    """A few lines on the finished run in `run_dir`."""
     run_dir = Path(run_dir)
-    info = json.loads((run_dir / "run.json").read_text())
+    info = json.loads((run_dir / RUN_JSON).read_text())
     lines = [f"Run folder: {run_dir}", _best_line(info), *_calibration_lines(info)]
     lines.append("Files to open there:")
-    files = [
-        *_FILES_TO_OPEN,
-        (_best_model_file(info, run_dir), "the best model"),
-        *_best_logloss_model_file(info),
-    ]
+    files = [*_FILES_TO_OPEN, *_model_files(info)]
     width = max(len(name) for name, _ in files)
     lines += [f"  {name:<{width}}  {what}" for name, what in files]
-    if prefect_command:
-        lines += _prefect_ui_lines(prefect_command, api_url, run_dir.name)
     return "\n".join(lines)
+
+
+def _model_files(info: dict[str, Any]) -> list[tuple[str, str]]:
+    """The best model's file (named after the run's arch and stage), and the log-loss best's
+    when the run has one."""
+    files = RunFiles.of_run(Path(), info)
+    if files is None:
+        return [("final_<arch>_model_<stage>_best.pth", "the best model")]
+    shown = [(files.best_model.name, "the best model")]
+    if files.best_logloss_model.name in info.get("files", {}):
+        shown.append((files.best_logloss_model.name, "the model of the lowest val log loss"))
+    return shown
 
 
 def _best_line(info: dict[str, Any]) -> str:
@@ -75,33 +83,8 @@ def _calibration_lines(info: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _best_logloss_model_file(info: dict[str, Any]) -> list[tuple[str, str]]:
-    names = [name for name in info.get("files", {}) if name.endswith("_best_logloss.pth")]
-    return [(names[0], "the model of the lowest val log loss")] if names else []
-
-
 def _number(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
-
-
-def _best_model_file(info: dict[str, Any], run_dir: Path) -> str:
-    """The `final_*_best.pth` that run.json lists (its name depends on arch and stage)."""
-    names = [name for name in info.get("files", {}) if name.endswith("_best.pth")]
-    names = names or sorted(p.name for p in run_dir.glob("final_*_best.pth"))
-    return names[0] if names else "final_<arch>_model_<stage>_best.pth"
-
-
-def _prefect_ui_lines(prefect_command: str, api_url: str | None, run_id: str) -> list[str]:
-    """The flow run is named after the run id (the folder's name)."""
-    if api_url:
-        url = api_url.removesuffix("/api")
-        return [f"In the Prefect UI: open {url} (PREFECT_API_URL), flow run {run_id}"]
-    # The temporary server kept the run's history in PREFECT_HOME's database, which a
-    # `prefect server start` with the same PREFECT_HOME serves.
-    return [
-        f"In the Prefect UI: run `{prefect_command} server start`, then open {PREFECT_UI_URL}",
-        f"  (flow run {run_id}, kept in PREFECT_HOME's database: ~/.prefect unless set)",
-    ]
 
 
 # --- a stage's retrain history ---------------------------------------------------------------
@@ -122,10 +105,10 @@ def stage_run_infos(stage_uri: str | Path) -> dict[str, dict[str, Any]]:
     infos: dict[str, dict[str, Any]] = {}
     for rel in sorted(storage.list_files(stage_uri)):
         folder, _, name = rel.partition("/")
-        if name != runfolder.RUN_JSON or folder.startswith("."):
+        if name != RUN_JSON or folder.startswith("."):
             continue
         run_uri = storage.join(stage_uri, folder)
-        text = storage.read_text(storage.join(run_uri, runfolder.RUN_JSON))
+        text = storage.read_text(storage.join(run_uri, RUN_JSON))
         try:
             info = json.loads(text)
         except ValueError as err:
@@ -190,3 +173,253 @@ def _calibrated_log_loss(info: dict[str, Any], val: dict[str, Any]) -> Any:
         if report.get("log_loss_after") is not None
     ]
     return min(after) if after else val.get("calibrated_log_loss")
+
+
+# --- markdown for the Prefect UI ------------------------------------------------------------
+
+MAX_EMBEDDED_PLOT_BYTES = 1_000_000  # bigger plots are linked, not embedded
+
+
+def _at_epoch(epochs: pd.DataFrame, epoch: int, split: str) -> dict[str, float]:
+    rows = epochs[(epochs["epoch"] == epoch) & (epochs["split"] == split)]
+    if rows.empty:
+        return {}
+    return {m: float(rows.iloc[0][m]) for m in EPOCH_METRICS if m in rows.columns}
+
+
+def summary_markdown(run_uri: str, info: dict[str, Any], run_dir: Path) -> str:
+    """Best epoch, the best model's val metrics, the generalisation gap, links to every file."""
+    epochs = pd.read_csv(Path(run_dir) / EPOCHS_CSV)
+    best = int(info.get("best_epoch") or 0)
+    config = info.get("config", {})
+    metric = config.get("train", {}).get("best_metric", "val_accuracy")
+    train_m, val_m = _at_epoch(epochs, best, "train"), _at_epoch(epochs, best, "val")
+    lines = [
+        f"# {uris.name(run_uri)}: {info.get('status', '?')}",
+        "",
+        f"- outputs: `{run_uri}`",
+        f"- data fingerprint: `{str(info.get('data_fingerprint', '?'))[:12]}`",
+        f"- model: `{config.get('model', {}).get('arch', '?')}`, "
+        f"{len(info.get('classes', []))} classes, images "
+        f"{info.get('counts', {}).get('train', '?')} train / "
+        f"{info.get('counts', {}).get('val', '?')} val",
+        f"- best epoch: **{best}** of {int(epochs['epoch'].max())} "
+        f"({metric} {float(info.get('best_value', float('nan'))):.4f})",
+        "",
+        "## Best model on val",
+        "",
+        "| metric | value |",
+        "| --- | --- |",
+        *[f"| {k} | {v:.4f} |" for k, v in info.get("val", {}).items()],
+        "",
+        *best_models_lines(info, epochs, metric),
+        *calibration_lines(info),
+        *tta_lines(info),
+        *per_site_lines(info),
+        f"## Generalisation gap at epoch {best}",
+        "",
+        "| metric | train | val | train - val |",
+        "| --- | --- | --- | --- |",
+        *[
+            f"| {m} | {train_m[m]:.4f} | {val_m[m]:.4f} | {train_m[m] - val_m[m]:+.4f} |"
+            for m in EPOCH_METRICS
+            if m in train_m and m in val_m
+        ],
+        "",
+        "## Files",
+        "",
+        "| file | bytes | sha256 |",
+        "| --- | --- | --- |",
+        *[
+            f"| `{uris.join(run_uri, rel)}` | {meta['bytes']} | `{meta['sha256'][:12]}` |"
+            for rel, meta in sorted(info.get("files", {}).items())
+        ],
+        f"| `{uris.join(run_uri, RUN_JSON)}` | | |",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def best_models_lines(info: dict[str, Any], epochs: pd.DataFrame, metric: str) -> list[str]:
+    """Which epoch each best model comes from, with its val accuracy and log loss (uncalibrated,
+    as metrics/epochs.csv has them)."""
+    files = RunFiles.of_run(Path(), info)
+    names = {
+        "best": files.best_model.name if files else "?",
+        "best_logloss": files.best_logloss_model.name if files else "?",
+    }
+    rows = []
+    chosen = (
+        ("best", "best_epoch", metric),
+        ("best_logloss", "best_logloss_epoch", "val_log_loss"),
+    )
+    for name, key, chosen_by in chosen:
+        if info.get(key) is None:
+            continue
+        epoch = int(info[key])
+        val = _at_epoch(epochs, epoch, "val")
+        rows.append(
+            f"| `{names[name]}` | {chosen_by} | {epoch} | {val.get('accuracy', float('nan')):.4f} "
+            f"| {val.get('log_loss', float('nan')):.4f} |"
+        )
+    header = ["## Best models", "", "| file | chosen by | epoch | val accuracy | val log loss |",
+              "| --- | --- | --- | --- | --- |"]  # fmt: skip
+    return [*header, *rows, ""] if rows else []
+
+
+def calibration_lines(info: dict[str, Any]) -> list[str]:
+    """Each best model's temperature and val log loss / ECE before and after it."""
+    reports = info.get("calibration", {})
+    if not reports:
+        return []
+    return [
+        "## Calibration on val (temperature stored in each model file)",
+        "",
+        "| model | epoch | temperature | log loss before | log loss after | ECE before "
+        "| ECE after |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+        *[
+            f"| {name} | {r.get('epoch')} | {r['temperature']:.4f} | {r['log_loss_before']:.4f} "
+            f"| {r['log_loss_after']:.4f} | {r['ece_before']:.4f} | {r['ece_after']:.4f} |"
+            for name, r in reports.items()
+        ],
+        "",
+    ]
+
+
+def tta_lines(info: dict[str, Any]) -> list[str]:
+    """The best model on val without and with hflip TTA (calibrated, as predict returns)."""
+    tta = info.get("tta", {})
+    if not tta:
+        return []
+    return [
+        "## Test-time augmentation (best model on val, calibrated)",
+        "",
+        "| TTA | accuracy | log loss |",
+        "| --- | --- | --- |",
+        *[f"| {name} | {m['accuracy']:.4f} | {m['log_loss']:.4f} |" for name, m in tta.items()],
+        "",
+    ]
+
+
+def per_site_lines(info: dict[str, Any]) -> list[str]:
+    """Val accuracy and log loss per camera site, the worst log loss first: photos to label come
+    from new sites, and a few bad sites can hide behind a good mean."""
+    sites = sorted(info.get("per_site", []), key=lambda r: r["log_loss"], reverse=True)
+    if not sites:
+        return []
+    return [
+        "## Val by site (best model, calibrated; worst log loss first)",
+        "",
+        "| site | images | accuracy | log loss |",
+        "| --- | --- | --- | --- |",
+        *[
+            f"| {r['site']} | {r['images']} | {r['accuracy']:.4f} | {r['log_loss']:.4f} |"
+            for r in sites
+        ],
+        "",
+    ]
+
+
+def plots_markdown(run_uri: str, plots_dir: Path) -> str:
+    """The plots, embedded (PNG data URIs) so the UI shows them wherever the outputs live."""
+    lines = [f"# {uris.name(run_uri)}: plots", ""]
+    for plot in PLOT_NAMES:
+        path = Path(plots_dir) / f"{plot}.png"
+        uri = uris.join(run_uri, PLOTS, f"{plot}.png")
+        if not path.exists():
+            continue
+        lines += [f"## {plot}", "", f"`{uri}`", ""]
+        if path.stat().st_size <= MAX_EMBEDDED_PLOT_BYTES:
+            data = base64.b64encode(path.read_bytes()).decode("ascii")
+            lines += [f"![{plot}](data:image/png;base64,{data})", ""]
+    return "\n".join(lines)
+
+
+def summary_description(run_uri: str, info: dict[str, Any]) -> str:
+    """What the Artifacts page lists for each version of the summary: the retrain's quality."""
+    row = history_row(run_uri, info)
+    values = [
+        f"{name.replace('_', ' ')} {row[name]:.4f}"
+        for name in ("val_accuracy", "val_log_loss", "calibrated_log_loss")
+        if row[name] is not None
+    ]
+    return f"{uris.name(run_uri)}: " + (", ".join(values) or info.get("status", "?"))
+
+
+# --- predictions -------------------------------------------------------------------------------
+
+LEAST_CONFIDENT = 10  # ids listed in the predictions summary
+
+
+def class_counts(frame: pd.DataFrame) -> pd.DataFrame:
+    """How many images each class is the top-1 prediction for (every class, 0 included)."""
+    classes = [c for c in frame.columns if c != "id"]
+    top = frame[classes].to_numpy().argmax(axis=1)
+    counts = np.bincount(top, minlength=len(classes))
+    return pd.DataFrame({"class": classes, "images": counts})
+
+
+def least_confident(frame: pd.DataFrame, n: int = LEAST_CONFIDENT) -> pd.DataFrame:
+    """The `n` images whose top-1 probability is lowest: id, top class and its probability."""
+    classes = [c for c in frame.columns if c != "id"]
+    probs = frame[classes].to_numpy()
+    table = pd.DataFrame(
+        {
+            "id": frame["id"].to_numpy(),
+            "top_class": np.asarray(classes)[probs.argmax(axis=1)],
+            "probability": probs.max(axis=1),
+        }
+    )
+    return table.sort_values("probability", kind="stable").head(n).reset_index(drop=True)
+
+
+def predictions_markdown(
+    frame: pd.DataFrame,
+    *,
+    output_uri: str,
+    reused: bool,
+    model_uri: str,
+    run_id: str,
+    epoch: int | None,
+    temperature: float,
+    tta: str,
+    calibration: bool,
+) -> str:
+    """Where the predictions are, from which model, how many photos each class is the top-1
+    prediction for, and the least confident photos."""
+    counts = class_counts(frame)
+    lowest = least_confident(frame)
+    applied = (
+        f"temperature {temperature:.4g} applied"
+        if calibration
+        else ("uncalibrated (--no-calibration)")
+    )
+    state = "reused: an earlier flow run wrote it" if reused else "written now"
+    lines = [
+        f"# Predictions: {len(frame)} photos",
+        "",
+        f"- output: `{output_uri}` ({state})",
+        f"- model: `{redact_uri(model_uri)}` (run {run_id}, epoch {epoch}, {applied}, tta {tta})",
+        "",
+        "## Top-1 predictions per class",
+        "",
+        "| class | photos |",
+        "|---|---:|",
+        *[f"| {_cell(row['class'])} | {row['images']} |" for _, row in counts.iterrows()],
+        "",
+        f"## The {len(lowest)} least confident photos",
+        "",
+        "| id | top class | probability |",
+        "|---|---|---:|",
+        *[
+            f"| {_cell(row.id)} | {_cell(row.top_class)} | {row.probability:.4f} |"
+            for row in lowest.itertuples()
+        ],
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _cell(text: object) -> str:
+    """A value as a markdown table cell: a `|` in an id would end the cell."""
+    return str(text).replace("|", "\\|")

@@ -1,7 +1,8 @@
 """The one owner of a run folder: where it is (run ids that can't escape it), its layout, its
-status (run.json), how many epochs are done, the resume rule between a local copy and the copy in
-output_uri, the check that every listed file is intact, and the lease that keeps a second writer
-out.
+status (run.json), what makes a run the same run (its id, the settings that may change when it
+resumes), how many epochs are done, the resume rule between a local copy and the copy in
+output_uri, and the check that every listed file is intact. The lease that keeps a second
+writer out is camtrap.lease's; the stage's pointer to its newest finished run, camtrap.latest's.
 
 Commit order inside a run folder: state/last.pt is the commit point of an epoch. Everything else
 an epoch writes (the best model, metrics/*.csv, state/last.json) is written after it and can be
@@ -9,31 +10,53 @@ rebuilt from it, so a kill at any moment leaves a folder that resumes to the sam
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
-import os
 import re
-import socket
 import tempfile
-import threading
-import time
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from camtrap import storage
-from camtrap.errors import CamtrapError, ConfigError, StorageError
+from camtrap.errors import ConfigError
+from camtrap.storage.files import atomic_write_text, file_sha256, inside, safe_relative
+from camtrap.storage.mirror import sync_dir_to_uri, sync_uri_to_dir
+from camtrap.storage.uris import is_remote, join
 
 log = logging.getLogger("camtrap")
 
 # Letters, digits, `_`, `.`, `-`; starting with a letter or digit, so never `..`, `.`, or hidden.
 RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,199}$")
-LEASE_SECONDS_ENV = "CAMTRAP_LEASE_SECONDS"
-DEFAULT_LEASE_SECONDS = 600.0  # a dead machine's lease frees itself after this
+
+# The files of a run folder, relative to it (RunFiles gives each as a path).
+STATE = "state/last.pt"
+STATE_INFO = "state/last.json"  # the state's epoch, readable without downloading the state
+RUN_JSON = "run.json"
+SPLIT_CSV = "split.csv"
+EPOCHS_CSV = "metrics/epochs.csv"
+PER_CLASS_CSV = "metrics/per_class.csv"
+CONFUSION_CSV = "metrics/confusion_matrix.csv"
+PER_SITE_CSV = "metrics/per_site.csv"
+PREDICTIONS_CSV = "predictions/val.csv"
+PLOTS = "plots"
+# The plots of a run, in the order a reader looks at them (the plots artifact's order).
+PLOT_FILES: dict[str, str] = {
+    "curves.png": "accuracy and loss of train and val over epochs, best epoch marked",
+    "calibration.png": "reliability diagram of each best model on val, before and after its "
+    "temperature",
+    "confusion_matrix.png": "confusion matrix of the best checkpoint on val (rows: true class)",
+    "class_precision.png": "validation precision of each class over epochs",
+    "class_recalls.png": "validation recall of each class over epochs",
+    "class_f1.png": "validation F1 of each class over epochs",
+}
+PLOT_NAMES = tuple(name.removesuffix(".png") for name in PLOT_FILES)
+# Beside the run folders of a stage: {output}/{stage}/latest.json (camtrap.latest) and
+# {output}/{stage}/.leases/ (camtrap.lease).
+LATEST_JSON = "latest.json"
+LEASES = ".leases"
 
 
 # --- where ----------------------------------------------------------------------------------------
@@ -53,28 +76,22 @@ def check_run_id(run_id: str) -> str:
     return run_id
 
 
-def inside(path: str | Path, root: str | Path) -> Path:
-    """`path` resolved, if it lies inside `root` (resolved); StorageError otherwise. Every path
-    built from a name we did not choose is checked before it is written or deleted."""
-    resolved, base = Path(path).resolve(), Path(root).resolve()
-    if resolved != base and base not in resolved.parents:
-        raise StorageError(f"{path} is outside {root}; refusing to write or delete it")
-    return resolved
-
-
 def run_location(output: str | Path, stage: str, run_id: str) -> str:
     """{output}/{stage}/{run_id}, for a local folder or an s3:// URI, after checking the id."""
     check_run_id(run_id)
     check_run_id(stage)
-    location = storage.join(output, stage, run_id)
-    if not storage.is_remote(output):
-        inside(location, output)
+    location = join(output, stage, run_id)
+    if not is_remote(output):
+        inside(output, f"{stage}/{run_id}")
     return location
+
+
+# --- the layout -------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class RunFiles:
-    """Where each output of a run lives inside its folder (the layout of docs/architecture.md)."""
+    """Where each output of a run lives inside its folder (docs/architecture.md, "Run folder")."""
 
     root: Path
     arch: str
@@ -82,16 +99,13 @@ class RunFiles:
 
     @property
     def best_model(self) -> Path:
+        """The epoch best by train.best_metric (part1: val accuracy, as the seed)."""
         return self.root / f"final_{self.arch}_model_{self.stage}_best.pth"
 
     @property
     def best_logloss_model(self) -> Path:
         """The epoch with the lowest val log loss (best_model follows train.best_metric)."""
         return self.root / f"final_{self.arch}_model_{self.stage}_best_logloss.pth"
-
-    @property
-    def per_site_csv(self) -> Path:
-        return self.root / "metrics" / "per_site.csv"
 
     @property
     def final_model(self) -> Path:
@@ -106,6 +120,14 @@ class RunFiles:
         return self.root / STATE_INFO
 
     @property
+    def run_json(self) -> Path:
+        return self.root / RUN_JSON
+
+    @property
+    def split_csv(self) -> Path:
+        return self.root / SPLIT_CSV
+
+    @property
     def epochs_csv(self) -> Path:
         return self.root / EPOCHS_CSV
 
@@ -115,39 +137,57 @@ class RunFiles:
 
     @property
     def confusion_csv(self) -> Path:
-        return self.root / "metrics" / "confusion_matrix.csv"
+        return self.root / CONFUSION_CSV
+
+    @property
+    def per_site_csv(self) -> Path:
+        return self.root / PER_SITE_CSV
 
     @property
     def predictions_csv(self) -> Path:
-        return self.root / "predictions" / "val.csv"
-
-    @property
-    def split_csv(self) -> Path:
-        return self.root / SPLIT_CSV
-
-    @property
-    def run_json(self) -> Path:
-        return self.root / RUN_JSON
+        return self.root / PREDICTIONS_CSV
 
     @property
     def plots(self) -> Path:
         return self.root / PLOTS
 
+    def plot(self, name: str) -> Path:
+        """plots/{name}.png, `name` one of PLOT_NAMES."""
+        return self.plots / f"{name}.png"
+
+    def finished_layout(self) -> list[str]:
+        """Every file a finished run folder holds, relative to it, sorted."""
+        files = [
+            self.run_json, self.best_model, self.best_logloss_model, self.final_model,
+            self.state, self.state_info, self.split_csv, self.epochs_csv, self.per_class_csv,
+            self.confusion_csv, self.per_site_csv, self.predictions_csv,
+            *(self.plot(name) for name in PLOT_NAMES),
+        ]  # fmt: skip
+        return sorted(path.relative_to(self.root).as_posix() for path in files)
+
     @classmethod
-    def for_config(cls, run_dir: Path, config: Any) -> RunFiles:
+    def for_config(cls, run_dir: str | Path, config: Any) -> RunFiles:
         return cls(Path(run_dir), config.model.arch, config.output.stage)
 
-
-STATE = "state/last.pt"
-STATE_INFO = "state/last.json"  # the state's epoch, readable without downloading the state
-RUN_JSON = "run.json"
-SPLIT_CSV = "split.csv"
-EPOCHS_CSV = "metrics/epochs.csv"
-PER_CLASS_CSV = "metrics/per_class.csv"
-PLOTS = "plots"
+    @classmethod
+    def of_run(cls, run_dir: str | Path, info: dict[str, Any]) -> RunFiles | None:
+        """The layout of the run whose run.json is `info`: its config's arch and stage name its
+        files. None when run.json does not say them."""
+        config = info.get("config")
+        model = config.get("model") if isinstance(config, dict) else None
+        output = config.get("output") if isinstance(config, dict) else None
+        arch = model.get("arch") if isinstance(model, dict) else None
+        stage = output.get("stage") if isinstance(output, dict) else None
+        if not isinstance(arch, str) or not isinstance(stage, str):
+            return None
+        return cls(Path(run_dir), arch, stage)
 
 
 # --- status -----------------------------------------------------------------------------------
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def read_run_json(run_dir: str | Path) -> dict[str, Any]:
@@ -156,14 +196,23 @@ def read_run_json(run_dir: str | Path) -> dict[str, Any]:
 
 
 def write_run_json(run_dir: str | Path, info: dict[str, Any]) -> None:
-    storage.atomic_write_text(Path(run_dir) / RUN_JSON, json.dumps(info, indent=2) + "\n")
+    atomic_write_text(Path(run_dir) / RUN_JSON, json.dumps(info, indent=2) + "\n")
+
+
+def remote_run_json(run_uri: str) -> dict[str, Any]:
+    """run.json at `run_uri` ({} when there is none yet, or it is not JSON)."""
+    uri = join(run_uri, RUN_JSON)
+    try:
+        return json.loads(storage.read_text(uri)) if storage.exists(uri) else {}
+    except ValueError:
+        return {}
 
 
 def remote_status(run_uri: str) -> str:
     """`completed` or `running` (run.json at `run_uri`), or `new`: no split.csv there yet."""
-    if not storage.exists(storage.join(run_uri, SPLIT_CSV)):
+    if not storage.exists(join(run_uri, SPLIT_CSV)):
         return "new"
-    uri = storage.join(run_uri, RUN_JSON)
+    uri = join(run_uri, RUN_JSON)
     if not storage.exists(uri):
         return "running"
     try:
@@ -248,6 +297,27 @@ def up_to_date(info: dict[str, Any], epochs: int) -> bool:
     return info.get("status") == "completed" and trained >= epochs
 
 
+def run_id_for(config: Any, data_fingerprint: str) -> str:
+    """`{stage}-{fingerprint}`: the same config (a RunConfig) on the same data always gets the
+    same id."""
+    dump = config.model_dump(mode="json", exclude=NOT_IN_RUN_ID)
+    settings = settings_in_effect(dump)  # settings added later keep old ids
+    settings.pop("output", None)
+    digest = hashlib.sha256(
+        json.dumps({"config": settings, "data": data_fingerprint}, sort_keys=True).encode()
+    ).hexdigest()
+    return f"{config.output.stage}-{digest[:12]}"
+
+
+def resolve_run_id(
+    config: Any, data_fingerprint: str, run_id: str | None = None, force: bool = False
+) -> str:
+    """The given id, else the derived one; `force` adds a timestamp so a finished run with the
+    same config and data is trained again into a new folder (nothing is overwritten)."""
+    run_id = check_run_id(run_id) if run_id else run_id_for(config, data_fingerprint)
+    return f"{run_id}-{datetime.now(UTC):%Y%m%dT%H%M%S}" if force else run_id
+
+
 # --- epochs done ---------------------------------------------------------------------------------
 
 
@@ -255,7 +325,7 @@ def write_state_info(run_dir: str | Path, epoch: int, state_bytes: int) -> None:
     """state/last.json, written after state/last.pt: its epoch, for the resume rule's comparison
     of a local and a remote copy without downloading the state."""
     info = {"epoch": epoch, "bytes": state_bytes}
-    storage.atomic_write_text(Path(run_dir) / STATE_INFO, json.dumps(info) + "\n")
+    atomic_write_text(Path(run_dir) / STATE_INFO, json.dumps(info) + "\n")
 
 
 def epochs_done(run_dir: str | Path) -> int:
@@ -278,7 +348,7 @@ def remote_epochs_done(run_uri: str) -> int:
     """The epoch state/last.json names at `run_uri` (0 without one). Uploaded right after the
     state, so at worst it lags the remote state by one epoch: the comparison then keeps the
     local copy, which is consistent, one epoch less advanced."""
-    uri = storage.join(run_uri, STATE_INFO)
+    uri = join(run_uri, STATE_INFO)
     if not storage.exists(uri):
         return 0
     try:
@@ -308,7 +378,7 @@ def reconcile(run_uri: str, local_dir: str | Path) -> str:
       either side, so no output that was never uploaded is lost.
     Returns "pulled", "pushed" or "same" (what moved the state)."""
     local_dir = Path(local_dir)
-    if not storage.is_remote(run_uri) and Path(run_uri).resolve() == local_dir.resolve():
+    if not is_remote(run_uri) and Path(run_uri).resolve() == local_dir.resolve():
         return "same"
     local, remote = epochs_done(local_dir), remote_epochs_done(run_uri)
     if remote > local:
@@ -325,19 +395,19 @@ def reconcile(run_uri: str, local_dir: str | Path) -> str:
 
 def _download_missing(run_uri: str, local_dir: Path) -> None:
     for rel in storage.list_files(run_uri):
-        if storage.safe_relative(rel) and not is_bookkeeping(rel):
-            target = inside(local_dir / rel, local_dir)
+        if safe_relative(rel) and not is_bookkeeping(rel):
+            target = inside(local_dir, rel)
             if not target.exists():
-                storage.download_file(storage.join(run_uri, rel), target)
+                storage.download_file(join(run_uri, rel), target)
 
 
 def _mirror(run_uri: str, local_dir: Path) -> None:
-    storage.sync_uri_to_dir(run_uri, local_dir)
+    sync_uri_to_dir(run_uri, local_dir)
     remote = set(storage.list_files(run_uri))
     for path in sorted(local_dir.rglob("*"), reverse=True):
         rel = path.relative_to(local_dir).as_posix()
         if path.is_file() and rel not in remote and not is_bookkeeping(rel):
-            inside(path, local_dir).unlink()
+            inside(local_dir, rel).unlink()
 
 
 def push(local_dir: str | Path, run_uri: str) -> list[str]:
@@ -346,9 +416,9 @@ def push(local_dir: str | Path, run_uri: str) -> list[str]:
     state_dir = Path(local_dir, "state")
     first = []
     if state_dir.is_dir():  # last.pt, then last.json (which names its epoch)
-        synced = storage.sync_dir_to_uri(state_dir, storage.join(run_uri, "state"), ("last.json",))
+        synced = sync_dir_to_uri(state_dir, join(run_uri, "state"), ("last.json",))
         first = [f"state/{rel}" for rel in synced]
-    return first + storage.sync_dir_to_uri(local_dir, run_uri, last=(RUN_JSON,))
+    return first + sync_dir_to_uri(local_dir, run_uri, last=(RUN_JSON,))
 
 
 # --- verification --------------------------------------------------------------------------------
@@ -357,7 +427,7 @@ def push(local_dir: str | Path, run_uri: str) -> list[str]:
 def verify(run_uri: str) -> list[str]:
     """Every file run.json lists exists at `run_uri` with its size and sha256. Returns the
     problems (empty: intact). Remote files are downloaded to a temp folder to be hashed."""
-    info_uri = storage.join(run_uri, RUN_JSON)
+    info_uri = join(run_uri, RUN_JSON)
     if not storage.exists(info_uri):
         return [f"{info_uri} does not exist: the run never finished (or this is not a run)"]
     files = json.loads(storage.read_text(info_uri)).get("files", {})
@@ -369,311 +439,17 @@ def verify(run_uri: str) -> list[str]:
 
 
 def _check(run_uri: str, rel: str, entry: dict[str, Any], tmp: str) -> str | None:
-    if not storage.safe_relative(rel):
+    if not safe_relative(rel):
         return f"{rel}: not a path inside the run folder"
-    uri = storage.join(run_uri, rel)
+    uri = join(run_uri, rel)
     if not storage.exists(uri):
         return f"{rel}: missing"
     path = Path(uri)
-    if storage.is_remote(run_uri):
+    if is_remote(run_uri):
         path = Path(tmp, "file")
         storage.download_file(uri, path)
     if path.stat().st_size != entry["bytes"]:
         return f"{rel}: {path.stat().st_size} bytes, run.json says {entry['bytes']}"
-    if storage.file_sha256(path) != entry["sha256"]:
+    if file_sha256(path) != entry["sha256"]:
         return f"{rel}: sha256 differs from run.json"
     return None
-
-
-# --- the lease ---------------------------------------------------------------------------------
-
-
-class RunBusy(CamtrapError):
-    """Another process holds the run's lease."""
-
-
-def lease_location(output: str | Path, stage: str, run_id: str) -> str:
-    """{output}/{stage}/.leases/{run_id}.json: beside the run folders, never inside one."""
-    run_location(output, stage, run_id)  # the same checks as the run folder's
-    return storage.join(output, stage, ".leases", f"{run_id}.json")
-
-
-def lease_seconds() -> float:
-    return float(os.environ.get(LEASE_SECONDS_ENV) or DEFAULT_LEASE_SECONDS)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, another user's
-        return True
-    return True
-
-
-@dataclass
-class _Record:
-    owner: str
-    host: str
-    pid: int
-    expires: float  # unix time
-
-    @classmethod
-    def parse(cls, data: bytes) -> _Record | None:
-        try:
-            raw = json.loads(data)
-            return cls(str(raw["owner"]), str(raw["host"]), int(raw["pid"]), float(raw["expires"]))
-        except (ValueError, KeyError, TypeError):
-            return None  # a torn or foreign lease file counts as free
-
-    def dump(self) -> bytes:
-        expires = datetime.fromtimestamp(self.expires, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        return json.dumps({**self.__dict__, "expires_utc": expires}).encode()
-
-    def stale(self, now: float) -> bool:
-        """Expired, or held by a process of this machine that no longer exists."""
-        same_host = self.host == socket.gethostname()
-        return now >= self.expires or (same_host and not _pid_alive(self.pid))
-
-
-class RunLease:
-    """One writer per run: a lease file beside the run folders (local: created with O_EXCL; S3:
-    a conditional put), renewed in the background while held, expiring on its own if its holder
-    dies (at once when the holder was a process of this machine). Re-entrant for one owner: the
-    tasks of one flow run (owner = the flow run id) each take it in turn."""
-
-    def __init__(self, location: str, owner: str | None = None, seconds: float | None = None):
-        self.location = location
-        self.owner = owner or f"pid-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        self.seconds = seconds or lease_seconds()
-        self._tag: str | None = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self.lost = threading.Event()
-
-    def _record(self) -> _Record:
-        return _Record(self.owner, socket.gethostname(), os.getpid(), time.time() + self.seconds)
-
-    def try_acquire(self) -> _Record | None:
-        """Take the lease; returns None when taken, else the holder's record."""
-        for _ in range(5):  # a lost race re-reads the lease and tries again
-            if storage.create_exclusive(self.location, self._record().dump()):
-                self._tag = storage.read_with_tag(self.location)[1]
-                return None
-            try:
-                data, tag = storage.read_with_tag(self.location)
-            except storage.StorageNotFound:
-                continue  # released between our two calls
-            holder = _Record.parse(data)
-            if holder is not None and holder.owner != self.owner and not holder.stale(time.time()):
-                return holder
-            if storage.replace_if_match(self.location, self._record().dump(), tag):
-                self._tag = storage.read_with_tag(self.location)[1]
-                return None
-        raise StorageError(f"{self.location}: could not take the run's lease (contention)")
-
-    def acquire(self, wait_seconds: float = 0.0) -> RunLease:
-        deadline = time.monotonic() + wait_seconds
-        while (holder := self.try_acquire()) is not None:
-            if time.monotonic() >= deadline:
-                raise RunBusy(_busy_message(self.location, holder))
-            time.sleep(min(1.0, max(0.1, deadline - time.monotonic())))
-        self._start_renewing()
-        return self
-
-    def _start_renewing(self) -> None:
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._renew_loop, name="camtrap-lease", daemon=True)
-        self._thread.start()
-
-    def _renew_loop(self) -> None:
-        while not self._stop.wait(self.seconds / 4):
-            try:
-                ours = self._renew()
-            except StorageError as err:  # a blip: the lease has 3 more renewals to go
-                log.warning("lease %s not renewed yet: %s", self.location, err)
-                continue
-            if not ours:
-                log.error("lease %s was taken by another process", self.location)
-                self.lost.set()
-                return
-
-    def _renew(self) -> bool:
-        """Extend the lease; False if another owner holds it now."""
-        if storage.replace_if_match(self.location, self._record().dump(), self._tag):
-            self._tag = storage.read_with_tag(self.location)[1]
-            return True
-        try:
-            data, tag = storage.read_with_tag(self.location)
-        except storage.StorageNotFound:
-            return False
-        holder = _Record.parse(data)
-        if holder is None or holder.owner != self.owner:
-            return False
-        self._tag = tag  # renewed meanwhile by another task of this owner
-        return True
-
-    def check(self) -> None:
-        """Raise RunBusy if another process took the lease (ours expired while stalled)."""
-        if self.lost.is_set():
-            raise RunBusy(f"{self.location}: this process lost the run's lease; stopping")
-
-    def stop_renewing(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
-
-    def release(self) -> None:
-        """Stop renewing and delete the lease if it is still ours. Best effort: a lease that
-        can't be deleted now (S3 down) expires on its own."""
-        self.stop_renewing()
-        try:
-            data, _ = storage.read_with_tag(self.location)
-            holder = _Record.parse(data)
-            if holder is not None and holder.owner == self.owner:  # this owner's, any task
-                storage.remove(self.location)
-        except storage.StorageNotFound:
-            return
-        except StorageError as err:
-            log.warning("lease %s not released (%s); it expires on its own", self.location, err)
-
-    def __enter__(self) -> RunLease:
-        return self.acquire()
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
-
-
-def _busy_message(location: str, holder: _Record) -> str:
-    left = max(0, int(holder.expires - time.time()))
-    return (
-        f"another process is writing this run: {holder.owner} (pid {holder.pid} on "
-        f"{holder.host}) holds {location} for {left} s more unless it renews it — fix: wait for "
-        "it to finish, or use another --run-id; a lease left by a dead machine frees itself "
-        f"after {LEASE_SECONDS_ENV} seconds (default {DEFAULT_LEASE_SECONDS:.0f})"
-    )
-
-
-@contextmanager
-def leased(location: str, owner: str | None = None, release: bool = True) -> Iterator[RunLease]:
-    """Hold the lease for the block; `release=False` leaves it to expire or to the same owner's
-    next block (the tasks of one flow run)."""
-    lease = RunLease(location, owner).acquire()
-    try:
-        yield lease
-    finally:
-        if release:
-            lease.release()
-        else:
-            lease.stop_renewing()
-
-
-# --- the latest pointer --------------------------------------------------------------------------
-
-LATEST_JSON = "latest.json"  # {output}/{stage}/latest.json: the stage's newest finished run
-
-
-def latest_location(output: str | Path, stage: str) -> str:
-    """{output}/{stage}/latest.json."""
-    check_run_id(stage)
-    return storage.join(output, stage, LATEST_JSON)
-
-
-def write_latest(run_uri: str | Path, info: dict[str, Any]) -> str:
-    """Point {output}/{stage}/latest.json at the run at `run_uri` (a folder `run_location`
-    made), whose finished run.json is `info`. Call only after a fully successful run: every file
-    is in place and run.json written. Replaced in one write (local: atomic rename; S3: one PUT),
-    so a reader sees the old pointer or the new one. Returns the pointer's location."""
-    run_uri = str(run_uri)
-    stage, arch = info["config"]["output"]["stage"], info["config"]["model"]["arch"]
-    files = RunFiles(Path(), arch, stage)
-    listed = info.get("files", {})
-    logloss = files.best_logloss_model.name
-    pointer = {
-        "run_id": info["run_id"],
-        "run_uri": str(Path(run_uri).resolve()) if not storage.is_remote(run_uri) else run_uri,
-        "stage": stage,
-        "finished": info.get("finished"),
-        "data_fingerprint": info.get("data_fingerprint"),
-        "best_model": files.best_model.name,
-        "best_logloss_model": logloss if logloss in listed else None,
-    }
-    location = storage.join(_parent(run_uri), LATEST_JSON)
-    storage.write_text(location, json.dumps(pointer, indent=2) + "\n")
-    log.info("%s -> %s", location, info["run_id"])
-    return location
-
-
-def read_latest(output: str | Path, stage: str) -> dict[str, Any] | None:
-    """The pointer {output}/{stage}/latest.json, or None when no run of the stage has finished
-    there yet."""
-    location = latest_location(output, stage)
-    return _read_pointer(location) if storage.exists(location) else None
-
-
-def resolve_model_uri(uri: str | Path) -> str:
-    """The model file `uri` stands for: a model file -> itself; a run folder (with run.json) ->
-    its best model; `.../latest.json` (or a stage folder holding one) -> the best model of the
-    run it points to. StorageNotFound, with the fix, when there is no such file."""
-    text = str(uri).rstrip("/")
-    if _name(text) != LATEST_JSON and storage.exists(storage.join(text, LATEST_JSON)):
-        text = storage.join(text, LATEST_JSON)  # a stage folder: {output}/{stage}
-    if _name(text) == LATEST_JSON:
-        if not storage.exists(text):
-            raise storage.StorageNotFound(
-                f"{text} does not exist: no run of this stage has finished there yet — fix: "
-                "train one into that output_uri first, or pass a model file or a run folder"
-            )
-        pointer = _read_pointer(text)
-        found = storage.join(_parent(text), pointer["run_id"], pointer["best_model"])
-    elif storage.exists(storage.join(text, RUN_JSON)):
-        found = _best_model_of_run(text)
-    else:
-        found = text
-    if not storage.exists(found):
-        raise storage.StorageNotFound(
-            f"model file {found} does not exist — fix: pass a model file (final_*_best.pth), a "
-            f"run folder (with run.json), or {{output_uri}}/{{stage}}/{LATEST_JSON}"
-        )
-    return found
-
-
-def _best_model_of_run(run_uri: str) -> str:
-    info = json.loads(storage.read_text(storage.join(run_uri, RUN_JSON)))
-    if info.get("status") != "completed":
-        raise StorageError(
-            f"{run_uri} has not finished (status {info.get('status')!r}): its best model may "
-            "still change and has no calibration yet — fix: wait for the run to finish, or pass "
-            "the model file itself"
-        )
-    config = info.get("config", {})
-    files = RunFiles(Path(), config["model"]["arch"], config["output"]["stage"])
-    return storage.join(run_uri, files.best_model.name)
-
-
-def _read_pointer(location: str) -> dict[str, Any]:
-    try:
-        pointer = json.loads(storage.read_text(location))
-        if not isinstance(pointer, dict) or not {"run_id", "best_model"} <= set(pointer):
-            raise ValueError("no run_id/best_model")
-        for key in ("run_id", "best_model"):  # each becomes part of a path
-            if not RUN_ID_PATTERN.fullmatch(str(pointer[key])) or ".." in str(pointer[key]):
-                raise ValueError(f"{key} {pointer[key]!r} is not a plain name")
-    except (ValueError, UnicodeDecodeError) as err:
-        raise StorageError(
-            f"{location} is not a latest-run pointer ({err}) — fix: delete it; the next run "
-            "that finishes writes it again"
-        ) from None
-    return pointer
-
-
-def _parent(uri: str) -> str:
-    if storage.is_remote(uri):
-        return uri.rstrip("/").rsplit("/", 1)[0]
-    return str(Path(uri).parent)
-
-
-def _name(uri: str) -> str:
-    return uri.rstrip("/").rsplit("/", 1)[-1]

@@ -15,6 +15,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
+from camtrap.config import FEATURES_CSV
 from camtrap.errors import ConfigError, DataError, Problem
 
 Strategy = Literal["random", "stratified", "site"]
@@ -32,7 +33,7 @@ def split_frame(
         raise ConfigError(f"val_fraction must be between 0 and 1 (exclusive), got {val_fraction}")
     if len(frame) < 2:
         fix = "add images: a split needs at least one image on each side"
-        raise DataError(Problem("train_features.csv", f"only {len(frame)} image(s)", fix))
+        raise DataError(Problem(FEATURES_CSV, f"only {len(frame)} image(s)", fix))
     rng = np.random.default_rng(seed)
     n_val = val_count(len(frame), val_fraction)
     if strategy == "random":
@@ -129,7 +130,7 @@ def _site_val(frame: pd.DataFrame, n_val: int, rng: np.random.Generator) -> np.n
         fix = "use data.split=random or stratified, or give the images their real camera sites"
         found = ", ".join(table.index[:3])
         message = f"the site split needs at least 2 sites; found {len(table)} ({found})"
-        raise DataError(Problem("train_features.csv", message, fix))
+        raise DataError(Problem(FEATURES_CSV, message, fix))
     target = table.sum(axis=0).to_numpy() * n_val / len(frame)
     chosen = choose_val_sites(table.to_numpy(), target, rng)
     return sites.isin(table.index[chosen]).to_numpy()

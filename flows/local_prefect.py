@@ -15,6 +15,7 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from prefect.settings import Settings, get_current_settings
@@ -105,6 +106,20 @@ def _last_error(output: str) -> str:
     lines = [line.strip() for line in output.splitlines() if line.strip()]
     errors = [line for line in lines if re.match(r"^[\w.]+(Error|Exception)\b", line)]
     return (errors or lines or ["no output"])[-1]
+
+
+def run_main(prepare: Callable[[], Callable[[], Any]]) -> int:
+    """The shared body of the flows' `python -m` mains. `prepare` checks the arguments (a
+    refused one, a mistyped local folder: a CamtrapError, one line, before any server starts)
+    and returns what runs the flow (returning its final state); with no Prefect server
+    configured, Prefect's temporary server is made ready in between. Returns the exit status."""
+    try:
+        start = prepare()
+        prepare_temporary_server()  # no-op with PREFECT_API_URL; else works on a fresh machine
+    except CamtrapError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return exit_status(start())
 
 
 def exit_status(state: Any) -> int:

@@ -13,15 +13,16 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Literal
+from collections.abc import Callable
+from typing import Any, Literal
 
 from prefect import flow, get_run_logger
 
-from camtrap.config import DEFAULT_FEATURES_CSV, TTA_CHOICES, DataConfig
-from camtrap.errors import CamtrapError
-from camtrap.runfolder import check_run_id, latest_location
-from camtrap.storage import check_data_folder
-from flows.local_prefect import exit_status, prepare_temporary_server
+from camtrap.config import TEST_FEATURES_CSV, TTA_CHOICES, DataConfig
+from camtrap.latest import latest_location
+from camtrap.runfolder import check_run_id
+from camtrap.storage.mirror import check_data_folder
+from flows.local_prefect import run_main
 from tasks.data import fetch_features, fetch_images
 from tasks.gpu import gpu_slot
 from tasks.predict import predict, report_predictions, resolve_model, validate_features
@@ -32,7 +33,7 @@ def predict_swin(
     data_uri: str,
     output_uri: str,
     model_uri: str | None = None,
-    features_csv: str = DEFAULT_FEATURES_CSV,
+    features_csv: str = TEST_FEATURES_CSV,
     tta: Literal["none", "hflip"] = "none",
     calibration: bool = True,
     stage: str = "part1",
@@ -66,7 +67,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--model", help="model file, run folder or latest.json (default OUT/STAGE/latest.json)"
     )
-    parser.add_argument("--features", default=DEFAULT_FEATURES_CSV, help="features CSV in --data")
+    parser.add_argument("--features", default=TEST_FEATURES_CSV, help="features CSV in --data")
     parser.add_argument("--tta", default="none", choices=TTA_CHOICES)
     parser.add_argument("--no-calibration", action="store_true")
     parser.add_argument("--stage", default="part1", help="whose latest.json (without --model)")
@@ -75,24 +76,16 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
-    try:
+
+    def prepare() -> Callable[[], Any]:
         check_run_id(args.stage)
         check_data_folder(args.data)  # a mistyped local folder: one line, before any server
-        prepare_temporary_server()  # no-op with PREFECT_API_URL; else works on a fresh machine
-    except CamtrapError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    state = predict_swin(
-        args.data,
-        args.out,
-        args.model,
-        args.features,
-        args.tta,
-        not args.no_calibration,
-        args.stage,
-        return_state=True,
-    )
-    return exit_status(state)
+        return lambda: predict_swin(
+            args.data, args.out, args.model, args.features, args.tta, not args.no_calibration,
+            args.stage, return_state=True,
+        )  # fmt: skip
+
+    return run_main(prepare)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,12 +21,10 @@ from prefect.context import FlowRunContext
 from prefect.runtime import flow_run
 
 from camtrap.config import PRESETS, build_config, parse_override
-from camtrap.errors import CamtrapError
 from camtrap.runfolder import check_run_id
-from camtrap.storage import check_data_folder
+from camtrap.storage.mirror import check_data_folder
 from flows.hooks import restart_after_crash
-from flows.local_prefect import exit_status, prepare_temporary_server
-from tasks.common import release_lease
+from flows.local_prefect import run_main
 from tasks.data import (
     cache_images,
     fetch_images,
@@ -36,6 +35,7 @@ from tasks.data import (
 from tasks.evaluation import evaluate
 from tasks.gpu import gpu_slot
 from tasks.publish import publish, report_up_to_date
+from tasks.runs import release_lease
 from tasks.training import resolve_init_from, train
 
 
@@ -121,19 +121,16 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
-    try:
+
+    def prepare() -> Callable[[], Any]:
         overrides = dict(parse_override(text) for text in args.set)
         if args.run_id is not None:
             check_run_id(args.run_id)  # before a server starts: one line, no flow run
         check_data_folder(args.data)  # a mistyped local folder: one line, at once
-        prepare_temporary_server()  # no-op with PREFECT_API_URL; else works on a fresh machine
-    except CamtrapError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    state = train_swin(
-        args.data, args.out, args.preset, overrides, args.run_id, args.force, return_state=True
-    )
-    return exit_status(state)
+        return lambda: train_swin(args.data, args.out, args.preset, overrides, args.run_id,
+                                  args.force, return_state=True)  # fmt: skip
+
+    return run_main(prepare)
 
 
 if __name__ == "__main__":

@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Literal
+from collections.abc import Callable
+from typing import Any, Literal
 
 from prefect import flow, get_run_logger
 
-from camtrap.errors import CamtrapError
-from camtrap.storage import check_data_folder
-from flows.local_prefect import exit_status, prepare_temporary_server
+from camtrap.storage.mirror import check_data_folder
+from flows.local_prefect import run_main
 from tasks.watch import check_dataset, emit_changed, record_check
 
 Outcome = Literal["changed", "unchanged", "recorded"]
@@ -67,14 +67,12 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
-    try:
+
+    def prepare() -> Callable[[], Any]:
         check_data_folder(args.data)  # a mistyped local folder: one line, at once
-        prepare_temporary_server()
-    except CamtrapError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    state = watch_data(args.data, args.out, args.emit_first, return_state=True)
-    return exit_status(state)
+        return lambda: watch_data(args.data, args.out, args.emit_first, return_state=True)
+
+    return run_main(prepare)
 
 
 if __name__ == "__main__":

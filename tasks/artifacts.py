@@ -8,10 +8,10 @@ credential)."""
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import math
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -29,15 +29,12 @@ from prefect.client.schemas.sorting import ArtifactSort
 from prefect.runtime import flow_run, task_run
 
 from camtrap import report, runfolder, storage
-from tasks.common import RunRef, artifact_key
+from camtrap.metrics import EPOCH_METRICS
+from camtrap.runfolder import RunFiles
+from tasks.refs import RunRef
 
 log = logging.getLogger("camtrap")
 
-PLOT_NAMES = (
-    "curves", "calibration", "confusion_matrix", "class_precision", "class_recalls", "class_f1",
-)  # fmt: skip
-MAX_EMBEDDED_PLOT_BYTES = 1_000_000  # bigger plots are linked, not embedded
-METRIC_COLUMNS = ("accuracy", "loss", "log_loss", "top3_accuracy")
 FLOW_NAME = "train-swin"
 
 
@@ -48,6 +45,12 @@ def best_effort(what: str, fn: Callable[[], Any]) -> Any:
     except Exception as err:
         log.warning("could not update the %s artifact (%s); the run goes on", what, err)
         return None
+
+
+def artifact_key(*parts: str) -> str:
+    """Prefect artifact keys: lowercase letters, digits and dashes."""
+    text = "-".join(parts).lower()
+    return re.sub(r"-+", "-", re.sub(r"[^a-z0-9-]", "-", text)).strip("-")
 
 
 def stage_key(stage: str, what: str) -> str:
@@ -155,7 +158,7 @@ def epochs_table(artifacts: RunArtifacts, run: RunRef, epochs_csv: Path) -> UUID
     for epoch, values in wide.iterrows():
         row: dict[str, Any] = {"epoch": int(epoch)}
         for split in ("train", "val"):
-            for metric in METRIC_COLUMNS:
+            for metric in EPOCH_METRICS:
                 if (metric, split) in values.index:
                     row[f"{split}_{metric}"] = float(values[(metric, split)])
         rows.append(row)
@@ -182,182 +185,6 @@ def per_class_table(
     return artifacts.write("per-class", "table", _table_data(table), note)
 
 
-def _at_epoch(epochs: pd.DataFrame, epoch: int, split: str) -> dict[str, float]:
-    rows = epochs[(epochs["epoch"] == epoch) & (epochs["split"] == split)]
-    if rows.empty:
-        return {}
-    return {m: float(rows.iloc[0][m]) for m in METRIC_COLUMNS if m in rows.columns}
-
-
-def summary_markdown(run: RunRef, info: dict[str, Any], run_dir: Path) -> str:
-    """Best epoch, the best model's val metrics, the generalisation gap, links to every file."""
-    epochs = pd.read_csv(run_dir / runfolder.EPOCHS_CSV)
-    best = int(info.get("best_epoch") or 0)
-    config = info.get("config", {})
-    metric = config.get("train", {}).get("best_metric", "val_accuracy")
-    train_m, val_m = _at_epoch(epochs, best, "train"), _at_epoch(epochs, best, "val")
-    lines = [
-        f"# {run.run_id}: {info.get('status', '?')}",
-        "",
-        f"- outputs: `{run.run_uri}`",
-        f"- data fingerprint: `{str(info.get('data_fingerprint', '?'))[:12]}`",
-        f"- model: `{config.get('model', {}).get('arch', '?')}`, "
-        f"{len(info.get('classes', []))} classes, images "
-        f"{info.get('counts', {}).get('train', '?')} train / "
-        f"{info.get('counts', {}).get('val', '?')} val",
-        f"- best epoch: **{best}** of {int(epochs['epoch'].max())} "
-        f"({metric} {float(info.get('best_value', float('nan'))):.4f})",
-        "",
-        "## Best model on val",
-        "",
-        "| metric | value |",
-        "| --- | --- |",
-        *[f"| {k} | {v:.4f} |" for k, v in info.get("val", {}).items()],
-        "",
-        *best_models_lines(info, epochs, metric),
-        *calibration_lines(info),
-        *tta_lines(info),
-        *per_site_lines(info),
-        f"## Generalisation gap at epoch {best}",
-        "",
-        "| metric | train | val | train - val |",
-        "| --- | --- | --- | --- |",
-        *[
-            f"| {m} | {train_m[m]:.4f} | {val_m[m]:.4f} | {train_m[m] - val_m[m]:+.4f} |"
-            for m in METRIC_COLUMNS
-            if m in train_m and m in val_m
-        ],
-        "",
-        "## Files",
-        "",
-        "| file | bytes | sha256 |",
-        "| --- | --- | --- |",
-        *[
-            f"| `{storage.join(run.run_uri, name)}` | {meta['bytes']} | `{meta['sha256'][:12]}` |"
-            for name, meta in sorted(info.get("files", {}).items())
-        ],
-        f"| `{storage.join(run.run_uri, 'run.json')}` | | |",
-    ]
-    return "\n".join(lines) + "\n"
-
-
-def _best_files(info: dict[str, Any]) -> dict[str, str]:
-    """The best model files' names (run.json's calibration report, else from the config)."""
-    config = info.get("config", {})
-    files = runfolder.RunFiles(
-        Path("."),
-        config.get("model", {}).get("arch", "?"),
-        config.get("output", {}).get("stage", "?"),
-    )
-    names = {"best": files.best_model.name, "best_logloss": files.best_logloss_model.name}
-    for name, calibrated in info.get("calibration", {}).items():
-        names[name] = calibrated.get("file", names.get(name))
-    return names
-
-
-def best_models_lines(info: dict[str, Any], epochs: pd.DataFrame, metric: str) -> list[str]:
-    """Which epoch each best model comes from, with its val accuracy and log loss (uncalibrated,
-    as metrics/epochs.csv has them)."""
-    names = _best_files(info)
-    rows = []
-    chosen = (
-        ("best", "best_epoch", metric),
-        ("best_logloss", "best_logloss_epoch", "val_log_loss"),
-    )
-    for name, key, chosen_by in chosen:
-        if info.get(key) is None:
-            continue
-        epoch = int(info[key])
-        val = _at_epoch(epochs, epoch, "val")
-        rows.append(
-            f"| `{names[name]}` | {chosen_by} | {epoch} | {val.get('accuracy', float('nan')):.4f} "
-            f"| {val.get('log_loss', float('nan')):.4f} |"
-        )
-    header = ["## Best models", "", "| file | chosen by | epoch | val accuracy | val log loss |",
-              "| --- | --- | --- | --- | --- |"]  # fmt: skip
-    return [*header, *rows, ""] if rows else []
-
-
-def calibration_lines(info: dict[str, Any]) -> list[str]:
-    """Each best model's temperature and val log loss / ECE before and after it."""
-    reports = info.get("calibration", {})
-    if not reports:
-        return []
-    return [
-        "## Calibration on val (temperature stored in each model file)",
-        "",
-        "| model | epoch | temperature | log loss before | log loss after | ECE before "
-        "| ECE after |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
-        *[
-            f"| {name} | {r.get('epoch')} | {r['temperature']:.4f} | {r['log_loss_before']:.4f} "
-            f"| {r['log_loss_after']:.4f} | {r['ece_before']:.4f} | {r['ece_after']:.4f} |"
-            for name, r in reports.items()
-        ],
-        "",
-    ]
-
-
-def tta_lines(info: dict[str, Any]) -> list[str]:
-    """The best model on val without and with hflip TTA (calibrated, as predict returns)."""
-    tta = info.get("tta", {})
-    if not tta:
-        return []
-    return [
-        "## Test-time augmentation (best model on val, calibrated)",
-        "",
-        "| TTA | accuracy | log loss |",
-        "| --- | --- | --- |",
-        *[f"| {name} | {m['accuracy']:.4f} | {m['log_loss']:.4f} |" for name, m in tta.items()],
-        "",
-    ]
-
-
-def per_site_lines(info: dict[str, Any]) -> list[str]:
-    """Val accuracy and log loss per camera site, the worst log loss first: photos to label come
-    from new sites, and a few bad sites can hide behind a good mean."""
-    sites = sorted(info.get("per_site", []), key=lambda r: r["log_loss"], reverse=True)
-    if not sites:
-        return []
-    return [
-        "## Val by site (best model, calibrated; worst log loss first)",
-        "",
-        "| site | images | accuracy | log loss |",
-        "| --- | --- | --- | --- |",
-        *[
-            f"| {r['site']} | {r['images']} | {r['accuracy']:.4f} | {r['log_loss']:.4f} |"
-            for r in sites
-        ],
-        "",
-    ]
-
-
-def plots_markdown(run: RunRef, plots_dir: Path) -> str:
-    """The plots, embedded (PNG data URIs) so the UI shows them wherever the outputs live."""
-    lines = [f"# {run.run_id}: plots", ""]
-    for name in PLOT_NAMES:
-        path = plots_dir / f"{name}.png"
-        uri = storage.join(run.run_uri, runfolder.PLOTS, f"{name}.png")
-        if not path.exists():
-            continue
-        lines += [f"## {name}", "", f"`{uri}`", ""]
-        if path.stat().st_size <= MAX_EMBEDDED_PLOT_BYTES:
-            data = base64.b64encode(path.read_bytes()).decode("ascii")
-            lines += [f"![{name}](data:image/png;base64,{data})", ""]
-    return "\n".join(lines)
-
-
-def summary_description(run: RunRef, info: dict[str, Any]) -> str:
-    """What the Artifacts page lists for each version of the summary: the retrain's quality."""
-    row = report.history_row(run.run_uri, info)
-    values = [
-        f"{name.replace('_', ' ')} {row[name]:.4f}"
-        for name in ("val_accuracy", "val_log_loss", "calibrated_log_loss")
-        if row[name] is not None
-    ]
-    return f"{run.run_id}: " + (", ".join(values) or info.get("status", "?"))
-
-
 def history_rows(stage_uri: str) -> list[dict[str, Any]]:
     """Every run folder of the stage as a history row (camtrap.report), newest first."""
     frame = report.history_table(report.stage_run_infos(stage_uri))
@@ -373,7 +200,7 @@ def publish_history(artifacts: RunArtifacts, stage_uri: str) -> UUID:
 
 def publish_links(artifacts: RunArtifacts, run: RunRef, info: dict[str, Any]) -> list[UUID]:
     """Links to the run folder, its best model, metrics/epochs.csv and the plots folder."""
-    best = _best_files(info)["best"]
+    best = RunFiles.of_run(Path(), info).best_model.name
     links = (
         ("run-folder", run.run_uri, "run folder"),
         ("best-model", storage.join(run.run_uri, best), "best model"),
@@ -389,13 +216,14 @@ def publish_summary(run: RunRef, info: dict[str, Any], run_dir: Path) -> list[UU
     artifacts = RunArtifacts(stage_of(run))
     best = int(info.get("best_epoch") or 0)
     per_class = pd.read_csv(run_dir / runfolder.PER_CLASS_CSV, keep_default_na=False)
-    summary = summary_markdown(run, info, run_dir)
-    plots = plots_markdown(run, run_dir / runfolder.PLOTS)
+    summary = report.summary_markdown(run.run_uri, info, run_dir)
+    quality = report.summary_description(run.run_uri, info)
+    plots = report.plots_markdown(run.run_uri, run_dir / runfolder.PLOTS)
     return [
         progress(artifacts, run, 1, 1, f"{run.run_id}: {info.get('status', '?')}"),
         epochs_table(artifacts, run, run_dir / runfolder.EPOCHS_CSV),
         per_class_table(artifacts, run, per_class, best),
-        artifacts.write("summary", "markdown", summary, summary_description(run, info)),
+        artifacts.write("summary", "markdown", summary, quality),
         artifacts.write("plots", "markdown", plots, f"{run.run_id}: plots"),
         *publish_links(artifacts, run, info),
         best_effort("history", lambda: publish_history(artifacts, stage_uri(run))),

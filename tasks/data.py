@@ -7,7 +7,6 @@ exponential backoff and jitter, except on bad data (DataError), which no retry c
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -17,87 +16,31 @@ from prefect.cache_policies import NO_CACHE
 
 from camtrap import imagecache, runfolder, storage
 from camtrap.config import DataConfig, RunConfig
-from tasks.common import (
-    CODE_AND_INPUTS,
-    IO_TASK,
-    DataSnapshot,
-    ImageCacheRef,
-    RemoteState,
-    RunRef,
-    data_cache_dir,
-    holding_lease,
-    library_logs,
-    local_run_dir,
-)
+from camtrap.dataset import image_names
+from camtrap.storage import mirror
+from tasks.logs import library_logs
+from tasks.policies import CODE_AND_INPUTS, IO_TASK, RemoteState
+from tasks.refs import DataSnapshot, ImageCacheRef, RunRef
+from tasks.runs import data_cache_dir, holding_lease, run_ref
 
 log = logging.getLogger("camtrap")
 
 
-def _s3_state(data_uri: str, names: list[str] | None) -> str | None:
-    """(size, ETag) of `names` (None: every file) under an s3:// URI, one LIST request per 1000
-    files, plus the id of the local cache they are fetched into.
-
-    None (no key: the task runs, uncached) while that local cache holds another version of any
-    of them. The cache folder is shared by every state of the URI, so after A -> B -> A at the
-    URI, the result cached for A would name a folder that now holds B's files."""
-    files = storage.list_files(data_uri)
-    if names is not None:
-        files = {n: files[n] for n in names if n in files}
-    cache_dir = data_cache_dir(data_uri)
-    stale = _stale_local_copies(cache_dir, files)
-    if stale:
-        log.info(
-            "the local copy of %s holds other versions of %d files (first: %s); fetching again",
-            data_uri, len(stale), stale[0],
-        )  # fmt: skip
-        return None
-    return f"{storage.etags_digest(files)}:{storage.cache_token(cache_dir)}"
-
-
-def _stale_local_copies(cache_dir: Path, files: dict[str, storage.RemoteFile]) -> list[str]:
-    """The names among `files` whose copy in `cache_dir` is not the version at the URI: fetched
-    with another ETag (per the fetch manifest), or gone, or of another size since. Names never
-    fetched into it are not stale: the task fetches them, and its result is then true."""
-    manifest_path = cache_dir / storage.MANIFEST_NAME
-    try:
-        fetched = json.loads(storage.read_text(manifest_path)) if manifest_path.exists() else {}
-    except ValueError:
-        fetched = None  # unreadable: nothing it says can be trusted
-    if not isinstance(fetched, dict):
-        return sorted(files)
-    return [
-        name
-        for name, remote in sorted(files.items())
-        if name in fetched and not _holds(cache_dir / name, fetched[name], remote)
-    ]
-
-
-def _holds(local: Path, fetched_etag: str, remote: storage.RemoteFile) -> bool:
-    """The local copy, fetched with `fetched_etag`, is still the file at the URI."""
-    return fetched_etag == remote.etag and local.is_file() and local.stat().st_size == remote.size
-
-
-# The state functions below feed RemoteState cache keys; a local folder's state is the sizes and
-# modification times of the files.
+# The state functions below feed RemoteState cache keys (camtrap.storage.mirror.fetch_state: a
+# local folder's sizes and modification times; S3's ETags, or no key while the local copy is
+# stale).
 def _csv_state(inputs: dict[str, Any]) -> str | None:
     data: DataConfig = inputs["data"]
     uri = inputs["data_uri"]
-    if not storage.is_remote(uri):
-        report = storage.fetch_files(uri, [data.features_csv, data.labels_csv], Path(uri))
-        return report.digest
-    return _s3_state(uri, [data.features_csv, data.labels_csv])
+    return mirror.fetch_state(uri, [data.features_csv, data.labels_csv], data_cache_dir(uri))
 
 
 def _images_state(inputs: dict[str, Any]) -> str | None:
     snapshot: DataSnapshot = inputs["snapshot"]
     if not storage.is_remote(snapshot.data_uri):
-        return _local_images(snapshot, inputs["data"]).digest
-    return _s3_state(snapshot.data_uri, None)
-
-
-def _local_images(snapshot: DataSnapshot, data: DataConfig) -> storage.FetchReport:
-    names = storage.image_names(Path(snapshot.root, data.features_csv))
-    return storage.fetch_files(snapshot.data_uri, names, snapshot.root)
+        names = image_names(Path(snapshot.root, inputs["data"].features_csv))
+        return mirror.fetch_state(snapshot.data_uri, names, Path(snapshot.root))
+    return mirror.fetch_state(snapshot.data_uri, None, data_cache_dir(snapshot.data_uri))
 
 
 @task(
@@ -110,7 +53,7 @@ def fetch_metadata(data_uri: str, data: DataConfig) -> DataSnapshot:
     """The two CSVs into the local cache (ETag-keyed); a local folder is used in place."""
     with library_logs():
         names = [data.features_csv, data.labels_csv]
-        report = storage.fetch_files(data_uri, names, data_cache_dir(data_uri))
+        report = mirror.fetch_files(data_uri, names, data_cache_dir(data_uri))
     if report.missing:
         raise storage.StorageNotFound(
             f"{storage.join(data_uri, report.missing[0])} does not exist — fix: put "
@@ -120,10 +63,8 @@ def fetch_metadata(data_uri: str, data: DataConfig) -> DataSnapshot:
 
 
 def _features_csv_state(inputs: dict[str, Any]) -> str | None:
-    uri, name = inputs["data_uri"], inputs["features_csv"]
-    if not storage.is_remote(uri):
-        return storage.fetch_files(uri, [name], Path(uri)).digest
-    return _s3_state(uri, [name])
+    uri = inputs["data_uri"]
+    return mirror.fetch_state(uri, [inputs["features_csv"]], data_cache_dir(uri))
 
 
 @task(
@@ -137,7 +78,7 @@ def fetch_features(data_uri: str, features_csv: str) -> DataSnapshot:
     fetch_metadata does; its images follow with fetch_images(snapshot, DataConfig(features_csv=
     features_csv))."""
     with library_logs():
-        report = storage.fetch_files(data_uri, [features_csv], data_cache_dir(data_uri))
+        report = mirror.fetch_files(data_uri, [features_csv], data_cache_dir(data_uri))
     if report.missing:
         raise storage.StorageNotFound(
             f"{storage.join(data_uri, features_csv)} does not exist — fix: put {features_csv} "
@@ -157,8 +98,8 @@ def fetch_images(snapshot: DataSnapshot, data: DataConfig) -> DataSnapshot:
     whose ETag changed since the last fetch are downloaded. Missing ones are left for
     validation to report (with their CSV line)."""
     with library_logs():
-        names = storage.image_names(Path(snapshot.root, data.features_csv))
-        report = storage.fetch_files(snapshot.data_uri, names, snapshot.root)
+        names = image_names(Path(snapshot.root, data.features_csv))
+        report = mirror.fetch_files(snapshot.data_uri, names, snapshot.root)
         log.info(
             "images from %s: %d downloaded, %d unchanged in the cache, %d not found",
             snapshot.data_uri, len(report.downloaded), len(report.reused), len(report.missing),
@@ -182,31 +123,21 @@ def validate_and_split(
     """Validate the dataset (every problem at once: DataError, not retried), derive the run id
     (config + data fingerprint), and start the run folder in output_uri with split.csv and a
     `running` run.json. A finished run is left untouched."""
-    from camtrap import pipeline  # loads torch: here, not at the top (tasks/__init__.py)
+    from camtrap import stages  # loads torch: here, not at the top (tasks/__init__.py)
 
     with library_logs():
         if config.data.cache_mirror:
             pull_image_cache(config, output_uri)
-        data = pipeline.validate(config, Path(snapshot.root))
-        run_id = pipeline.resolve_run_id(config, data, run_id, force)
+        data = stages.validate(config, Path(snapshot.root))
+        run_id = runfolder.resolve_run_id(config, data.fingerprint, run_id, force)
         run = run_ref(output_uri, config.output.stage, run_id)
         if remote_status(run, config) == "up-to-date":
             return run
         with holding_lease(run):
             runfolder.reconcile(run.run_uri, run.local_dir)
-            pipeline.prepare(config, data, Path(run.local_dir))
+            stages.prepare(config, data, Path(run.local_dir))
             runfolder.push(run.local_dir, run.run_uri)
     return run
-
-
-def run_ref(output_uri: str, stage: str, run_id: str) -> RunRef:
-    """The places of run `run_id` (checked: a plain folder name)."""
-    return RunRef(
-        run_id=run_id,
-        run_uri=runfolder.run_location(output_uri, stage, run_id),
-        local_dir=str(local_run_dir(output_uri, stage, run_id)),
-        lease_uri=runfolder.lease_location(output_uri, stage, run_id),
-    )
 
 
 def remote_status(run: RunRef, config: RunConfig) -> str:
@@ -216,18 +147,10 @@ def remote_status(run: RunRef, config: RunConfig) -> str:
     status = runfolder.remote_status(run.run_uri)
     if status == "new":
         return status
-    info = _remote_run_json(run)
+    info = runfolder.remote_run_json(run.run_uri)
     if "config" in info:
         runfolder.refuse_changes(info["config"], config.model_dump(mode="json"), run.run_uri)
     return "up-to-date" if runfolder.up_to_date(info, config.train.epochs) else "running"
-
-
-def _remote_run_json(run: RunRef) -> dict[str, Any]:
-    uri = storage.join(run.run_uri, runfolder.RUN_JSON)
-    try:
-        return json.loads(storage.read_text(uri)) if storage.exists(uri) else {}
-    except ValueError:
-        return {}
 
 
 @task(name="run-status", cache_policy=NO_CACHE, timeout_seconds=300, **IO_TASK)
@@ -244,10 +167,10 @@ def cache_images(
     are copied, not decoded again), checked against its sha256. Not cached by Prefect:
     reusing an intact cache is this task's fast path. With data.cache_mirror the pack is also
     kept under {output_uri}/cache/, for workers on other machines (see `pull_image_cache`)."""
-    from camtrap import pipeline  # loads torch: here, not at the top (tasks/__init__.py)
+    from camtrap import stages  # loads torch: here, not at the top (tasks/__init__.py)
 
     with library_logs():
-        report = pipeline.cache_images(config, Path(run.local_dir), Path(snapshot.root))
+        report = stages.cache_images(config, Path(run.local_dir), Path(snapshot.root))
         if config.data.cache_mirror:
             _push(report.pack, mirror_uri(config, output_uri))
     return ImageCacheRef(

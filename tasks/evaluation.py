@@ -12,23 +12,19 @@ from prefect.cache_policies import NO_CACHE
 
 from camtrap import runfolder
 from camtrap.config import RunConfig
-from tasks.common import (
-    IO_TASK,
-    DataSnapshot,
-    RunRef,
-    ValMetrics,
-    holding_lease,
-    library_logs,
-)
+from tasks.logs import library_logs
+from tasks.policies import IO_TASK
+from tasks.refs import DataSnapshot, RunRef, ValMetrics
+from tasks.runs import holding_lease
 
 
 @task(name="evaluate", cache_policy=NO_CACHE, timeout_seconds=2 * 3600, **IO_TASK)
 def evaluate(config: RunConfig, snapshot: DataSnapshot, run: RunRef) -> ValMetrics:
-    from camtrap import pipeline  # loads torch: here, not at the top (tasks/__init__.py)
+    from camtrap import stages  # loads torch: here, not at the top (tasks/__init__.py)
 
     run_dir = Path(run.local_dir)
     with library_logs(), holding_lease(run):
         runfolder.reconcile(run.run_uri, run_dir)
-        metrics = pipeline.evaluate(config, run_dir, Path(snapshot.root))
+        metrics = stages.evaluate(config, run_dir, Path(snapshot.root))
         runfolder.push(run_dir, run.run_uri)
     return ValMetrics(metrics={k: float(v) for k, v in metrics.items()})

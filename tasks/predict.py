@@ -18,51 +18,20 @@ import pandas as pd
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
-from pydantic import BaseModel, ConfigDict
 
-from camtrap import runfolder, storage
-from camtrap.config import redact_uri
+from camtrap import report, runfolder, storage
+from camtrap.dataset import ImageLimits
 from camtrap.errors import StorageError
-from camtrap.labels import ImageLimits
-from tasks.common import CODE_AND_INPUTS, IO_TASK, DataSnapshot, artifact_key, library_logs
+from camtrap.latest import resolve_model_uri
+from camtrap.redact import redact_uri
+from tasks.artifacts import artifact_key
+from tasks.logs import library_logs
+from tasks.policies import CODE_AND_INPUTS, IO_TASK
+from tasks.refs import DataSnapshot, FeaturesRef, ModelRef, PredictionsRef
 
 log = logging.getLogger("camtrap")
 
 PREDICT_TIMEOUT_S = 4 * 3600  # tens of thousands of photos through Swin-T, with a cold cache
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class ModelRef(_Model):
-    """The model file a prediction uses, and what the flow needs to know about it."""
-
-    model_uri: str  # the file itself (resolved from a run folder or latest.json)
-    run_id: str  # its run (the predictions folder); the file's stem outside a run folder
-    file_name: str
-    image_size: int
-    max_image_bytes: int
-    max_image_pixels: int
-    epoch: int | None
-    temperature: float
-
-
-class FeaturesRef(_Model):
-    """A validated features CSV and its images, on this machine."""
-
-    root: str
-    features_csv: str
-    fingerprint: str
-    images: int
-
-
-class PredictionsRef(_Model):
-    output_uri: str
-    rows: int
-    reused: bool  # the file was there already (same run, data and options)
-    tta: str
-    calibration: bool
 
 
 @task(name="resolve-model", cache_policy=NO_CACHE, timeout_seconds=1800, **IO_TASK)
@@ -72,7 +41,7 @@ def resolve_model(model_uri: str) -> ModelRef:
     from camtrap import predict as library  # loads torch: here, not at the top (tasks/__init__.py)
 
     with library_logs():
-        uri = runfolder.resolve_model_uri(model_uri)
+        uri = resolve_model_uri(model_uri)
         _, meta = library.load(library.local_model_file(uri), device="cpu")
         limits = library.image_limits(meta)
         ref = ModelRef(
@@ -179,52 +148,20 @@ def report_predictions(predictions: PredictionsRef, model: ModelRef) -> str:
         io.BytesIO(storage.read_bytes(predictions.output_uri)), dtype={"id": str},
         keep_default_na=False,
     )  # fmt: skip
-    markdown = predictions_markdown(predictions, model, frame)
+    markdown = report.predictions_markdown(
+        frame,
+        output_uri=predictions.output_uri,
+        reused=predictions.reused,
+        model_uri=model.model_uri,
+        run_id=model.run_id,
+        epoch=model.epoch,
+        temperature=model.temperature,
+        tta=predictions.tta,
+        calibration=predictions.calibration,
+    )
     create_markdown_artifact(
         markdown=markdown,
         key=artifact_key(model.run_id, "predictions"),
         description=f"{model.run_id}: predictions for {len(frame)} photos",
     )
     return predictions.output_uri
-
-
-def predictions_markdown(predictions: PredictionsRef, model: ModelRef, frame: pd.DataFrame) -> str:
-    from camtrap import predict as library  # loads torch: here, not at the top (tasks/__init__.py)
-
-    counts = library.class_counts(frame)
-    lowest = library.least_confident(frame)
-    temperature = (
-        f"temperature {model.temperature:.4g} applied"
-        if predictions.calibration
-        else "uncalibrated (--no-calibration)"
-    )
-    state = "reused: an earlier flow run wrote it" if predictions.reused else "written now"
-    lines = [
-        f"# Predictions: {len(frame)} photos",
-        "",
-        f"- output: `{predictions.output_uri}` ({state})",
-        f"- model: `{redact_uri(model.model_uri)}` (run {model.run_id}, epoch {model.epoch}, "
-        f"{temperature}, tta {predictions.tta})",
-        "",
-        "## Top-1 predictions per class",
-        "",
-        "| class | photos |",
-        "|---|---:|",
-        *[f"| {_cell(row['class'])} | {row['images']} |" for _, row in counts.iterrows()],
-        "",
-        f"## The {len(lowest)} least confident photos",
-        "",
-        "| id | top class | probability |",
-        "|---|---|---:|",
-        *[
-            f"| {_cell(row.id)} | {_cell(row.top_class)} | {row.probability:.4f} |"
-            for row in lowest.itertuples()
-        ],
-        "",
-    ]
-    return "\n".join(lines)
-
-
-def _cell(text: object) -> str:
-    """A value as a markdown table cell: a `|` in an id would end the cell."""
-    return str(text).replace("|", "\\|")

@@ -10,9 +10,12 @@ from pathlib import Path
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from camtrap import runfolder, storage
+from camtrap import latest, runfolder, storage
 from tasks import artifacts
-from tasks.common import IO_TASK, RunRef, ValMetrics, holding_lease, library_logs
+from tasks.logs import library_logs
+from tasks.policies import IO_TASK
+from tasks.refs import RunRef, ValMetrics
+from tasks.runs import holding_lease
 
 PUBLISH_TASK = {"cache_policy": NO_CACHE, **IO_TASK}
 
@@ -23,15 +26,15 @@ def publish(run: RunRef, val: ValMetrics) -> str:
     file, so a finished run.json means a complete folder), {output_uri}/{stage}/latest.json
     pointed at it, then the summary artifacts.
     Returns the URI of run.json."""
-    from camtrap import pipeline  # loads torch: here, not at the top (tasks/__init__.py)
+    from camtrap import stages  # loads torch: here, not at the top (tasks/__init__.py)
 
     run_dir = Path(run.local_dir)
     with library_logs():
         with holding_lease(run, release=True):  # the run's last write
             runfolder.reconcile(run.run_uri, run_dir)
-            info = pipeline.finalize(run_dir, val=val.metrics)
+            info = stages.finalize(run_dir, val=val.metrics)
             runfolder.push(run_dir, run.run_uri)
-            runfolder.write_latest(run.run_uri, info)  # run.json is there: the run is complete
+            latest.write_latest(run.run_uri, info)  # run.json is there: the run is complete
         artifacts.publish_summary(run, info, run_dir)
     return storage.join(run.run_uri, runfolder.RUN_JSON)
 

@@ -17,19 +17,13 @@ from prefect.cache_policies import NO_CACHE
 from camtrap import runfolder
 from camtrap.config import RunConfig
 from camtrap.errors import StorageError
+from camtrap.lease import RunLease
 from tasks import artifacts
-from tasks.common import (
-    IO_TASK,
-    TRAIN_RETRIES,
-    TRAIN_RETRY_DELAY_S,
-    DataSnapshot,
-    RunRef,
-    TrainSummary,
-    holding_lease,
-    library_logs,
-    retry_unless_user_error,
-)
 from tasks.gpu import train_timeout_s
+from tasks.logs import library_logs
+from tasks.policies import IO_TASK, TRAIN_RETRIES, TRAIN_RETRY_DELAY_S, retry_unless_user_error
+from tasks.refs import DataSnapshot, RunRef, TrainSummary
+from tasks.runs import holding_lease
 
 if TYPE_CHECKING:
     from camtrap.fit import EpochRecord
@@ -44,7 +38,7 @@ class EpochPublisher:
         self,
         run: RunRef,
         run_artifacts: artifacts.RunArtifacts,
-        lease: runfolder.RunLease | None = None,
+        lease: RunLease | None = None,
     ) -> None:
         self.run = run
         self.artifacts = run_artifacts  # one card per key, updated every epoch
@@ -84,10 +78,10 @@ class EpochPublisher:
 )
 def train(config: RunConfig, snapshot: DataSnapshot, run: RunRef) -> TrainSummary:
     """Train (or resume) the run; its folder in output_uri holds every epoch's state."""
-    from camtrap import pipeline  # loads torch: here, not at the top (tasks/__init__.py)
+    from camtrap import stages  # loads torch: here, not at the top (tasks/__init__.py)
 
     run_dir = Path(run.local_dir)
-    with library_logs(), holding_lease(run) as lease:
+    with library_logs(), holding_lease(run) as held:
         moved = runfolder.reconcile(run.run_uri, run_dir)
         done = runfolder.epochs_done(run_dir)
         if done:
@@ -97,9 +91,10 @@ def train(config: RunConfig, snapshot: DataSnapshot, run: RunRef) -> TrainSummar
         artifacts.best_effort(
             "progress", lambda: artifacts.progress(run_artifacts, run, min(done, total), total)
         )
-        publisher = EpochPublisher(run, run_artifacts, lease)
-        result = pipeline.train(config, Path(snapshot.root), run_dir, on_epoch_end=publisher)
-        pipeline.record_training(run_dir, result)
+        publisher = EpochPublisher(run, run_artifacts, held)
+        job = stages.TrainJob(config, Path(snapshot.root), run_dir)
+        result = stages.train(job, on_epoch_end=publisher)
+        stages.record_training(run_dir, result)
         runfolder.push(run_dir, run.run_uri)
     return TrainSummary(
         best_epoch=result.best_epoch,

@@ -27,7 +27,7 @@ from prefect.utilities.asyncutils import run_coro_as_sync
 from pydantic import BaseModel, ConfigDict
 
 from camtrap import storage
-from tasks.common import IO_TASK
+from tasks.policies import IO_TASK
 
 log = logging.getLogger("camtrap")
 

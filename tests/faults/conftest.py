@@ -118,9 +118,9 @@ def verify_run_dir(run_dir: Path) -> dict:
 def verify_run_uri(s3_server, run_uri: str) -> dict:
     """The same for a run folder in S3: every file of run.json there with its sha256, and no
     temp object."""
-    from camtrap import storage
+    from camtrap.storage import uris
 
-    bucket, prefix = storage.split_s3(run_uri)
+    bucket, prefix = uris.split_s3(run_uri)
     client = s3_server.client()
     info = json.loads(client.get_object(Bucket=bucket, Key=f"{prefix}/run.json")["Body"].read())
     assert info["status"] == "completed", info.get("status")
@@ -138,9 +138,9 @@ def epochs_csv(run_dir: Path) -> pd.DataFrame:
 
 
 def s3_epochs_bytes(s3_server, run_uri: str) -> bytes:
-    from camtrap import storage
+    from camtrap.storage import uris
 
-    bucket, prefix = storage.split_s3(run_uri)
+    bucket, prefix = uris.split_s3(run_uri)
     body = s3_server.client().get_object(Bucket=bucket, Key=f"{prefix}/metrics/epochs.csv")
     return body["Body"].read()
 

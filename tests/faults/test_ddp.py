@@ -15,10 +15,11 @@ import psutil
 import pytest
 import torch
 
-from camtrap import cli, pipeline
+from camtrap import cli, stages
 from camtrap.config import build_config
-from camtrap.data import CachedBatches, DeviceNormalize, make_loader
-from camtrap.engine import precision_for, predict
+from camtrap.device import precision_for
+from camtrap.engine import infer
+from camtrap.loader import CachedBatches, DeviceNormalize, make_loader
 from camtrap.metrics import summary_metrics
 from camtrap.models import load_model
 
@@ -30,11 +31,11 @@ EPOCHS = 8
 
 
 def _ranks(marker: str) -> list[psutil.Process]:
-    """The training processes (camtrap.distributed) whose command line holds `marker`."""
+    """The training processes (camtrap.launch) whose command line holds `marker`."""
     found = []
     for proc in psutil.process_iter(["cmdline"]):
         cmdline = proc.info["cmdline"] or []
-        if "camtrap.distributed" in cmdline and any(marker in arg for arg in cmdline):
+        if "camtrap.launch" in cmdline and any(marker in arg for arg in cmdline):
             found.append(proc)
     return found
 
@@ -49,15 +50,15 @@ def _wait_for_epoch_one(child, out: Path, timeout: float = 240) -> None:
 
 
 def _one_process_val_metrics(model_file: Path, run_dir: Path, data: Path, config):
-    """The model file evaluated on the run's val split in this process, as pipeline.evaluate
+    """The model file evaluated on the run's val split in this process, as stages.evaluate
     does: the image cache's rows, batches of train.eval_batch(), the file's mean and std."""
     cpu = torch.device("cpu")
-    pack = pipeline.cache_images(config, run_dir, data).pack
-    items, _ = pipeline.split_items(run_dir, pack)
+    pack = stages.cache_images(config, run_dir, data).pack
+    items, _ = stages.split_items(run_dir, pack)
     val = items[items["split"] == "val"]
     dataset = CachedBatches(pack, val["row"].tolist(), val["label_idx"].tolist())
     model, meta = load_model(model_file, cpu)
-    out = predict(model, make_loader(dataset, config.train.eval_batch()),
+    out = infer(model, make_loader(dataset, config.train.eval_batch()),
                   DeviceNormalize(meta.mean, meta.std, cpu), precision_for(cpu, False))  # fmt: skip
     return meta.epoch, {"loss": out.loss, **summary_metrics(out.targets, out.probs, k=3)}
 

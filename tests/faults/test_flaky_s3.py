@@ -11,6 +11,7 @@ from s3_proxy import FaultRates
 
 from camtrap import storage
 from camtrap.errors import StorageError
+from camtrap.storage import retry
 from flows.train_swin import train_swin
 
 # Modest rates: about 3 requests in 10 meet a fault.
@@ -31,7 +32,7 @@ def test_the_flow_completes_through_flaky_s3_and_every_output_matches_run_json(
     output_uri = f"s3://{s3_server.new_bucket('runs')}/runs"
     # Retries wait from 50 ms, not 500: the faults and the retries are the subject here, not
     # the waits (10 of the test's 40 s).
-    monkeypatch.setattr(storage, "BACKOFF_SECONDS", 0.05)
+    monkeypatch.setattr(retry, "BACKOFF_SECONDS", 0.05)
     proxy = faulty_s3(seed, RATES)
 
     state = train_swin(data_uri, output_uri, "smoke", dict(kit.TINY), return_state=True)

@@ -16,7 +16,7 @@ from PIL import Image
 
 from camtrap.cli import main
 from flows.train_swin import train_swin
-from tasks.common import local_run_dir
+from tasks.runs import local_run_dir
 
 # --- run ids ------------------------------------------------------------------------------------
 

@@ -19,7 +19,7 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from tasks.common import local_run_dir
+from tasks.runs import local_run_dir
 
 pytestmark = pytest.mark.slow
 

@@ -14,6 +14,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from camtrap import runfolder
+
 pytestmark = pytest.mark.slow
 
 # part2 on the tiny CPU config (the part1 run below's arch): random crops of 40 px cached
@@ -25,16 +27,18 @@ PART2 = {"model.drop_path": 0.0, "data.train_cache_size": 40, "train.device": "c
 def part1_run(demo_dir, tmp_path_factory, kit) -> Path:
     """A finished tiny part1-style run (one epoch, trained in this process: no evaluation
     needed) to start part2 from: its run folder, which part2 resolves to its best model."""
-    from camtrap import pipeline
+    from camtrap import stages
     from camtrap.config import build_config
-    from camtrap.labels import load_dataset
+    from camtrap.dataset import load_dataset
 
     config = build_config("smoke", overrides={**kit.TINY, "train.epochs": 1})
     data = load_dataset(demo_dir)
-    run_dir = tmp_path_factory.mktemp("part1") / "smoke" / pipeline.run_id_for(config, data)
-    pipeline.prepare(config, data, run_dir)
-    pipeline.train(config, demo_dir, run_dir)
-    pipeline.finalize(run_dir)
+    run_dir = (
+        tmp_path_factory.mktemp("part1") / "smoke" / runfolder.run_id_for(config, data.fingerprint)
+    )
+    stages.prepare(config, data, run_dir)
+    stages.train(stages.TrainJob(config, demo_dir, run_dir))
+    stages.finalize(run_dir)
     return run_dir
 
 
@@ -55,16 +59,16 @@ def _state_epoch(out: Path) -> int:
 def _uninterrupted(demo_dir: Path, overrides: dict, out: Path) -> Path:
     """The reference: part2 trained in this process (one compute thread, like the children),
     as `camtrap train` resolves and names it; only its epochs.csv is compared."""
-    from camtrap import pipeline
+    from camtrap import stages
     from camtrap.config import build_config
-    from camtrap.labels import load_dataset
+    from camtrap.dataset import load_dataset
     from camtrap.models import resolve_init_from
 
     config = resolve_init_from(build_config("part2", overrides=overrides))
     data = load_dataset(demo_dir)
-    run_dir = out / "part2" / pipeline.run_id_for(config, data)
-    pipeline.prepare(config, data, run_dir)
-    pipeline.train(config, demo_dir, run_dir)
+    run_dir = out / "part2" / runfolder.run_id_for(config, data.fingerprint)
+    stages.prepare(config, data, run_dir)
+    stages.train(stages.TrainJob(config, demo_dir, run_dir))
     return run_dir
 
 

@@ -15,11 +15,13 @@ from prefect import Task
 from prefect.cache_policies import NO_CACHE
 
 import tasks
-from camtrap import storage
 from camtrap.config import DataConfig
-from tasks import common
+from camtrap.storage import mirror
 from tasks import data as data_tasks
-from tasks.common import DataSnapshot, RemoteState, data_cache_dir, source_digest
+from tasks import policies
+from tasks.policies import RemoteState, source_digest
+from tasks.refs import DataSnapshot
+from tasks.runs import data_cache_dir
 
 # --- the library's source --------------------------------------------------------------------
 
@@ -36,7 +38,7 @@ def _cached_tasks() -> list[Task]:
 
 
 def _key(task: Task, monkeypatch, digest: str) -> str | None:
-    monkeypatch.setattr(common, "library_digest", lambda: digest)
+    monkeypatch.setattr(policies, "library_digest", lambda: digest)
     if isinstance(task.cache_policy, RemoteState):  # the data's state is not the point here
         monkeypatch.setattr(task.cache_policy, "state_fn", lambda inputs: "same data")
     context = SimpleNamespace(task=task)
@@ -74,9 +76,9 @@ def test_source_digest_follows_every_py_file_and_nothing_else(tmp_path):
 
 
 def test_the_library_digest_covers_camtrap_and_tasks():
-    roots = {root.name for root in common.LIBRARY_PACKAGES}
+    roots = {root.name for root in policies.LIBRARY_PACKAGES}
     assert roots == {"camtrap", "tasks"}
-    assert common.library_digest() == source_digest(common.LIBRARY_PACKAGES)
+    assert policies.library_digest() == source_digest(policies.LIBRARY_PACKAGES)
 
 
 def test_no_state_means_no_key_at_all():
@@ -97,7 +99,7 @@ def _put(s3_server, bucket: str, files: dict[str, bytes]) -> None:
 
 def _fetch(uri: str, names) -> Path:
     """What fetch_metadata / fetch_images do with the data: fetch into the URI's local copy."""
-    return storage.fetch_files(uri, list(names), data_cache_dir(uri)).root
+    return mirror.fetch_files(uri, list(names), data_cache_dir(uri)).root
 
 
 def test_a_dataset_back_at_an_earlier_state_is_not_served_from_the_cache(

@@ -15,9 +15,10 @@ from prefect import flow
 from camtrap import imagecache, storage
 from camtrap.config import build_config
 from camtrap.errors import ConfigError, DataError, StorageError
+from camtrap.storage import mirror as storage_mirror
+from camtrap.storage import uris as storage_uris
 from flows.train_swin import train_swin
 from tasks import training
-from tasks.common import RunRef, TrainSummary, release_lease
 from tasks.data import (
     cache_images,
     fetch_images,
@@ -25,6 +26,8 @@ from tasks.data import (
     mirror_uri,
     validate_and_split,
 )
+from tasks.refs import RunRef, TrainSummary
+from tasks.runs import release_lease
 
 # Every test here starts Prefect's server, and most train.
 pytestmark = [pytest.mark.usefixtures("prefect_api"), pytest.mark.slow]
@@ -55,7 +58,7 @@ DATA_TASKS = ("fetch-metadata", "fetch-images", "validate-and-split")
 
 
 def _run_files(s3_server, run_uri: str) -> list[str]:
-    bucket, key = storage.split_s3(run_uri)
+    bucket, key = storage_uris.split_s3(run_uri)
     return sorted(k.removeprefix(key + "/") for k in s3_server.keys(bucket, key + "/"))
 
 
@@ -147,7 +150,7 @@ def test_flow_on_s3_writes_the_layout_and_artifacts_hits_the_cache_then_fetches_
     assert _run_files(s3_server, run_uri) == LAYOUT
 
     # One image changed: only it is fetched again, and it is new data, so a new run.
-    bucket, prefix = storage.split_s3(demo_uri)
+    bucket, prefix = storage_uris.split_s3(demo_uri)
     images = s3_server.keys(bucket, prefix + "/train_features/")
     body = s3_server.client().get_object(Bucket=bucket, Key=images[1])["Body"].read()
     s3_server.client().put_object(Bucket=bucket, Key=images[0], Body=body)
@@ -222,7 +225,7 @@ def test_bad_data_fails_at_validation_without_retries(
     assert record.tasks["validate-and-split"] == ["Failed"]
     assert record.run_counts["validate-and-split"] == 1  # bad data is not retried
     assert "train" not in record.tasks
-    assert s3_server.keys(storage.split_s3(output_uri)[0]) == []
+    assert s3_server.keys(storage_uris.split_s3(output_uri)[0]) == []
 
 
 def test_a_wrong_bucket_fails_fast_naming_the_uri_not_the_endpoint(
@@ -249,7 +252,7 @@ def test_a_storage_error_is_retried_and_a_deleted_run_folder_is_started_again(
     s3_server, demo_uri, cache_dir, tiny, read_run, monkeypatch
 ):
     """Two subjects, one first run (each flow run here costs about 12 CPU-seconds)."""
-    fetch_files = storage.fetch_files
+    fetch_files = storage_mirror.fetch_files
     calls = []
 
     def fail_once(*args, **kwargs):
@@ -258,7 +261,7 @@ def test_a_storage_error_is_retried_and_a_deleted_run_folder_is_started_again(
             raise StorageError(f"cannot read {args[0]}: ReadTimeoutError after 3 tries")
         return fetch_files(*args, **kwargs)
 
-    monkeypatch.setattr(storage, "fetch_files", fail_once)
+    monkeypatch.setattr(storage_mirror, "fetch_files", fail_once)
     out_bucket = s3_server.new_bucket("runs")
     output_uri = f"s3://{out_bucket}/runs"
     first = train_swin(demo_uri, output_uri, "smoke", tiny, return_state=True)
@@ -266,7 +269,7 @@ def test_a_storage_error_is_retried_and_a_deleted_run_folder_is_started_again(
     record = read_run(first.state_details.flow_run_id)
     assert record.run_counts["fetch-metadata"] == 2  # the storage error was retried
     assert record.tasks["fetch-metadata"] == ["Completed"]
-    monkeypatch.setattr(storage, "fetch_files", fetch_files)
+    monkeypatch.setattr(storage_mirror, "fetch_files", fetch_files)
 
     # The run folder deleted: the data tasks' cache still says done; the run starts again.
     client = s3_server.client()
@@ -308,7 +311,7 @@ def test_a_mirrored_image_cache_spares_another_machine_every_decode(
     monkeypatch.setenv("CAMTRAP_CACHE_DIR", str(tmp_path / "machine-a"))
     first = prepare_and_cache()
     assert (len(decodes), first.decoded, first.copied) == (32, 0, 32)  # in validation, once each
-    bucket, prefix = storage.split_s3(mirror_uri(config, output_uri))
+    bucket, prefix = storage_uris.split_s3(mirror_uri(config, output_uri))
     key = storage.read_text(f"{mirror_uri(config, output_uri)}/latest").strip()
     assert s3_server.keys(bucket, prefix) == sorted(
         [f"{prefix}/latest", f"{prefix}/{key}.json", f"{prefix}/{key}.u8"]

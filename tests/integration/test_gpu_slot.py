@@ -23,8 +23,8 @@ import pytest
 from prefect import Task
 
 from camtrap.errors import ConfigError
-from tasks.common import TrainSummary, ValMetrics
 from tasks.gpu import DEFAULT_TRAIN_TIMEOUT_S, gpu_slot, gpu_slot_name, train_timeout_s
+from tasks.refs import TrainSummary, ValMetrics
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -249,7 +249,7 @@ def test_runs_of_two_presets_take_turns_on_the_gpu_slot(
 def test_a_train_task_past_its_timeout_fails_the_run_and_frees_the_slot(
     demo_dir, tmp_path, monkeypatch, read_run
 ):
-    import camtrap.pipeline
+    import camtrap.stages
     import flows.train_swin
     import tasks.training
     from flows.train_swin import train_swin
@@ -262,7 +262,7 @@ def test_a_train_task_past_its_timeout_fails_the_run_and_frees_the_slot(
             time.sleep(0.1)
         raise AssertionError("the timeout did not stop training")
 
-    monkeypatch.setattr(camtrap.pipeline, "train", hang)  # what the task imports
+    monkeypatch.setattr(camtrap.stages, "train", hang)  # what the task imports
     quick = tasks.training.train.with_options(timeout_seconds=2, retries=0)
     monkeypatch.setattr(flows.train_swin, "train", quick)
 

@@ -19,7 +19,7 @@ from prefect.client.schemas.sorting import ArtifactSort
 from camtrap.fit import EpochRecord
 from camtrap.runfolder import RunFiles
 from tasks import artifacts, training
-from tasks.common import RunRef
+from tasks.refs import RunRef
 
 pytestmark = [pytest.mark.usefixtures("prefect_api"), pytest.mark.slow]
 
@@ -77,7 +77,7 @@ def _finished_info(run: RunRef, stage: str, finished: str, fingerprint: str) -> 
 
 @task(name="train")
 def fake_train(run: RunRef, stage: str) -> None:
-    """What the train task does around pipeline.train: a progress bar, then the epoch publisher
+    """What the train task does around stages.train: a progress bar, then the epoch publisher
     after each epoch, with metrics/epochs.csv growing by an epoch each time."""
     run_artifacts = artifacts.RunArtifacts(stage)
     artifacts.progress(run_artifacts, run, 0, EPOCHS)

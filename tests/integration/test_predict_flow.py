@@ -17,17 +17,18 @@ import pandas as pd
 import pytest
 from prefect import flow
 
-from camtrap import pipeline, runfolder, storage
+from camtrap import latest, runfolder, stages, storage
 from camtrap.cli import main
 from camtrap.config import build_config
+from camtrap.dataset import load_features
 from camtrap.errors import StorageError
-from camtrap.labels import load_features
-from camtrap.predict import class_counts, least_confident
+from camtrap.report import class_counts, least_confident
+from camtrap.storage import uris as storage_uris
 from flows.predict_swin import main as predict_main
 from flows.predict_swin import predict_swin
-from tasks.common import RunRef, ValMetrics
-from tasks.data import run_ref
 from tasks.publish import publish
+from tasks.refs import RunRef, ValMetrics
+from tasks.runs import run_ref
 
 # tests/integration/conftest.py's TINY: mobilenet_v3_small from scratch, 32 px, 2 epochs, batch 8
 TINY = {
@@ -55,7 +56,7 @@ def trained(tmp_path_factory, demo_dir) -> Path:
             with pytest.MonkeyPatch.context() as patch:
                 patch.setenv("CAMTRAP_CACHE_DIR", str(base / "cache"))
                 config = build_config("smoke", overrides=TINY)
-                summary = pipeline.run_all(config, demo_dir, base / "out")
+                summary = stages.run_all(config, demo_dir, base / "out")
             assert summary.status == "completed"
             (base / "run-dir").write_text(str(summary.run_dir))
     return Path((base / "run-dir").read_text())
@@ -100,10 +101,10 @@ def test_the_best_model_reproduces_the_runs_val_predictions(trained, photos, tmp
 def test_latest_json_moves_only_after_a_fully_successful_cli_run(
     trained, demo_dir, tmp_path, monkeypatch
 ):
-    pointer = trained.parent / runfolder.LATEST_JSON
+    pointer = trained.parent / latest.LATEST_JSON
     before = pointer.read_bytes()
     assert json.loads(before)["run_id"] == trained.name
-    assert runfolder.resolve_model_uri(pointer) == str(
+    assert latest.resolve_model_uri(pointer) == str(
         trained / "final_mobilenet_v3_small_model_smoke_best.pth"
     )
     monkeypatch.setenv("CAMTRAP_CACHE_DIR", str(tmp_path / "cache"))
@@ -111,10 +112,10 @@ def test_latest_json_moves_only_after_a_fully_successful_cli_run(
     def crash(*args, **kwargs):
         raise RuntimeError("the machine died while evaluating")
 
-    monkeypatch.setattr(pipeline, "evaluate", crash)
+    monkeypatch.setattr(stages, "evaluate", crash)
     another = build_config("smoke", overrides={**TINY, "train.epochs": 1})  # another run id
     with pytest.raises(RuntimeError, match="while evaluating"):
-        pipeline.run_all(another, demo_dir, trained.parent.parent)
+        stages.run_all(another, demo_dir, trained.parent.parent)
     assert pointer.read_bytes() == before
     assert len([p for p in trained.parent.iterdir() if p.is_dir() and p.name != ".leases"]) == 2
 
@@ -137,7 +138,7 @@ def test_predict_reads_and_writes_s3(trained, photos, s3_server, tmp_path, monke
         predicted[classes].to_numpy(), val[classes].to_numpy(), rtol=0, atol=1e-5
     )
 
-    bucket, key = storage.split_s3(data_uri)
+    bucket, key = storage_uris.split_s3(data_uri)
     first = pd.read_csv(photos / "test_features.csv", dtype=str)["filepath"][0]
     s3_server.client().delete_object(Bucket=bucket, Key=f"{key}/{first}")
     again = f"{runs}/again.csv"
@@ -164,7 +165,7 @@ def test_publish_moves_latest_json_and_predict_swin_labels_new_photos_on_s3(
     trained, photos, s3_server, tmp_path, read_run, monkeypatch, capsys
 ):
     output_uri = f"s3://{s3_server.new_bucket('runs')}/runs"
-    pointer = runfolder.latest_location(output_uri, "smoke")
+    pointer = latest.latest_location(output_uri, "smoke")
     val = ValMetrics(metrics={"accuracy": 0.5})
 
     @flow
@@ -173,7 +174,7 @@ def test_publish_moves_latest_json_and_predict_swin_labels_new_photos_on_s3(
 
     run = _published_copy(trained, output_uri, trained.name, tmp_path)
     finish(run)
-    assert runfolder.read_latest(output_uri, "smoke")["run_id"] == trained.name
+    assert latest.read_latest(output_uri, "smoke")["run_id"] == trained.name
     before = storage.read_bytes(pointer)
 
     # A publish that fails (S3 refuses the upload) leaves the pointer where it was.
@@ -236,6 +237,6 @@ def _failing_push(local_dir, run_uri):
 
 def _version(s3_server, uri: str) -> tuple:
     """The object's ETag and modification time: unchanged unless it was written again."""
-    bucket, key = storage.split_s3(uri)
+    bucket, key = storage_uris.split_s3(uri)
     head = s3_server.client().head_object(Bucket=bucket, Key=key)
     return head["ETag"], head["LastModified"]

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from camtrap import storage
+from camtrap import dataset, storage
 from camtrap.errors import StorageError
+from camtrap.storage import files, mirror, retry, s3, uris
 
 
 def _write(path: Path, data: bytes) -> Path:
@@ -39,12 +40,10 @@ def _put_tree(s3_server, local: Path, bucket: str, prefix: str) -> None:
 def test_join_and_cache_path(tmp_path):
     assert storage.join("s3://b/runs/", "part1", "x/") == "s3://b/runs/part1/x"
     assert storage.join(str(tmp_path), "a", "b") == str(tmp_path / "a" / "b")
-    assert (
-        storage.cache_path_for("s3://bkt/a/../b", tmp_path) == tmp_path / "s3" / "bkt" / "a" / "b"
-    )
-    assert storage.safe_relative("train/x.jpg")
-    assert not storage.safe_relative("../x.jpg")
-    assert not storage.safe_relative("/etc/passwd")
+    assert uris.cache_path_for("s3://bkt/a/../b", tmp_path) == tmp_path / "s3" / "bkt" / "a" / "b"
+    assert files.safe_relative("train/x.jpg")
+    assert not files.safe_relative("../x.jpg")
+    assert not files.safe_relative("/etc/passwd")
 
 
 def test_write_read_exists_roundtrip(s3_server, bucket):
@@ -69,11 +68,11 @@ def test_local_etag_matches_s3_for_single_and_multipart(s3_server, bucket, tmp_p
     big = _write(tmp_path / "big.bin", bytes(range(256)) * 4096 * 12)  # 12 MiB
     storage.upload_file(small, f"s3://{bucket}/small.bin")
     chunk = 5 * 2**20  # S3's smallest part: a 3-part upload
-    storage.s3_filesystem().put_file(str(big), f"{bucket}/big.bin", chunksize=chunk)
+    s3.s3_filesystem().put_file(str(big), f"{bucket}/big.bin", chunksize=chunk)
     listed = storage.list_files(f"s3://{bucket}")
-    assert listed["small.bin"].etag == storage.local_etag(small)
+    assert listed["small.bin"].etag == s3.local_etag(small)
     assert listed["big.bin"].etag.endswith("-3")
-    assert listed["big.bin"].etag == storage.local_etag(big, chunk=chunk)
+    assert listed["big.bin"].etag == s3.local_etag(big, chunk=chunk)
 
 
 def test_wrong_bucket_is_a_storage_error_naming_the_uri(s3_server):
@@ -99,7 +98,7 @@ def test_unreachable_endpoint_is_a_storage_error_without_the_endpoint(monkeypatc
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s")
     # botocore's own retries are off in s3_filesystem (else ~20 s here); camtrap's budget is 1 s.
     monkeypatch.setenv("CAMTRAP_S3_RETRY_SECONDS", "1")
-    monkeypatch.setattr(storage, "BACKOFF_SECONDS", 0.01)
+    monkeypatch.setattr(retry, "BACKOFF_SECONDS", 0.01)
     with pytest.raises(StorageError) as info:
         storage.read_bytes("s3://bucket-x/file.csv")
     assert "s3://bucket-x/file.csv" in str(info.value)
@@ -107,7 +106,7 @@ def test_unreachable_endpoint_is_a_storage_error_without_the_endpoint(monkeypatc
 
 
 def test_transient_errors_are_retried(monkeypatch):
-    monkeypatch.setattr(storage, "BACKOFF_SECONDS", 0.0)
+    monkeypatch.setattr(retry, "BACKOFF_SECONDS", 0.0)
     calls = []
 
     def flaky() -> str:
@@ -116,7 +115,7 @@ def test_transient_errors_are_retried(monkeypatch):
             raise ConnectionResetError("reset by peer")
         return "ok"
 
-    assert storage._attempt(flaky, "read", "s3://b/k") == "ok"
+    assert retry.attempt(flaky, "read", "s3://b/k") == "ok"
     assert len(calls) == 3
 
 
@@ -125,10 +124,10 @@ def test_errors_s3fs_used_to_retry_are_retried_here():
     from botocore.exceptions import FlexibleChecksumError, HTTPClientError
     from botocore.parsers import ResponseParserError
 
-    assert storage._is_transient(HTTPClientError(error="Bad status line"))
-    assert storage._is_transient(ResponseParserError("unparseable XML from a throttled S3"))
-    assert storage._is_transient(FlexibleChecksumError(error_msg="crc32 of the body differs"))
-    assert not storage._is_transient(OSError(errno.EINVAL, "At least one of the pre-conditions"))
+    assert retry.is_transient(HTTPClientError(error="Bad status line"))
+    assert retry.is_transient(ResponseParserError("unparseable XML from a throttled S3"))
+    assert retry.is_transient(FlexibleChecksumError(error_msg="crc32 of the body differs"))
+    assert not retry.is_transient(OSError(errno.EINVAL, "At least one of the pre-conditions"))
 
 
 def test_permanent_errors_are_not_retried(monkeypatch):
@@ -139,7 +138,7 @@ def test_permanent_errors_are_not_retried(monkeypatch):
         raise FileNotFoundError("gone")
 
     with pytest.raises(StorageError):
-        storage._attempt(missing, "read", "s3://b/k")
+        retry.attempt(missing, "read", "s3://b/k")
     assert len(calls) == 1
 
 
@@ -149,23 +148,23 @@ def test_fetch_dataset_downloads_once_then_nothing_unchanged(s3_server, bucket, 
     uri = f"s3://{bucket}/data"
     cache = tmp_path / "cache"
 
-    root = storage.fetch_dataset(uri, cache)
+    root = dataset.fetch_dataset(uri, cache)
     assert root == cache
     for path in local.rglob("*"):
         if path.is_file():
             assert (cache / path.relative_to(local)).read_bytes() == path.read_bytes()
 
-    names = storage.image_names(cache / "train_features.csv")
-    first = storage.fetch_files(uri, names, cache)
+    names = dataset.image_names(cache / "train_features.csv")
+    first = mirror.fetch_files(uri, names, cache)
     assert first.downloaded == [] and len(first.reused) == 5
 
     # One image changes on S3: only it comes over again, and the digest changes.
     s3_server.client().put_object(Bucket=bucket, Key="data/" + names[2], Body=b"new content")
-    second = storage.fetch_files(uri, names, cache)
+    second = mirror.fetch_files(uri, names, cache)
     assert second.downloaded == [names[2]]
     assert (cache / names[2]).read_bytes() == b"new content"
     assert second.digest != first.digest
-    manifest = json.loads((cache / storage.MANIFEST_NAME).read_text())
+    manifest = json.loads((cache / mirror.MANIFEST_NAME).read_text())
     assert set(manifest) == {"train_features.csv", "train_labels.csv", *names}
 
 
@@ -174,7 +173,7 @@ def test_fetch_reports_missing_and_unsafe_names_without_writing_outside(
 ):
     s3_server.client().put_object(Bucket=bucket, Key="d/ok.jpg", Body=b"1")
     cache = tmp_path / "cache"
-    report = storage.fetch_files(f"s3://{bucket}/d", ["ok.jpg", "gone.jpg", "../x.jpg"], cache)
+    report = mirror.fetch_files(f"s3://{bucket}/d", ["ok.jpg", "gone.jpg", "../x.jpg"], cache)
     assert report.downloaded == ["ok.jpg"]
     assert report.missing == ["gone.jpg", "../x.jpg"]
     assert not (tmp_path / "x.jpg").exists()
@@ -182,12 +181,12 @@ def test_fetch_reports_missing_and_unsafe_names_without_writing_outside(
 
 def test_fetch_from_a_missing_prefix_is_a_storage_error(s3_server, bucket, tmp_path):
     with pytest.raises(StorageError, match=rf"s3://{bucket}/nothing-here holds no files"):
-        storage.fetch_dataset(f"s3://{bucket}/nothing-here", tmp_path)
+        dataset.fetch_dataset(f"s3://{bucket}/nothing-here", tmp_path)
 
 
 def test_fetch_local_data_uses_it_in_place(tmp_path):
     local = _dataset(tmp_path / "src")
-    assert storage.fetch_dataset(str(local), tmp_path / "unused") == local
+    assert dataset.fetch_dataset(str(local), tmp_path / "unused") == local
     assert not (tmp_path / "unused").exists()
 
 
@@ -199,16 +198,16 @@ def test_sync_dir_to_uri_uploads_only_changes_and_state_last(s3_server, bucket, 
     _write(run / ".x.pt.abcd.tmp", b"partial")
     uri = f"s3://{bucket}/runs/part1/r1"
 
-    uploaded = storage.sync_dir_to_uri(run, uri, last=("state/last.pt", "run.json"))
+    uploaded = mirror.sync_dir_to_uri(run, uri, last=("state/last.pt", "run.json"))
     assert uploaded == ["metrics/epochs.csv", "state/last.pt", "run.json"]
     assert s3_server.keys(bucket) == [
         "runs/part1/r1/metrics/epochs.csv",
         "runs/part1/r1/run.json",
         "runs/part1/r1/state/last.pt",
     ]
-    assert storage.sync_dir_to_uri(run, uri) == []
+    assert mirror.sync_dir_to_uri(run, uri) == []
     _write(run / "state" / "last.pt", b"state-2")
-    assert storage.sync_dir_to_uri(run, uri) == ["state/last.pt"]
+    assert mirror.sync_dir_to_uri(run, uri) == ["state/last.pt"]
 
 
 def test_sync_uri_to_dir_mirrors_and_deletes(s3_server, bucket, tmp_path):
@@ -219,11 +218,11 @@ def test_sync_uri_to_dir_mirrors_and_deletes(s3_server, bucket, tmp_path):
     _write(local / "stale.pth", b"from a failed attempt")
     _write(local / "split.csv", b"id\n")
 
-    downloaded = storage.sync_uri_to_dir(uri, local, delete=True)
+    downloaded = mirror.sync_uri_to_dir(uri, local, delete=True)
     assert downloaded == ["state/last.pt"]
     assert (local / "state" / "last.pt").read_bytes() == b"remote-state"
     assert not (local / "stale.pth").exists()
-    assert storage.sync_uri_to_dir(uri, local) == []
+    assert mirror.sync_uri_to_dir(uri, local) == []
 
 
 def test_sync_skips_keys_that_lead_outside_the_folder(s3_server, bucket, tmp_path, caplog):
@@ -232,7 +231,7 @@ def test_sync_skips_keys_that_lead_outside_the_folder(s3_server, bucket, tmp_pat
     client.put_object(Bucket=bucket, Key="runs/part1/r1/ok.txt", Body=b"ok")
     local = tmp_path / "a" / "b" / "c" / "local"
     with caplog.at_level("WARNING", logger="camtrap"):
-        assert storage.sync_uri_to_dir(f"s3://{bucket}/runs/part1/r1", local) == ["ok.txt"]
+        assert mirror.sync_uri_to_dir(f"s3://{bucket}/runs/part1/r1", local) == ["ok.txt"]
     assert (local / "ok.txt").read_bytes() == b"ok"
     assert not (tmp_path / "a" / "x").exists()  # local/../../../x
     assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["ok.txt"]
@@ -247,7 +246,7 @@ def test_sync_never_writes_through_a_link_that_leads_outside(s3_server, bucket, 
     local.mkdir()
     (local / "linked").symlink_to(outside, target_is_directory=True)
     with pytest.raises(StorageError, match="linked/evil.txt would be written outside"):
-        storage.sync_uri_to_dir(f"s3://{bucket}/r", local)
+        mirror.sync_uri_to_dir(f"s3://{bucket}/r", local)
     assert list(outside.iterdir()) == []
 
 
@@ -260,7 +259,7 @@ def test_sync_delete_keeps_what_a_link_leads_to(s3_server, bucket, tmp_path):
     _write(local / "stale.txt", b"s")
     (local / "linked").symlink_to(outside, target_is_directory=True)
     (local / "file-link").symlink_to(outside / "precious.txt")
-    assert storage.sync_uri_to_dir(f"s3://{bucket}/r", local, delete=True) == ["kept.txt"]
+    assert mirror.sync_uri_to_dir(f"s3://{bucket}/r", local, delete=True) == ["kept.txt"]
     assert (outside / "precious.txt").read_bytes() == b"p"
     assert not (local / "stale.txt").exists() and not (local / "file-link").is_symlink()
     assert (local / "linked").is_symlink()
@@ -270,24 +269,24 @@ def test_inside_checks_the_resolved_folder(tmp_path):
     (tmp_path / "root" / "d").mkdir(parents=True)
     (tmp_path / "root" / "out").symlink_to(tmp_path, target_is_directory=True)
     root = tmp_path / "root"
-    assert storage.inside(root, "d/x.txt") == root / "d" / "x.txt"
+    assert files.inside(root, "d/x.txt") == root / "d" / "x.txt"
     for rel in ("../x.txt", "/etc/x", "out/x.txt", "d/../../x.txt"):
         with pytest.raises(StorageError, match="would be written outside"):
-            storage.inside(root, rel)
+            files.inside(root, rel)
 
 
 def test_sync_from_a_prefix_that_does_not_exist_yet_is_empty(s3_server, bucket, tmp_path):
-    assert storage.sync_uri_to_dir(f"s3://{bucket}/runs/new", tmp_path / "x") == []
+    assert mirror.sync_uri_to_dir(f"s3://{bucket}/runs/new", tmp_path / "x") == []
 
 
 def test_local_to_local_sync(tmp_path):
     run = tmp_path / "run"
     _write(run / "a.txt", b"a")
     out = tmp_path / "out"
-    assert storage.sync_dir_to_uri(run, str(out)) == ["a.txt"]
-    assert storage.sync_dir_to_uri(run, str(out)) == []
+    assert mirror.sync_dir_to_uri(run, str(out)) == ["a.txt"]
+    assert mirror.sync_dir_to_uri(run, str(out)) == []
     assert (out / "a.txt").read_bytes() == b"a"
-    assert storage.sync_dir_to_uri(run, str(run)) == []
+    assert mirror.sync_dir_to_uri(run, str(run)) == []
 
 
 def test_camtrap_validate_checks_a_dataset_in_s3(
@@ -309,12 +308,13 @@ def test_camtrap_validate_checks_a_dataset_in_s3(
 
 def test_runs_verify_checks_a_run_in_s3(s3_server, bucket, tmp_path):
     from camtrap import runfolder
+    from camtrap.storage.files import file_sha256
 
     run = tmp_path / "run"
     _write(run / "a.txt", b"alpha")
     _write(run / "state" / "last.pt", b"state")
     files = {rel: {"bytes": (run / rel).stat().st_size,
-                   "sha256": storage.file_sha256(run / rel)}
+                   "sha256": file_sha256(run / rel)}
              for rel in ("a.txt", "state/last.pt")}  # fmt: skip
     runfolder.write_run_json(run, {"status": "completed", "files": files})
     uri = f"s3://{bucket}/runs/smoke/r1"

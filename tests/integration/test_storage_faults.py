@@ -22,6 +22,7 @@ import pytest
 
 from camtrap import storage
 from camtrap.errors import StorageError
+from camtrap.storage import mirror, retry, s3
 
 SLOW_DOWN = b"<Error><Code>SlowDown</Code><Message>Reduce your request rate.</Message></Error>"
 _HOP_BY_HOP = {"transfer-encoding", "connection", "keep-alive", "content-length"}
@@ -164,9 +165,9 @@ def fake_time(monkeypatch) -> FakeTime:
     """Retry waits on a fake clock, without jitter (raising=False: before this change storage
     had none of these, and the tests must fail there by their assertions)."""
     fake = FakeTime()
-    monkeypatch.setattr(storage, "_clock", fake.clock, raising=False)
-    monkeypatch.setattr(storage, "_sleep", fake.sleep, raising=False)
-    monkeypatch.setattr(storage, "JITTER", 0.0, raising=False)
+    monkeypatch.setattr(retry, "_clock", fake.clock, raising=False)
+    monkeypatch.setattr(retry, "_sleep", fake.sleep, raising=False)
+    monkeypatch.setattr(retry, "JITTER", 0.0, raising=False)
     monkeypatch.delenv("CAMTRAP_S3_RETRY_SECONDS", raising=False)
     return fake
 
@@ -263,9 +264,9 @@ def test_an_object_replaced_between_list_and_get_is_not_taken(s3_server, bucket,
     _put(s3_server, bucket, "d/a.jpg", b"version 2")  # same size, new content
     cache = tmp_path / "cache"
     with pytest.raises(StorageError, match=rf"s3://{bucket}/d/a.jpg: it changed since it was"):
-        storage.fetch_files(f"s3://{bucket}/d", ["a.jpg"], cache, listing=listing)
+        mirror.fetch_files(f"s3://{bucket}/d", ["a.jpg"], cache, listing=listing)
     assert not (cache / "a.jpg").exists()
-    manifest = cache / storage.MANIFEST_NAME
+    manifest = cache / mirror.MANIFEST_NAME
     assert not manifest.exists() or "a.jpg" not in json.loads(manifest.read_text())
 
 
@@ -274,19 +275,19 @@ def test_the_fetch_manifest_is_written_as_files_arrive(s3_server, bucket, tmp_pa
     for name in names:
         _put(s3_server, bucket, f"d/{name}", name.encode())
     cache = tmp_path / "cache"
-    monkeypatch.setattr(storage, "DOWNLOAD_THREADS", 1)  # one at a time, in order
-    monkeypatch.setattr(storage, "MANIFEST_FLUSH_SECONDS", 0.0, raising=False)
+    monkeypatch.setattr(mirror, "DOWNLOAD_THREADS", 1)  # one at a time, in order
+    monkeypatch.setattr(mirror, "MANIFEST_FLUSH_SECONDS", 0.0, raising=False)
     on_disk: list[list[str]] = []
     download = storage.download_file
 
     def download_noting_the_manifest(uri, path, *args, **kwargs):
         # What a kill -9 at this moment would leave: the manifest file as it is now.
-        manifest = cache / storage.MANIFEST_NAME
+        manifest = cache / mirror.MANIFEST_NAME
         on_disk.append(sorted(json.loads(manifest.read_text())) if manifest.exists() else [])
         download(uri, path, *args, **kwargs)
 
     monkeypatch.setattr(storage, "download_file", download_noting_the_manifest)
-    report = storage.fetch_files(f"s3://{bucket}/d", names, cache)
+    report = mirror.fetch_files(f"s3://{bucket}/d", names, cache)
     assert report.downloaded == names
     assert on_disk == [[], ["a.jpg"], ["a.jpg", "b.jpg"], ["a.jpg", "b.jpg", "c.jpg"]]
 
@@ -312,9 +313,9 @@ def test_orphan_temp_files_are_removed_when_a_fetch_or_sync_starts(
     in_flight = _age(local / ".b.jpg.0badf00d.tmp", 5)  # another process writing it now
     not_ours = _age(local / "notes.tmp", 3600)
     if how == "fetch":
-        storage.fetch_files(f"s3://{bucket}/d", ["a.jpg"], local)
+        mirror.fetch_files(f"s3://{bucket}/d", ["a.jpg"], local)
     else:
-        storage.sync_uri_to_dir(f"s3://{bucket}/d", local)
+        mirror.sync_uri_to_dir(f"s3://{bucket}/d", local)
     assert [p.exists() for p in orphans] == [False, False]
     assert in_flight.exists() and not_ours.exists()
     assert (local / "a.jpg").read_bytes() == b"a"
@@ -344,7 +345,7 @@ def test_unchanged_files_are_not_uploaded_again_where_etags_are_opaque(
     (run / "a.txt").write_bytes(b"alpha")
     (run / "b.txt").write_bytes(b"bravo")
     uri = f"s3://{bucket}/runs/r"
-    assert storage.sync_dir_to_uri(run, uri) == ["a.txt", "b.txt"]
+    assert mirror.sync_dir_to_uri(run, uri) == ["a.txt", "b.txt"]
 
     listed = storage.list_files
 
@@ -352,9 +353,9 @@ def test_unchanged_files_are_not_uploaded_again_where_etags_are_opaque(
         return {k: storage.RemoteFile(v.size, "e" * 32) for k, v in listed(target).items()}
 
     monkeypatch.setattr(storage, "list_files", opaque_etags)
-    assert storage.sync_dir_to_uri(run, uri) == []
+    assert mirror.sync_dir_to_uri(run, uri) == []
     (run / "b.txt").write_bytes(b"BRAVO")  # same size, new content
-    assert storage.sync_dir_to_uri(run, uri) == ["b.txt"]
+    assert mirror.sync_dir_to_uri(run, uri) == ["b.txt"]
     assert storage.read_bytes(f"{uri}/b.txt") == b"BRAVO"
 
 
@@ -366,9 +367,9 @@ def test_an_unchanged_sync_with_md5_etags_makes_no_request_but_the_listing(
     (run / "a.txt").write_bytes(b"alpha")
     (run / "b.txt").write_bytes(b"bravo")
     uri = f"s3://{bucket}/runs/r"
-    storage.sync_dir_to_uri(run, uri)
+    mirror.sync_dir_to_uri(run, uri)
     watch = proxy(lambda method, key: None)
-    assert storage.sync_dir_to_uri(run, uri) == []
+    assert mirror.sync_dir_to_uri(run, uri) == []
     assert watch.count() == 1 and watch.count("GET", bucket) == 1  # the LIST; no HEAD
 
 
@@ -394,7 +395,7 @@ def test_a_full_disk_during_a_download_says_disk_full_at_the_path(
     _put(s3_server, bucket, "d/a.bin", b"abc")
     opened = []
     monkeypatch.setattr(
-        storage, "_new_file", lambda path: opened.append(path) or _FullDisk(), raising=False
+        s3, "_new_file", lambda path: opened.append(path) or _FullDisk(), raising=False
     )
     target = tmp_path / "cache" / "a.bin"
     with pytest.raises(StorageError) as info:

@@ -7,20 +7,20 @@ import stat
 
 import pytest
 
-from camtrap import storage
 from camtrap.errors import StorageError
+from camtrap.storage import files
 
 
 def test_atomic_write_leaves_no_temp_files(tmp_path):
     target = tmp_path / "a" / "b.txt"
-    storage.atomic_write_text(target, "hello")
+    files.atomic_write_text(target, "hello")
     assert target.read_text() == "hello"
     assert sorted(os.listdir(target.parent)) == ["b.txt"]
 
 
 def test_failed_write_keeps_the_old_file(tmp_path, monkeypatch):
     target = tmp_path / "state.pt"
-    storage.atomic_write_bytes(target, b"old")
+    files.atomic_write_bytes(target, b"old")
 
     def crash(*args):
         raise OSError("disk full")
@@ -28,7 +28,7 @@ def test_failed_write_keeps_the_old_file(tmp_path, monkeypatch):
     # A crash between writing the temp file and renaming it must not touch the real file.
     monkeypatch.setattr(os, "replace", crash)
     with pytest.raises(OSError):
-        storage.atomic_write_bytes(target, b"new")
+        files.atomic_write_bytes(target, b"new")
     assert target.read_bytes() == b"old"
     assert sorted(os.listdir(tmp_path)) == ["state.pt"]
 
@@ -38,7 +38,7 @@ def test_atomic_write_gives_the_mode_of_a_plain_open(tmp_path, umask, mode):
     # Group-readable checkpoints (0o666 less the umask), not mkstemp's 0o600.
     previous = os.umask(umask)
     try:
-        storage.atomic_write_bytes(tmp_path / "best.pth", b"w")
+        files.atomic_write_bytes(tmp_path / "best.pth", b"w")
     finally:
         os.umask(previous)
     assert stat.S_IMODE((tmp_path / "best.pth").stat().st_mode) == mode
@@ -58,20 +58,20 @@ def test_atomic_write_fsyncs_the_file_then_the_folder_after_the_rename(tmp_path,
 
     monkeypatch.setattr(os, "fsync", noting_fsync)
     monkeypatch.setattr(os, "replace", noting_replace)
-    storage.atomic_write_bytes(tmp_path / "state.pt", b"s")
+    files.atomic_write_bytes(tmp_path / "state.pt", b"s")
     assert events == ["fsync file", "replace", "fsync folder"]
 
 
 def test_a_full_disk_is_a_storage_error_naming_the_path(tmp_path, monkeypatch):
     target = tmp_path / "state" / "last.pt"
-    storage.atomic_write_bytes(target, b"old")
+    files.atomic_write_bytes(target, b"old")
 
     def no_space(fd: int) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(os, "fsync", no_space)
     with pytest.raises(StorageError) as info:
-        storage.atomic_write_bytes(target, b"new")
+        files.atomic_write_bytes(target, b"new")
     assert str(info.value) == (
         f"disk full at {target} — fix: free space or set CAMTRAP_CACHE_DIR to a bigger disk"
     )

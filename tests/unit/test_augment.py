@@ -17,7 +17,7 @@ from camtrap.augment import (
     step_generator,
 )
 from camtrap.config import AugmentConfig
-from camtrap.data import DeviceNormalize
+from camtrap.loader import DeviceNormalize
 
 CPU = torch.device("cpu")
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)

@@ -9,16 +9,15 @@ import pytest
 from matplotlib.figure import Figure
 
 from camtrap.calibration import (
-    CALIBRATED_FROM,
     T_MAX,
     T_MIN,
     apply_temperature,
     expected_calibration_error,
     fit_temperature,
     reliability_table,
-    with_temperature,
 )
 from camtrap.metrics import log_loss
+from camtrap.modelfile import CALIBRATED_FROM, with_temperature
 from camtrap.plots import calibration_figure, figure_to_png_bytes
 
 # Four images, two classes; with bins=5 (edges 0, .2, .4, .6, .8, 1):

@@ -5,20 +5,15 @@ import time
 import pytest
 import torch
 
-from camtrap import checkpoint
-from camtrap.checkpoint import (
-    BackgroundWriter,
-    cpu_copy,
-    load_scaler_state,
-    restore_rng_state,
-)
+from camtrap import checkpoints, torchfile
+from camtrap.checkpoints import BackgroundWriter, cpu_copy, load_scaler_state, restore_rng_state
 from camtrap.errors import StorageError
 
 
 def test_save_and_load_torch_with_weights_only(tmp_path):
     state = {"epoch": 3, "w": torch.arange(4.0), "history": [{"epoch": 1, "loss": 0.5}]}
-    checkpoint.save_torch(state, tmp_path / "s.pt")
-    loaded = checkpoint.load_torch(tmp_path / "s.pt")
+    torchfile.save_torch(state, tmp_path / "s.pt")
+    loaded = torchfile.load_torch(tmp_path / "s.pt")
     assert loaded["epoch"] == 3 and torch.equal(loaded["w"], torch.arange(4.0))
     assert loaded["history"] == [{"epoch": 1, "loss": 0.5}]
 
@@ -26,13 +21,13 @@ def test_save_and_load_torch_with_weights_only(tmp_path):
 def test_corrupt_state_file_is_a_clear_error(tmp_path):
     (tmp_path / "last.pt").write_bytes(b"\x00" * 10)
     with pytest.raises(StorageError, match="delete it"):
-        checkpoint.load_torch(tmp_path / "last.pt")
+        torchfile.load_torch(tmp_path / "last.pt")
 
 
 def test_rng_state_round_trip_reproduces_draws():
-    saved = checkpoint.rng_state()
+    saved = checkpoints.rng_state()
     first = torch.rand(3)
-    checkpoint.restore_rng_state(saved)
+    checkpoints.restore_rng_state(saved)
     assert torch.equal(torch.rand(3), first)
 
 

@@ -81,6 +81,8 @@ def test_smoke_preset_clearly_learns_the_demo_data(tmp_path):
 
 @pytest.mark.slow
 def test_demo_without_prefect_ends_with_the_run_summary(tmp_path, capsys):
+    from flows.cli import main
+
     code = main(["demo", "--dir", str(tmp_path / "demo"), "--per-class", "4", "--no-prefect",
                  *_sets("train.epochs=1")])  # fmt: skip
     assert code == 0

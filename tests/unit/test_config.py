@@ -2,16 +2,9 @@ import json
 
 import pytest
 
-from camtrap.config import (
-    PRESETS,
-    DataConfig,
-    RunConfig,
-    build_config,
-    parse_override,
-    redact_text,
-    redact_uri,
-)
+from camtrap.config import PRESETS, DataConfig, RunConfig, build_config, parse_override
 from camtrap.errors import ConfigError
+from camtrap.redact import redact_text, redact_uri
 
 
 def test_part1_is_the_seed_recipe():

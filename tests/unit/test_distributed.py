@@ -1,4 +1,4 @@
-"""The pure parts of DDP training (camtrap.distributed): how many processes, per-rank seeds, the
+"""The pure parts of DDP training (camtrap.ranks): how many processes, per-rank seeds, the
 train shard, gathered outputs, the run id, and the relay between rank 0 and its launcher.
 Training on two processes is tested in tests/faults/test_ddp.py."""
 
@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 import torch
 
-from camtrap import cli, distributed, pipeline, runfolder
+from camtrap import cli, launch, ranks, runfolder
 from camtrap.config import build_config
-from camtrap.distributed import Group
 from camtrap.engine import EpochOutputs
 from camtrap.errors import CamtrapError, ConfigError
+from camtrap.ranks import Group
 
-FAKE_DATA = SimpleNamespace(fingerprint="0" * 64)
+FAKE_FINGERPRINT = "0" * 64  # a dataset's fingerprint
 
 
 @pytest.mark.parametrize(
@@ -34,12 +34,12 @@ FAKE_DATA = SimpleNamespace(fingerprint="0" * 64)
     ],
 )
 def test_world_size(nproc, device, gpus, expected):
-    assert distributed.world_size(nproc, device, gpus=gpus) == expected
+    assert ranks.world_size(nproc, device, gpus=gpus) == expected
 
 
 def test_more_processes_than_gpus_is_refused_with_the_fix():
     with pytest.raises(ConfigError, match="train.nproc=3 but 2 GPU.*--nproc 2"):
-        distributed.world_size(3, "auto", gpus=2)
+        ranks.world_size(3, "auto", gpus=2)
 
 
 def test_nproc_config_values():
@@ -51,19 +51,19 @@ def test_nproc_config_values():
 
 
 def test_backend():
-    assert distributed.backend_for("cuda") == "nccl"
-    assert distributed.backend_for("cpu") == "gloo"
+    assert ranks.backend_for("cuda") == "nccl"
+    assert ranks.backend_for("cpu") == "gloo"
 
 
 def test_rank_seeds_rank_zero_keeps_the_seed_the_others_differ():
-    assert distributed.rank_seed(7, 0) == 7  # one process is rank 0 of one: today's runs
-    seeds = {distributed.rank_seed(7, rank) for rank in range(4)}
+    assert ranks.rank_seed(7, 0) == 7  # one process is rank 0 of one: today's runs
+    seeds = {ranks.rank_seed(7, rank) for rank in range(4)}
     assert len(seeds) == 4
-    assert distributed.rank_seed(7, 1) == distributed.rank_seed(7, 1)  # derived, not drawn
+    assert ranks.rank_seed(7, 1) == ranks.rank_seed(7, 1)  # derived, not drawn
     # resumed after epoch 3: other streams than at the start, and per rank
-    resumed = {distributed.rank_seed(7, rank, epoch=3) for rank in range(4)}
+    resumed = {ranks.rank_seed(7, rank, epoch=3) for rank in range(4)}
     assert len(resumed) == 4 and not resumed & seeds
-    assert distributed.rank_seed(8, 1) != distributed.rank_seed(7, 1)
+    assert ranks.rank_seed(8, 1) != ranks.rank_seed(7, 1)
 
 
 def test_shard_sampler_splits_each_epochs_order_between_ranks():
@@ -74,13 +74,13 @@ def test_shard_sampler_splits_each_epochs_order_between_ranks():
     padded = order + order[:1]
     shards = []
     for rank in (0, 1):
-        sampler = distributed.shard_sampler(n, seed, Group(rank, 2, rank))
+        sampler = ranks.shard_sampler(n, seed, Group(rank, 2, rank))
         sampler.set_epoch(epoch)
         shards.append(list(sampler))
         assert shards[-1] == padded[rank::2]
     assert sorted(shards[0] + shards[1]) == sorted(padded)
     assert len(shards[0]) == len(shards[1]) == 3  # the same number of steps on every rank
-    sampler = distributed.shard_sampler(n, seed, Group(0, 2, 0))
+    sampler = ranks.shard_sampler(n, seed, Group(0, 2, 0))
     sampler.set_epoch(epoch + 1)
     other = torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch + 1)).tolist()
     assert list(sampler) == (other + other[:1])[0::2]
@@ -92,7 +92,7 @@ def _outputs(targets, loss, seconds, skipped=0):
 
 
 def test_combine_outputs_weights_the_loss_by_images():
-    both = distributed.combine_outputs(
+    both = EpochOutputs.combine(
         [_outputs([0, 1], loss=1.0, seconds=2.0, skipped=1), _outputs([2], 4.0, 5.0, 1)]
     )
     assert both.targets.tolist() == [0, 1, 2]
@@ -103,16 +103,16 @@ def test_combine_outputs_weights_the_loss_by_images():
 
 
 def test_all_finite_without_a_process_group():
-    assert distributed.all_finite(torch.tensor(1.5))
-    assert not distributed.all_finite(torch.tensor(float("nan")))
-    assert not distributed.all_finite(torch.tensor(float("inf")))
+    assert ranks.all_finite(torch.tensor(1.5))
+    assert not ranks.all_finite(torch.tensor(float("nan")))
+    assert not ranks.all_finite(torch.tensor(float("inf")))
 
 
 def test_nproc_leaves_the_run_id_and_resume_alone():
     base = build_config("smoke")
     two = build_config("smoke", overrides={"train.nproc": 2})
     auto = build_config("smoke", overrides={"train.nproc": "auto"})
-    ids = {pipeline.run_id_for(c, FAKE_DATA) for c in (base, two, auto)}
+    ids = {runfolder.run_id_for(c, FAKE_FINGERPRINT) for c in (base, two, auto)}
     assert ids == {"smoke-f920a04699b4"}  # pinned in tests/unit/test_part2.py
     saved = two.model_dump(mode="json")
     assert runfolder.config_changes(saved, base.model_dump(mode="json")) == []
@@ -127,8 +127,8 @@ def test_cli_nproc_becomes_the_train_nproc_override(monkeypatch, tmp_path):
         seen["overrides"] = overrides
         return SimpleNamespace(val={}, status="completed", run_dir=out, best_epoch=1)
 
-    monkeypatch.setattr(cli, "_run_library", fake_run)
-    monkeypatch.setattr(cli, "_setup_logging", lambda verbose: None)  # the logger stays as is
+    monkeypatch.setattr(cli, "run_library", fake_run)
+    monkeypatch.setattr(cli, "setup_logging", lambda verbose: None)  # the logger stays as is
     argv = ["train", "--data", str(tmp_path), "--out", str(tmp_path), "--nproc", "auto"]
     assert cli.main([*argv, "--set", "train.epochs=2"]) == 0
     assert seen["overrides"] == ["train.epochs=2", "train.nproc=auto"]
@@ -156,9 +156,9 @@ def _send_in_thread(courier, record):
 
 def test_relay_runs_on_epoch_end_in_the_launcher_then_lets_rank_zero_go_on(tmp_path):
     seen = []
-    relay = distributed._Relay(tmp_path, lambda record: seen.append(record.epoch))
+    relay = launch._Relay(tmp_path, lambda record: seen.append(record.epoch))
     relay.start()
-    courier = distributed._EpochCourier(tmp_path)
+    courier = launch._EpochCourier(tmp_path)
     for epoch in (1, 2):
         thread, errors = _send_in_thread(courier, SimpleNamespace(epoch=epoch))
         thread.join(timeout=10)
@@ -174,9 +174,9 @@ def test_an_error_in_on_epoch_end_stops_rank_zero_and_is_the_launchers_error(tmp
     def on_epoch_end(record):
         raise Lost("this process lost the run's lease")
 
-    relay = distributed._Relay(tmp_path, on_epoch_end)
+    relay = launch._Relay(tmp_path, on_epoch_end)
     relay.start()
-    thread, errors = _send_in_thread(distributed._EpochCourier(tmp_path), SimpleNamespace(epoch=1))
+    thread, errors = _send_in_thread(launch._EpochCourier(tmp_path), SimpleNamespace(epoch=1))
     thread.join(timeout=10)
     relay.stop()
     assert isinstance(relay.error, Lost)  # launch() raises this one
@@ -185,11 +185,11 @@ def test_an_error_in_on_epoch_end_stops_rank_zero_and_is_the_launchers_error(tmp
 
 
 def test_rank_zero_logs_reach_the_launchers_logger(tmp_path, caplog):
-    handler = distributed._JsonLines(tmp_path / distributed._LOG)
+    handler = launch._JsonLines(tmp_path / launch._LOG)
     handler.setFormatter(logging.Formatter("%(message)s"))
     handler.emit(logging.makeLogRecord({"msg": "Epoch 1/2 | ...", "levelno": logging.INFO}))
     handler.stream.close()
-    relay = distributed._Relay(tmp_path, None)
+    relay = launch._Relay(tmp_path, None)
     with caplog.at_level(logging.INFO, logger="camtrap"):
         relay._relay_logs()
         relay._relay_logs()  # read once only
@@ -197,7 +197,7 @@ def test_rank_zero_logs_reach_the_launchers_logger(tmp_path, caplog):
 
 
 def test_a_user_error_of_a_rank_is_raised_as_that_error(tmp_path):
-    distributed._report_error(tmp_path, Group(1, 2, 1), ConfigError("bad: fix it"))
-    err = distributed._worker_error(tmp_path)
+    launch._report_error(tmp_path, Group(1, 2, 1), ConfigError("bad: fix it"))
+    err = launch._worker_error(tmp_path)
     assert type(err) is ConfigError and str(err) == "bad: fix it"
-    assert distributed._worker_error(tmp_path / "none") is None
+    assert launch._worker_error(tmp_path / "none") is None

@@ -4,13 +4,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from camtrap.engine import (
-    make_scaler,
-    memory_report,
-    precision_for,
-    predict,
-    train_one_epoch,
-)
+from camtrap.device import make_scaler, memory_report, precision_for
+from camtrap.engine import infer, train_one_epoch
 
 
 def test_amp_is_off_on_cpu_even_when_asked():
@@ -21,7 +16,7 @@ def test_amp_is_off_on_cpu_even_when_asked():
 
 def test_fp16_amp_uses_a_scaler_bf16_does_not():
     # Built by hand: what precision_for returns on a GPU (no GPU needed to check the rule).
-    from camtrap.engine import Precision
+    from camtrap.device import Precision
 
     assert Precision("cuda", True, torch.float16).use_scaler
     assert not Precision("cuda", True, torch.bfloat16).use_scaler
@@ -42,7 +37,7 @@ def test_predict_reports_mean_per_sample_loss_and_softmax():
         model.weight.copy_(torch.eye(2))
     x = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 0.0]])
     y = torch.tensor([0, 0, 1])
-    out = predict(model, _loader(x, y), _as_is, precision_for(torch.device("cpu"), False))
+    out = infer(model, _loader(x, y), _as_is, precision_for(torch.device("cpu"), False))
     # logits = x; CE([0,0], any) = ln 2; CE([1,0], 0) = ln(1 + e^-1)
     expected = (2 * np.log(2) + np.log(1 + np.exp(-1))) / 3
     assert out.loss == pytest.approx(expected, rel=1e-6)  # batches of 2 and 1, weighted by size

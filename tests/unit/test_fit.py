@@ -8,13 +8,15 @@ import pandas as pd
 import pytest
 import torch
 
-from camtrap import checkpoint, pipeline, storage
-from camtrap.calibration import CALIBRATED_FROM, apply_temperature
-from camtrap.checkpoint import load_torch
+from camtrap import evaluate, runfolder, stages, torchfile
+from camtrap.calibration import apply_temperature
+from camtrap.dataset import load_dataset
 from camtrap.errors import ConfigError, StorageError
-from camtrap.labels import load_dataset
+from camtrap.modelfile import CALIBRATED_FROM
 from camtrap.models import load_model
 from camtrap.runfolder import RunFiles
+from camtrap.storage import files as storage_files
+from camtrap.torchfile import load_torch
 
 pytestmark = pytest.mark.slow  # every test here trains
 
@@ -25,7 +27,7 @@ METRIC_COLUMNS = [
 
 
 def _run(config, data_root, out):
-    return pipeline.run_all(config, data_root, out)
+    return stages.run_all(config, data_root, out)
 
 
 @pytest.fixture(scope="module")
@@ -144,12 +146,12 @@ def test_resume_after_a_crash_gives_the_uninterrupted_numbers(tmp_path, demo_roo
             raise Crash
 
     data = load_dataset(demo_root)
-    run_dir = tmp_path / "b" / "smoke" / pipeline.run_id_for(config, data)
-    pipeline.prepare(config, data, run_dir)
+    run_dir = tmp_path / "b" / "smoke" / runfolder.run_id_for(config, data.fingerprint)
+    stages.prepare(config, data, run_dir)
     with pytest.raises(Crash):
-        pipeline.train(config, demo_root, run_dir, on_epoch_end=crash_after_two)
+        stages.train(stages.TrainJob(config, demo_root, run_dir), on_epoch_end=crash_after_two)
     assert load_torch(run_dir / "state" / "last.pt")["epoch"] == 2
-    resumed = pipeline.train(config, demo_root, run_dir)
+    resumed = stages.train(stages.TrainJob(config, demo_root, run_dir))
     assert resumed.resumed_from == 2 and resumed.epochs_run == 1
     a = pd.read_csv(straight.run_dir / "metrics" / "epochs.csv")
     b = pd.read_csv(run_dir / "metrics" / "epochs.csv")
@@ -204,8 +206,10 @@ def test_best_model_rebuilt_when_a_kill_came_between_state_and_best(tmp_path, de
     trained_sha256 = load_torch(files.best_model)[CALIBRATED_FROM]
     assert state["best_epoch"] == 1 and state["best_sha256"] == trained_sha256
     files.best_model.write_bytes(b"the previous best")
-    pipeline.train(config, demo_root, summary.run_dir)  # nothing to train: settles the folder
-    assert storage.file_sha256(files.best_model) == state["best_sha256"]
+    stages.train(
+        stages.TrainJob(config, demo_root, summary.run_dir)
+    )  # nothing to train: settles the folder
+    assert storage_files.file_sha256(files.best_model) == state["best_sha256"]
     weights = load_torch(files.best_model)["model"]
     assert all(torch.equal(weights[k], state["model"][k]) for k in weights)
 
@@ -218,7 +222,7 @@ def test_best_model_of_an_abandoned_attempt_is_refused(tmp_path, demo_root, tiny
         pytest.skip("epoch 2 happened to be better")
     files.best_model.write_bytes(b"from another attempt")
     with pytest.raises(StorageError, match="not the best model"):
-        pipeline.train(config, demo_root, summary.run_dir)
+        stages.train(stages.TrainJob(config, demo_root, summary.run_dir))
 
 
 def test_resume_with_a_changed_config_is_refused(tmp_path, demo_root, tiny_config):
@@ -226,9 +230,9 @@ def test_resume_with_a_changed_config_is_refused(tmp_path, demo_root, tiny_confi
     summary = _run(config, demo_root, tmp_path)
     changed = tiny_config(**{"train.epochs": 1, "train.lr": 0.1})
     with pytest.raises(ConfigError, match=r"train\.lr: 0\.0005 -> 0\.1"):
-        pipeline.run_all(changed, demo_root, tmp_path, run_id=summary.run_id)
+        stages.run_all(changed, demo_root, tmp_path, run_id=summary.run_id)
     fewer = tiny_config(**{"train.epochs": 1, "data.num_workers": 0, "train.progress": True})
-    assert pipeline.run_all(fewer, demo_root, tmp_path, run_id=summary.run_id).status == (
+    assert stages.run_all(fewer, demo_root, tmp_path, run_id=summary.run_id).status == (
         "up-to-date"
     )
 
@@ -237,7 +241,7 @@ def test_more_epochs_extend_a_finished_run(tmp_path, demo_root, tiny_config):
     config = tiny_config(**{"train.epochs": 1})
     summary = _run(config, demo_root, tmp_path)
     longer = tiny_config(**{"train.epochs": 2})
-    again = pipeline.run_all(longer, demo_root, tmp_path, run_id=summary.run_id)
+    again = stages.run_all(longer, demo_root, tmp_path, run_id=summary.run_id)
     assert again.status == "completed" and again.run_dir == summary.run_dir
     epochs = pd.read_csv(summary.run_dir / "metrics" / "epochs.csv")
     assert epochs["epoch"].tolist() == [1, 1, 2, 2]
@@ -279,9 +283,11 @@ def test_both_best_models_come_from_their_epochs_and_carry_a_temperature(finishe
 def test_val_csv_is_the_best_model_file_with_its_temperature(finished_run, demo_root):
     config, summary = finished_run
     files = RunFiles.for_config(summary.run_dir, config)
-    val = pipeline._val_split(config, summary.run_dir, demo_root, None)
+    pack = stages.cache_images(config, summary.run_dir, demo_root).pack
+    items, classes = stages.split_items(summary.run_dir, pack)
+    val = evaluate._val_split(config, items, classes, pack)
     model, meta = load_model(files.best_model)
-    raw = pipeline._run_on_val(model, meta, val).probs
+    raw = evaluate._run_on_val(model, meta, val).probs
     assert meta.temperature != 1.0  # a fitted temperature: softmax(logits / T) differs from raw
     preds = pd.read_csv(files.predictions_csv, dtype={"id": str})
     recorded = preds[meta.classes].to_numpy()
@@ -316,11 +322,13 @@ def test_calibrated_best_models_are_kept_when_the_run_resumes(finished_run, demo
     shutil.copytree(summary.run_dir, run_dir)
     files = RunFiles.for_config(run_dir, config)
     state = load_torch(files.state)
-    before = {p: storage.file_sha256(p) for p in (files.best_model, files.best_logloss_model)}
+    before = {p: storage_files.file_sha256(p) for p in (files.best_model, files.best_logloss_model)}
     assert before[files.best_model] != state["best_sha256"]
     assert before[files.best_logloss_model] != state["best_logloss_sha256"]
-    pipeline.train(config, demo_root, run_dir)  # nothing to train: settles the folder
-    assert {p: storage.file_sha256(p) for p in before} == before
+    stages.train(
+        stages.TrainJob(config, demo_root, run_dir)
+    )  # nothing to train: settles the folder
+    assert {p: storage_files.file_sha256(p) for p in before} == before
 
 
 def test_a_state_from_before_the_log_loss_best_still_resumes(finished_run, demo_root, tmp_path):
@@ -330,9 +338,9 @@ def test_a_state_from_before_the_log_loss_best_still_resumes(finished_run, demo_
     files = RunFiles.for_config(run_dir, config)
     state = load_torch(files.state)
     old = {k: v for k, v in state.items() if not k.startswith("best_logloss")}
-    checkpoint.save_torch(old, files.state)
+    torchfile.save_torch(old, files.state)
     files.best_logloss_model.unlink()
-    result = pipeline.train(config, demo_root, run_dir)
+    result = stages.train(stages.TrainJob(config, demo_root, run_dir))
     val = _val_epochs(run_dir)
     expected = int(val.loc[val.log_loss.idxmin(), "epoch"])
     assert result.best_logloss_epoch == expected
@@ -349,10 +357,10 @@ def test_run_json_commit_comes_from_the_environment_where_there_is_no_git(monkey
     def no_git(*args, **kwargs):
         raise FileNotFoundError("git")
 
-    monkeypatch.setattr(pipeline.subprocess, "run", no_git)
+    monkeypatch.setattr(stages.subprocess, "run", no_git)
     monkeypatch.setenv("CAMTRAP_GIT_COMMIT", "0123abc")
-    assert pipeline._git_commit() == "0123abc"
+    assert stages._git_commit() == "0123abc"
     monkeypatch.setenv("CAMTRAP_GIT_COMMIT", "unknown")  # the Dockerfile's default
-    assert pipeline._git_commit() is None
+    assert stages._git_commit() is None
     monkeypatch.delenv("CAMTRAP_GIT_COMMIT")
-    assert pipeline._git_commit() is None
+    assert stages._git_commit() is None

@@ -14,12 +14,12 @@ import pytest
 import torch
 from PIL import Image
 
-from camtrap import imagecache, pipeline
-from camtrap.data import CachedBatches, DeviceNormalize, EpochShuffle, make_loader, seed_transform
+from camtrap import imagecache, stages
+from camtrap.dataset import load_dataset
 from camtrap.errors import DataError, StorageError
 from camtrap.imagecache import CacheEntry, Decoder, ensure_pack
 from camtrap.images import open_rgb
-from camtrap.labels import load_dataset
+from camtrap.loader import CachedBatches, DeviceNormalize, EpochShuffle, make_loader, seed_transform
 
 SIZE = 32
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -137,7 +137,7 @@ def test_a_damaged_pack_is_rebuilt_never_trained_on(demo_root, tmp_path, damage,
 @pytest.mark.slow  # a second Python process: several seconds
 def test_two_processes_building_one_pack_at_once_leave_one_intact_pack(demo_root, tmp_path):
     code = (
-        "import sys; from camtrap import imagecache; from camtrap.labels import load_dataset\n"
+        "import sys; from camtrap import imagecache; from camtrap.dataset import load_dataset\n"
         "data = load_dataset(sys.argv[1], check_images=False)\n"
         "entries = [imagecache.CacheEntry(*r) for r in "
         "data.frame[['id', 'path', 'sha256']].itertuples(index=False)]\n"
@@ -241,10 +241,10 @@ def test_reading_a_large_pack_does_not_hold_it_in_memory(tmp_path):
 
 def test_pipeline_cache_step_reads_the_run_split(demo_root, tmp_path, tiny_config):
     config = tiny_config()
-    data = pipeline.validate(config, demo_root, cache_root=tmp_path / "images")
+    data = stages.validate(config, demo_root, cache_root=tmp_path / "images")
     run_dir = tmp_path / "run"
-    pipeline.prepare(config, data, run_dir)
-    report = pipeline.cache_images(config, run_dir, demo_root, cache_root=tmp_path / "images")
+    stages.prepare(config, data, run_dir)
+    report = stages.cache_images(config, run_dir, demo_root, cache_root=tmp_path / "images")
     assert report.decoded == 0 and list(report.pack.ids) == data.frame["id"].tolist()
 
 

@@ -1,4 +1,4 @@
-"""camtrap.labels: the Conser-vision contract, and a precise report of every way to break it."""
+"""camtrap.dataset: the Conser-vision contract, and a precise report of every way to break it."""
 
 import hashlib
 import io
@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from camtrap.dataset import ImageLimits, LabelledData, load_dataset, validate_dataset
 from camtrap.errors import DataError
-from camtrap.labels import ImageLimits, LabelledData, load_dataset, validate_dataset
 
 FEATURES, LABELS = "train_features.csv", "train_labels.csv"
 # Deliberately not alphabetical: the classes are the label columns in file order.

@@ -6,16 +6,11 @@ import torch
 from torch import nn
 from torchvision.ops import StochasticDepth
 
-from camtrap import models
-from camtrap.config import build_config
+from camtrap import modelfile, models
+from camtrap.config import HEADS, build_config
 from camtrap.errors import ConfigError, StorageError
-from camtrap.models import (
-    HEADS,
-    ModelMeta,
-    build_model,
-    load_model,
-    model_file_dict,
-)
+from camtrap.modelfile import ModelMeta, model_file_dict
+from camtrap.models import build_model, load_model
 
 REQUIRED = [
     "swin_t",
@@ -192,9 +187,9 @@ def test_read_errors_show_the_uri_redacted_and_chain_nothing(monkeypatch, error,
     def fail(*args, **kwargs):
         raise error
 
-    monkeypatch.setattr(models.fsspec, "open", fail)
+    monkeypatch.setattr(modelfile.fsspec, "open", fail)
     with pytest.raises(StorageError) as caught:
-        models.read_model_file(CANARY_URI)
+        modelfile.read_model_file(CANARY_URI)
     assert str(caught.value).startswith(message)
     assert "CANARY" not in str(caught.value)
     # A chained cause would print the library's own text (with the full URL) in a traceback.

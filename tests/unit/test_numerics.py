@@ -16,12 +16,8 @@ from torch import nn
 from torch._utils import ExceptionWrapper
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from camtrap.engine import (
-    MAX_NONFINITE_IN_A_ROW,
-    Precision,
-    predict,
-    train_one_epoch,
-)
+from camtrap.device import Precision
+from camtrap.engine import MAX_NONFINITE_IN_A_ROW, infer, train_one_epoch
 from camtrap.errors import (
     CamtrapError,
     DataError,
@@ -205,7 +201,7 @@ def test_out_of_memory_in_training_names_the_batch_and_frees_the_gradients():
 
 def test_out_of_memory_in_evaluation_points_at_eval_batch_size():
     with pytest.raises(OutOfMemory) as err:
-        predict(OutOfMemoryOnCall(when=1), _loader(*_images(5), 5), _as_is, CPU)
+        infer(OutOfMemoryOnCall(when=1), _loader(*_images(5), 5), _as_is, CPU)
     text = str(err.value)
     assert "in an evaluation step: a batch of 5 images of 8x8 px did not fit" in text
     assert "lower train.eval_batch_size (e.g. --set train.eval_batch_size=2)" in text

@@ -14,26 +14,21 @@ import torch
 import yaml
 from torch import nn
 
-from camtrap import checkpoint, pipeline, runfolder
-from camtrap.checkpoint import load_torch
+from camtrap import latest, runfolder, stages, torchfile
 from camtrap.config import RunConfig, build_config
-from camtrap.engine import Precision, predict, train_one_epoch
+from camtrap.dataset import load_dataset
+from camtrap.device import Precision
+from camtrap.engine import infer, train_one_epoch
 from camtrap.errors import ConfigError, StorageError
-from camtrap.labels import load_dataset
-from camtrap.models import (
-    ModelMeta,
-    build_model,
-    load_model,
-    model_file_dict,
-    resolve_init_from,
-    warm_start,
-)
+from camtrap.modelfile import ModelMeta, model_file_dict
+from camtrap.models import build_model, load_model, resolve_init_from, warm_start
 from camtrap.runfolder import RunFiles
 from camtrap.schedule import StepSchedule, lr_factor, make_schedule
+from camtrap.torchfile import load_torch
 
 ROOT = Path(__file__).resolve().parents[2]
 CPU32 = Precision("cpu", False, torch.float32)
-FAKE_DATA = SimpleNamespace(fingerprint="0" * 64)
+FAKE_FINGERPRINT = "0" * 64  # a dataset's fingerprint
 
 
 # --- learning-rate schedule ---------------------------------------------------------------------
@@ -95,7 +90,7 @@ def test_label_smoothing_changes_the_train_loss_only():
     smoothed = train_one_epoch(model, loader, optimizer, scaler, identity, CPU32,
                                label_smoothing=0.1)  # fmt: skip
     plain = train_one_epoch(model, loader, optimizer, scaler, identity, CPU32)
-    val = predict(model, loader, identity, CPU32)
+    val = infer(model, loader, identity, CPU32)
 
     log_p = torch.log_softmax(model(images), dim=1).detach().numpy()
     nll = -log_p[np.arange(6), labels.numpy()]
@@ -161,20 +156,20 @@ def test_a_presigned_init_from_is_redacted_in_dumps():
 def test_run_ids_of_part1_and_smoke_are_those_from_before_part2():
     # Computed before the part2 settings existed: unchanged, a weekly part1 on unchanged data
     # stays "up to date" instead of training again.
-    assert pipeline.run_id_for(build_config("part1"), FAKE_DATA) == "part1-ccee72b8e950"
-    assert pipeline.run_id_for(build_config("smoke"), FAKE_DATA) == "smoke-f920a04699b4"
+    assert runfolder.run_id_for(build_config("part1"), FAKE_FINGERPRINT) == "part1-ccee72b8e950"
+    assert runfolder.run_id_for(build_config("smoke"), FAKE_FINGERPRINT) == "smoke-f920a04699b4"
     tiny = {"data.image_size": 32, "train.epochs": 2, "train.batch_size": 8}
-    assert pipeline.run_id_for(build_config("smoke", overrides=tiny), FAKE_DATA) == (
+    assert runfolder.run_id_for(build_config("smoke", overrides=tiny), FAKE_FINGERPRINT) == (
         "smoke-49c8579335d9"
     )
     # augmentation settings count only while augmentation is on
     off = build_config("part1", overrides={"augment.crop_scale": [0.5, 1.0]})
-    assert pipeline.run_id_for(off, FAKE_DATA) == "part1-ccee72b8e950"
+    assert runfolder.run_id_for(off, FAKE_FINGERPRINT) == "part1-ccee72b8e950"
 
 
 def test_init_from_and_augmentation_are_part_of_the_run_id():
     ids = {
-        pipeline.run_id_for(config, FAKE_DATA)
+        runfolder.run_id_for(config, FAKE_FINGERPRINT)
         for config in (
             _part2(),
             _part2(**{"model.init_from": "/runs/part1/b.pth"}),
@@ -236,10 +231,10 @@ def source_run(tmp_path_factory, demo_root):
         torch.manual_seed(1)
         model = build_model(ARCH, len(classes), "none", 0.0, 32)
     meta = ModelMeta(ARCH, classes, 32, list(config.data.mean), list(config.data.std), 1)
-    checkpoint.save_torch(model_file_dict(model, meta), files.best_model)
+    torchfile.save_torch(model_file_dict(model, meta), files.best_model)
     info = {"run_id": run_dir.name, "config": config.model_dump(mode="json")}
     runfolder.write_run_json(run_dir, info)
-    runfolder.write_latest(run_dir, pipeline.finalize(run_dir))
+    latest.write_latest(run_dir, stages.finalize(run_dir))
     return SimpleNamespace(out=out, run_dir=run_dir, best=files.best_model, classes=classes)
 
 
@@ -278,8 +273,8 @@ def test_warm_start_refuses_other_classes_or_arch_and_names_a_missing_file(sourc
 
 def _train(config, demo_root, run_dir, on_epoch_end=None):
     """prepare + train: the run's model files, state and metrics (no evaluation, no plots)."""
-    pipeline.prepare(config, load_dataset(demo_root), run_dir)
-    return pipeline.train(config, demo_root, run_dir, on_epoch_end=on_epoch_end)
+    stages.prepare(config, load_dataset(demo_root), run_dir)
+    return stages.train(stages.TrainJob(config, demo_root, run_dir), on_epoch_end=on_epoch_end)
 
 
 @pytest.mark.slow
@@ -291,7 +286,7 @@ def test_part2_from_a_part1_run_then_resumed_after_a_crash_gives_the_same_number
         "part2", overrides={**TINY_PART2, "model.init_from": str(source_run.run_dir)}
     )
     config = resolve_init_from(config)  # as run_all and the flow do
-    run_id = pipeline.run_id_for(config, load_dataset(demo_root))
+    run_id = runfolder.run_id_for(config, load_dataset(demo_root).fingerprint)
     straight = tmp_path / "a" / "part2" / run_id
     saved = torch.get_num_threads()
     torch.set_num_threads(1)  # on 2 shared cores a second compute thread is slower
@@ -308,7 +303,7 @@ def test_part2_from_a_part1_run_then_resumed_after_a_crash_gives_the_same_number
         crashed = tmp_path / "b" / "part2" / run_id
         with pytest.raises(Crash):
             _train(config, demo_root, crashed, on_epoch_end=crash_after_one)
-        resumed = pipeline.train(config, demo_root, crashed)
+        resumed = stages.train(stages.TrainJob(config, demo_root, crashed))
     finally:
         torch.set_num_threads(saved)
 

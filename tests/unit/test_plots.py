@@ -8,13 +8,13 @@ import pytest
 from matplotlib.figure import Figure
 
 from camtrap.plots import (
-    PLOT_FILES,
     PNG_SIGNATURE,
     class_metric_figure,
     confusion_matrix_figure,
     curves_figure,
     figure_to_png_bytes,
 )
+from camtrap.runfolder import PLOT_FILES
 
 
 def _per_class_history(n_classes: int, n_epochs: int, seed: int = 0) -> pd.DataFrame:

@@ -15,13 +15,15 @@ import pandas as pd
 import pytest
 import torch
 
-from camtrap import imagecache, runfolder
+from camtrap import imagecache, latest, runfolder
 from camtrap.cli import main
+from camtrap.dataset import load_features, validate_features
 from camtrap.demo import SEED_CLASSES
 from camtrap.errors import ConfigError, DataError, StorageError
-from camtrap.labels import load_features, validate_features
-from camtrap.models import ModelMeta, build_model, load_model, model_file_dict
-from camtrap.predict import class_counts, least_confident, prediction_name
+from camtrap.modelfile import ModelMeta, model_file_dict
+from camtrap.models import build_model, load_model
+from camtrap.predict import prediction_name
+from camtrap.report import class_counts, least_confident
 from camtrap.storage import StorageNotFound
 
 TEMPERATURE = 2.5
@@ -119,7 +121,7 @@ def test_latest_json_picks_the_runs_best_model_and_its_temperature_is_applied(
     model_file, photos, expected, tmp_path, capsys
 ):
     run_dir = _finished_run(tmp_path / "runs", "part1-abc", model_file)
-    runfolder.write_latest(run_dir, runfolder.read_run_json(run_dir))
+    latest.write_latest(run_dir, runfolder.read_run_json(run_dir))
     out = tmp_path / "calibrated.csv"
     assert _predict(tmp_path / "runs" / "part1" / "latest.json", photos, out) == 0
     best = run_dir / "final_resnet18_model_part1_best.pth"
@@ -263,12 +265,12 @@ def _finished_run(output: Path, run_id: str, model_file: Path, status="completed
 
 def test_latest_json_points_at_the_run_that_finished_last(model_file, tmp_path):
     out = tmp_path / "runs"
-    assert runfolder.read_latest(out, "part1") is None
+    assert latest.read_latest(out, "part1") is None
     first = _finished_run(out, "part1-aaa", model_file)
     second = _finished_run(out, "part1-bbb", model_file)
-    location = runfolder.write_latest(first, runfolder.read_run_json(first))
+    location = latest.write_latest(first, runfolder.read_run_json(first))
     assert location == str(out / "part1" / "latest.json")
-    assert runfolder.read_latest(out, "part1") == {
+    assert latest.read_latest(out, "part1") == {
         "run_id": "part1-aaa",
         "run_uri": str(first.resolve()),
         "stage": "part1",
@@ -279,8 +281,8 @@ def test_latest_json_points_at_the_run_that_finished_last(model_file, tmp_path):
     }
     info = runfolder.read_run_json(second)
     info["files"]["final_resnet18_model_part1_best_logloss.pth"] = {"bytes": 1, "sha256": "y"}
-    runfolder.write_latest(second, info)
-    pointer = runfolder.read_latest(out, "part1")
+    latest.write_latest(second, info)
+    pointer = latest.read_latest(out, "part1")
     assert pointer["run_id"] == "part1-bbb"
     assert pointer["best_logloss_model"] == "final_resnet18_model_part1_best_logloss.pth"
     assert [p.name for p in (out / "part1").iterdir() if p.name.startswith(".latest")] == []
@@ -291,27 +293,27 @@ def test_resolve_model_uri_maps_files_runs_stage_folders_and_pointers(model_file
     run_dir = _finished_run(out, "part1-aaa", model_file)
     best = str(run_dir / "final_resnet18_model_part1_best.pth")
     with pytest.raises(StorageNotFound, match="no run of this stage has finished there yet"):
-        runfolder.resolve_model_uri(out / "part1" / "latest.json")
-    runfolder.write_latest(run_dir, runfolder.read_run_json(run_dir))
-    assert runfolder.resolve_model_uri(best) == best
-    assert runfolder.resolve_model_uri(run_dir) == best
-    assert runfolder.resolve_model_uri(f"{run_dir}/") == best
-    assert runfolder.resolve_model_uri(out / "part1" / "latest.json") == best
-    assert runfolder.resolve_model_uri(out / "part1") == best
+        latest.resolve_model_uri(out / "part1" / "latest.json")
+    latest.write_latest(run_dir, runfolder.read_run_json(run_dir))
+    assert latest.resolve_model_uri(best) == best
+    assert latest.resolve_model_uri(run_dir) == best
+    assert latest.resolve_model_uri(f"{run_dir}/") == best
+    assert latest.resolve_model_uri(out / "part1" / "latest.json") == best
+    assert latest.resolve_model_uri(out / "part1") == best
     with pytest.raises(StorageNotFound, match="fix: pass a model file"):
-        runfolder.resolve_model_uri(tmp_path / "nothing.pth")
+        latest.resolve_model_uri(tmp_path / "nothing.pth")
 
 
 def test_an_unfinished_run_or_a_broken_pointer_is_refused_with_a_fix(model_file, tmp_path):
     out = tmp_path / "runs"
     running = _finished_run(out, "part1-run", model_file, status="running")
     with pytest.raises(StorageError, match="has not finished"):
-        runfolder.resolve_model_uri(running)
+        latest.resolve_model_uri(running)
     pointer = out / "part1" / "latest.json"
     for text in ["{", json.dumps({"run_id": "../../x", "best_model": "m.pth"})]:
         pointer.write_text(text)
         with pytest.raises(StorageError, match="not a latest-run pointer.*fix: delete it"):
-            runfolder.resolve_model_uri(pointer)
+            latest.resolve_model_uri(pointer)
 
 
 def test_the_pointers_name_is_no_run_id():

@@ -7,7 +7,11 @@ from camtrap.report import run_summary
 RUN_JSON = {
     "run_id": "smoke-0123456789ab",
     "status": "completed",
-    "config": {"model": {"arch": "resnet18"}, "train": {"epochs": 15}},
+    "config": {
+        "model": {"arch": "resnet18"},
+        "train": {"epochs": 15},
+        "output": {"stage": "smoke"},
+    },
     "best_epoch": 12,
     "best_value": 0.8125,
     # 26 of 32 val images right; log loss and top-3 as evaluate writes them, rounded here by hand
@@ -63,23 +67,28 @@ def test_summary_names_the_log_loss_best_and_the_calibration(tmp_path):
     assert lines[-1] == f"  {name}  the model of the lowest val log loss"
 
 
-def test_summary_of_a_flow_run_says_how_to_open_the_prefect_ui(tmp_path):
-    lines = run_summary(_run_dir(tmp_path), ".venv/bin/prefect").splitlines()
+def test_summary_of_a_flow_run_says_how_to_open_the_prefect_ui():
+    from flows.cli import prefect_ui_lines
+
+    lines = prefect_ui_lines(".venv/bin/prefect", None, "smoke-0123456789ab")
     assert lines[-2:] == [
         "In the Prefect UI: run `.venv/bin/prefect server start`, then open http://127.0.0.1:4200",
         "  (flow run smoke-0123456789ab, kept in PREFECT_HOME's database: ~/.prefect unless set)",
     ]
 
 
-def test_a_run_on_a_configured_server_points_at_that_server(tmp_path):
-    summary = run_summary(_run_dir(tmp_path), "prefect", api_url="http://gpu-box:4200/api")
+def test_a_run_on_a_configured_server_points_at_that_server():
+    from flows.cli import prefect_ui_lines
+
+    lines = prefect_ui_lines("prefect", "http://gpu-box:4200/api", "smoke-0123456789ab")
     url = "http://gpu-box:4200"
     expected = f"In the Prefect UI: open {url} (PREFECT_API_URL), flow run smoke-0123456789ab"
-    assert summary.splitlines()[-1] == expected
+    assert lines[-1] == expected
 
 
 def test_missing_metrics_show_as_not_available(tmp_path):
     info = {k: v for k, v in RUN_JSON.items() if k not in ("val", "best_epoch", "files")}
+    info["config"] = {"train": {"epochs": 15}}  # nor which model: its file cannot be named
     summary = run_summary(_run_dir(tmp_path, info)).splitlines()
     assert summary[1] == "Best epoch ? of 15: val accuracy n/a, val log loss n/a"
     assert summary[-1].startswith("  final_<arch>_model_<stage>_best.pth")
@@ -170,7 +179,7 @@ def test_stage_run_infos_reads_every_run_folder_and_skips_the_rest(tmp_path, cap
 
 def test_history_rows_are_json_ready_for_the_table_artifact(tmp_path):
     from tasks.artifacts import _table_data, history_rows, stage_key, stage_of, stage_uri
-    from tasks.common import RunRef
+    from tasks.refs import RunRef
 
     run = RunRef(run_id="part1-aaaa", run_uri="s3://b/runs/part1/part1-aaaa", local_dir="/x",
                  lease_uri="s3://b/runs/part1/.leases/part1-aaaa.json")  # fmt: skip
@@ -192,12 +201,12 @@ def test_history_rows_are_json_ready_for_the_table_artifact(tmp_path):
 
 
 def test_summary_description_lists_the_retrain_quality():
-    from tasks.artifacts import summary_description
-    from tasks.common import RunRef
+    from camtrap.report import summary_description
+    from tasks.refs import RunRef
 
     uri = "/r/part1/part1-aaaa"
     run = RunRef(run_id="part1-aaaa", run_uri=uri, local_dir=uri, lease_uri=f"{uri}.json")
-    assert summary_description(run, RETRAIN_A) == (
+    assert summary_description(run.run_uri, RETRAIN_A) == (
         "part1-aaaa: val accuracy 0.8125, val log loss 0.4900, calibrated log loss 0.4500"
     )
-    assert summary_description(run, {"status": "failed"}) == "part1-aaaa: failed"
+    assert summary_description(run.run_uri, {"status": "failed"}) == "part1-aaaa: failed"

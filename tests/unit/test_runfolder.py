@@ -11,9 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from camtrap import checkpoint, runfolder, storage
+from camtrap import lease, runfolder, torchfile
 from camtrap.errors import ConfigError, StorageError
-from camtrap.runfolder import RunBusy, RunLease
+from camtrap.lease import RunBusy, RunLease
+from camtrap.storage import files as storage_files
+from camtrap.storage.files import inside
 
 
 # --- run ids -------------------------------------------------------------------------------------
@@ -46,18 +48,18 @@ def test_run_location_stays_inside_the_output_folder(tmp_path):
 def test_inside_refuses_a_path_that_resolves_outside(tmp_path):
     (tmp_path / "root").mkdir()
     os.symlink(tmp_path, tmp_path / "root" / "link")
-    assert runfolder.inside(tmp_path / "root" / "a", tmp_path / "root").name == "a"
+    assert inside(tmp_path / "root", "a").name == "a"
     with pytest.raises(StorageError, match="outside"):
-        runfolder.inside(tmp_path / "root" / "link" / "x", tmp_path / "root")
+        inside(tmp_path / "root", "link/x")
     with pytest.raises(StorageError, match="outside"):
-        runfolder.inside(tmp_path / "root" / ".." / "x", tmp_path / "root")
+        inside(tmp_path / "root", "../x")
 
 
 def test_pipeline_refuses_an_escaping_run_id_before_any_work(tmp_path, tiny_config):
-    from camtrap import pipeline
+    from camtrap import stages
 
     with pytest.raises(ConfigError, match="plain folder name"):
-        pipeline.run_all(tiny_config(), tmp_path / "no-data", tmp_path / "out", run_id="../x")
+        stages.run_all(tiny_config(), tmp_path / "no-data", tmp_path / "out", run_id="../x")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -92,11 +94,11 @@ def test_a_finished_run_is_up_to_date_unless_more_epochs_are_asked():
 
 # --- the resume rule: newest state wins ---------------------------------------------------------
 def _save_state(run_dir: Path, epoch: int, files: dict[str, str] = {}) -> None:  # noqa: B006
-    data = checkpoint.torch_bytes({"epoch": epoch, "model": {"w": torch.full((2,), epoch)}})
-    storage.atomic_write_bytes(run_dir / "state" / "last.pt", data)
+    data = torchfile.torch_bytes({"epoch": epoch, "model": {"w": torch.full((2,), epoch)}})
+    storage_files.atomic_write_bytes(run_dir / "state" / "last.pt", data)
     runfolder.write_state_info(run_dir, epoch, len(data))
     for name, text in files.items():
-        storage.atomic_write_text(run_dir / name, text)
+        storage_files.atomic_write_text(run_dir / name, text)
 
 
 def test_epochs_done_reads_the_state(tmp_path):
@@ -135,18 +137,18 @@ def test_remote_copy_ahead_replaces_the_local_one(tmp_path):
 
 def test_fresh_machine_gets_the_remote_files(tmp_path):
     remote, local = tmp_path / "remote", tmp_path / "local"
-    storage.atomic_write_text(remote / "split.csv", "s")
+    storage_files.atomic_write_text(remote / "split.csv", "s")
     assert runfolder.reconcile(str(remote), local) == "same"
     assert (local / "split.csv").read_text() == "s"
 
 
 # --- verification -------------------------------------------------------------------------------
 def _finished(run_dir: Path) -> None:
-    storage.atomic_write_text(run_dir / "a.txt", "alpha")
-    storage.atomic_write_text(run_dir / "m" / "b.txt", "beta")
+    storage_files.atomic_write_text(run_dir / "a.txt", "alpha")
+    storage_files.atomic_write_text(run_dir / "m" / "b.txt", "beta")
     files = {
         rel: {"bytes": (run_dir / rel).stat().st_size,
-              "sha256": storage.file_sha256(run_dir / rel)}
+              "sha256": storage_files.file_sha256(run_dir / rel)}
         for rel in ("a.txt", "m/b.txt")
     }  # fmt: skip
     runfolder.write_run_json(run_dir, {"status": "completed", "files": files})
@@ -177,7 +179,7 @@ def test_cli_runs_verify(tmp_path, capsys):
 # --- the lease --------------------------------------------------------------------------------
 @pytest.fixture(name="lease_uri")
 def lease_uri_fixture(tmp_path) -> str:
-    return runfolder.lease_location(tmp_path, "smoke", "r1")
+    return lease.lease_location(tmp_path, "smoke", "r1")
 
 
 def test_lease_lives_beside_the_run_folders(tmp_path, lease_uri):

@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from camtrap.dataset import load_dataset
 from camtrap.errors import ConfigError, DataError
-from camtrap.labels import load_dataset
 from camtrap.split import (
     allocate_val,
     choose_val_sites,

@@ -1,4 +1,4 @@
-"""The image size limits of the config reach the validation a run does (pipeline.validate)."""
+"""The image size limits of the config reach the validation a run does (stages.validate)."""
 
 from pathlib import Path
 
@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from camtrap import pipeline
+from camtrap import stages
 from camtrap.errors import DataError
 
 
@@ -21,7 +21,7 @@ def _images(root: Path) -> pd.DataFrame:
 
 def _problems(config, root: Path, cache: Path) -> list:
     with pytest.raises(DataError) as caught:
-        pipeline.validate(config, root, cache_root=cache)
+        stages.validate(config, root, cache_root=cache)
     return caught.value.problems
 
 
@@ -38,7 +38,7 @@ def test_the_configured_pixel_limit_reaches_validation(demo_root, tiny_config, t
         f"image {over['filepath'].iloc[0]} has 518,400 pixels (960 x 540), over the limit of "
         "300,000 pixels: data.max_image_pixels"
     )
-    pipeline.validate(tiny_config(**{"data.max_image_pixels": 518_400}), demo_root, tmp_path)
+    stages.validate(tiny_config(**{"data.max_image_pixels": 518_400}), demo_root, tmp_path)
 
 
 def test_the_configured_file_size_limit_reaches_validation(demo_root, tiny_config, tmp_path):

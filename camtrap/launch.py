@@ -1,4 +1,6 @@
 """Training on several processes: DDP, launched through torchrun's engine (train.nproc > 1).
+What each process runs is the worker function the caller passes (camtrap.stages.train_here):
+this module starts processes and relays between them, it knows no stage.
 
 The process that asks for training (`camtrap train`, the Prefect train task) stays the one that
 holds the run's lease and runs `on_epoch_end` (uploads, artifacts, lease checks). It starts the
@@ -30,166 +32,64 @@ import logging
 import os
 import pickle
 import sys
+import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
-from torch.utils.data import DistributedSampler
 
-from camtrap import errors, storage
-from camtrap.errors import CamtrapError, ConfigError
+from camtrap import errors
+from camtrap.device import resolve_device
+from camtrap.errors import CamtrapError
+from camtrap.ranks import Group, backend_for, barrier
+from camtrap.storage.files import atomic_write_bytes, atomic_write_text
 
 if TYPE_CHECKING:
-    from camtrap.config import RunConfig
-    from camtrap.engine import EpochOutputs
-    from camtrap.fit import EpochRecord, FitResult
+    from camtrap.fit import EpochRecord
 
 log = logging.getLogger("camtrap")
+
+# The worker function: (job, rank 0's on_epoch_end or None, this process's group) -> result.
+Worker = Callable[[Any, Callable[["EpochRecord"], None] | None, Group], Any]
 
 # Rank 0 evaluates and writes each epoch while the others wait at a barrier, and a slow upload
 # in on_epoch_end holds rank 0 back by up to an epoch: collectives may wait that long.
 COLLECTIVE_TIMEOUT = timedelta(hours=2)
 _POLL_S = 0.05
 _JOB, _RESULT, _LOG = "job.pkl", "result.pkl", "rank0-log.jsonl"
-_STREAM = 0x7261_6E6B  # tells per-rank seeds apart from other streams derived from train.seed
-
-
-@dataclass(frozen=True)
-class Group:
-    """This process's place among the training processes."""
-
-    rank: int
-    world_size: int
-    local_rank: int
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @classmethod
-    def from_env(cls) -> Group:
-        """From the variables torchrun sets in each worker."""
-        return cls(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]),
-                   int(os.environ["LOCAL_RANK"]))  # fmt: skip
-
-
-# --- what to launch ----------------------------------------------------------------------------
-
-
-def world_size(nproc: int | str, device: str, gpus: int | None = None) -> int:
-    """train.nproc as a number of processes: "auto" is every visible GPU (1 without GPUs, or
-    with train.device=cpu). On CUDA each process needs a GPU of its own (nccl)."""
-    gpus = torch.cuda.device_count() if gpus is None else gpus
-    on_gpu = device == "cuda" or (device == "auto" and gpus > 0)
-    if nproc == "auto":
-        return max(gpus, 1) if on_gpu else 1
-    if on_gpu and nproc > gpus:
-        raise ConfigError(
-            f"train.nproc={nproc} but {gpus} GPU(s) are visible: each training process needs a "
-            f"GPU of its own — fix: --nproc {gpus} (or auto), or train.device=cpu"
-        )
-    return int(nproc)
-
-
-def backend_for(device_type: str) -> str:
-    return "nccl" if device_type == "cuda" else "gloo"
-
-
-def rank_seed(seed: int, rank: int, epoch: int = 0) -> int:
-    """The global RNG seed of `rank` (dropout, stochastic depth): train.seed itself for rank 0
-    at the start (one process is rank 0 of one), else derived from (seed, rank, epoch); `epoch`
-    is the last completed one when a run resumes on ranks whose streams were not saved."""
-    if rank == 0 and epoch == 0:
-        return seed
-    words = np.random.SeedSequence([seed, rank, epoch, _STREAM]).generate_state(2, np.uint32)
-    return (int(words[0]) << 31) ^ int(words[1])
-
-
-def shard_sampler(n: int, seed: int, group: Group) -> DistributedSampler:
-    """This rank's share of an n-image split: a new order each epoch from (seed, set_epoch's
-    epoch), padded by repeating images so that every rank takes the same number of steps."""
-    return DistributedSampler(range(n), num_replicas=group.world_size, rank=group.rank,
-                              shuffle=True, seed=seed, drop_last=False)  # fmt: skip
-
-
-# --- collectives -------------------------------------------------------------------------------
-
-
-def combine_outputs(parts: Sequence[EpochOutputs]) -> EpochOutputs:
-    """The ranks' outputs of one epoch as one: images in rank order, the loss averaged over
-    every image, the slowest rank's time. Step counts are the same on every rank (gradients
-    are averaged and a non-finite loss skips a step everywhere): the largest is kept."""
-    from camtrap.engine import EpochOutputs
-
-    n = [len(p.targets) for p in parts]
-    return EpochOutputs(
-        targets=np.concatenate([p.targets for p in parts]),
-        probs=np.concatenate([p.probs for p in parts]),
-        loss=float(sum(p.loss * k for p, k in zip(parts, n, strict=True)) / sum(n)),
-        seconds=max(p.seconds for p in parts),
-        skipped_steps=max(p.skipped_steps for p in parts),
-        nonfinite_steps=max(p.nonfinite_steps for p in parts),
-    )
-
-
-def gather_outputs(out: EpochOutputs, group: Group) -> EpochOutputs:
-    """Every rank's `out` combined (on every rank)."""
-    parts: list[Any] = [None] * group.world_size
-    dist.all_gather_object(parts, out)
-    return combine_outputs(parts)
-
-
-def all_finite(loss: torch.Tensor) -> bool:
-    """Whether `loss` is finite here and, when training on several processes, on every rank:
-    they must agree to take a step, or the ranks that did would wait forever for the others'
-    gradients."""
-    finite = torch.isfinite(loss.detach()).to(torch.int32)
-    if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(finite, op=dist.ReduceOp.MIN)
-    return bool(finite.item())
-
-
-def barrier() -> None:
-    dist.barrier()
 
 
 # --- the launching process ---------------------------------------------------------------------
 
 
 def launch(
-    config: RunConfig,
-    data_root: Path,
-    run_dir: Path,
+    worker: Worker,
+    job: Any,
+    nproc: int,
+    device: str,
     on_epoch_end: Callable[[EpochRecord], None] | None = None,
-    cache_root: Path | None = None,
-) -> FitResult:
-    """Train `config` on train.nproc processes (torchrun's engine) into `run_dir`, resuming as
-    one process would; `on_epoch_end` runs here, after each epoch's files are written."""
-    import tempfile
-
+) -> Any:
+    """Run `worker(job, courier, group)` on `nproc` processes (torchrun's engine) on `device`
+    (train.device) and return rank 0's result; `on_epoch_end` runs here, after each epoch's
+    files are written. `worker` must be a module-level function (it is pickled by name) and
+    `job` picklable (a RunConfig keeps credentials in URIs that a JSON dump would redact)."""
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import elastic_launch
 
-    nproc = world_size(config.train.nproc, config.train.device)
-    log.info("training on %d processes: effective batch %d (train.batch_size %d per process)",
-             nproc, nproc * config.train.batch_size, config.train.batch_size)  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="camtrap-ddp-") as folder:
         ipc = Path(folder)
-        job = (config, Path(data_root), Path(run_dir), cache_root, os.getpid())
-        storage.atomic_write_bytes(ipc / _JOB, pickle.dumps(job))
+        atomic_write_bytes(ipc / _JOB, pickle.dumps((worker, job, device, os.getpid())))
         relay = _Relay(ipc, on_epoch_end)
         relay.start()
         try:
             elastic_launch(_launch_config(nproc), sys.executable)(
-                "-u", "-m", "camtrap.distributed", str(ipc)
+                "-u", "-m", "camtrap.launch", str(ipc)
             )
         except ChildFailedError as failed:
             relay.stop()
@@ -272,7 +172,7 @@ class _Relay:
             self.error = err
         if self.error is not None:
             answer = f"{type(self.error).__name__}: {self.error}"
-        storage.atomic_write_text(path.with_suffix(".ack"), answer)
+        atomic_write_text(path.with_suffix(".ack"), answer)
 
     def _relay_logs(self) -> None:
         path = self.ipc / _LOG
@@ -299,7 +199,7 @@ class _EpochCourier:
 
     def __call__(self, record: EpochRecord) -> None:
         path = self.ipc / f"epoch-{record.epoch:06d}.pkl"
-        storage.atomic_write_bytes(path, pickle.dumps(record))
+        atomic_write_bytes(path, pickle.dumps(record))
         answer = path.with_suffix(".ack")
         while not answer.exists():
             time.sleep(_POLL_S)
@@ -356,28 +256,25 @@ def _threads_per_rank(group: Group) -> None:
 
 def _report_error(ipc: Path, group: Group, err: CamtrapError) -> None:
     report = {"type": type(err).__name__, "message": str(err)}
-    storage.atomic_write_text(ipc / f"error-rank{group.rank:04d}.json", json.dumps(report))
+    atomic_write_text(ipc / f"error-rank{group.rank:04d}.json", json.dumps(report))
 
 
 def worker_main(ipc: Path) -> int:
     """One training process, started by `launch` (through torchrun)."""
-    from camtrap import pipeline
-    from camtrap.fit import resolve_device
-
-    config, data_root, run_dir, cache_root, launcher_pid = pickle.loads((ipc / _JOB).read_bytes())
+    worker, job, device_name, launcher_pid = pickle.loads((ipc / _JOB).read_bytes())
     _exit_with_launcher(launcher_pid)
     group = Group.from_env()
     _setup_logging(group, ipc)
     _threads_per_rank(group)
-    device = resolve_device(config.train.device)
+    device = resolve_device(device_name)
     if device.type == "cuda":
         torch.cuda.set_device(group.local_rank)
     dist.init_process_group(backend_for(device.type), timeout=COLLECTIVE_TIMEOUT)
     try:
         courier = _EpochCourier(ipc) if group.is_main else None
-        result = pipeline.train_here(config, data_root, run_dir, courier, cache_root, group)
+        result = worker(job, courier, group)
         if group.is_main:
-            storage.atomic_write_bytes(ipc / _RESULT, pickle.dumps(result))
+            atomic_write_bytes(ipc / _RESULT, pickle.dumps(result))
         barrier()
     except CamtrapError as err:
         _report_error(ipc, group, err)  # the launcher raises it (rank 0's first)

@@ -1,0 +1,82 @@
+"""The small models the tasks exchange: URIs, paths and numbers, never DataFrames, tensors, models
+or clients (Prefect hashes and stores them as task inputs and results)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataSnapshot(_Model):
+    """A dataset as fetched: its URI, the local folder holding the copy, and digests of what
+    was fetched (S3 ETags), so downstream cache keys change exactly when the data does."""
+
+    data_uri: str
+    root: str  # local folder: the CSVs, and the images once fetch_images ran
+    csv_digest: str
+    images_digest: str = ""
+
+
+class RunRef(_Model):
+    """One run's identity and places: the output folder and its local working copy."""
+
+    run_id: str
+    run_uri: str  # {output_uri}/{stage}/{run_id}
+    local_dir: str  # == run_uri for a local output_uri
+    lease_uri: str  # {output_uri}/{stage}/.leases/{run_id}.json: one writer per run
+
+
+class ImageCacheRef(_Model):
+    """A run's decoded images on this machine: the pack's manifest and how it was made."""
+
+    manifest: str  # {CAMTRAP_CACHE_DIR}/images/.../{key}.json
+    images: int
+    decoded: int  # images decoded by this task (validation decodes new images first)
+    copied: int  # rows copied from other packs
+    reused: bool  # the pack was already there and intact
+
+
+class TrainSummary(_Model):
+    best_epoch: int
+    best_value: float
+    epochs_run: int
+    resumed_from: int
+
+
+class ValMetrics(_Model):
+    """The best model's metrics on the val split."""
+
+    metrics: dict[str, float]
+
+
+class ModelRef(_Model):
+    """The model file a prediction uses, and what the flow needs to know about it."""
+
+    model_uri: str  # the file itself (resolved from a run folder or latest.json)
+    run_id: str  # its run (the predictions folder); the file's stem outside a run folder
+    file_name: str
+    image_size: int
+    max_image_bytes: int
+    max_image_pixels: int
+    epoch: int | None
+    temperature: float
+
+
+class FeaturesRef(_Model):
+    """A validated features CSV and its images, on this machine."""
+
+    root: str
+    features_csv: str
+    fingerprint: str
+    images: int
+
+
+class PredictionsRef(_Model):
+    output_uri: str
+    rows: int
+    reused: bool  # the file was there already (same run, data and options)
+    tta: str
+    calibration: bool
