@@ -30,6 +30,7 @@ import torch.utils.data
 from PIL import Image
 
 from camtrap import runfolder, stages
+from camtrap.config import FEATURES_CSV, LABELS_CSV
 from camtrap.demo import SEED_CLASSES
 from camtrap.images import open_rgb
 
@@ -37,8 +38,6 @@ from camtrap.images import open_rgb
 FRAME_SIZES: tuple[tuple[int, int], ...] = ((960, 540), (640, 360))
 JPEG_QUALITY = 85
 GRAIN_SIGMA = 5  # sensor grain (pixel values): with it a 960x540 frame is a ~100 KB JPEG
-FEATURES_CSV = "train_features.csv"
-LABELS_CSV = "train_labels.csv"
 IMAGE_DIR = "train_features"
 MIB = 1024**2
 
@@ -205,7 +204,7 @@ def write_dataset(
 class Stages:
     """One pass of camtrap's data stages: validate -> prepare -> cache_images."""
 
-    data: Any  # camtrap.labels.LabelledData
+    data: Any  # camtrap.dataset.LabelledData
     run_dir: Path
     report: Any  # camtrap.imagecache.BuildReport
     validate_s: float

@@ -150,7 +150,7 @@ class TrainConfig(_Section):
     warmup_epochs: float = Field(0.0, ge=0.0)
     # In the training loss only; val loss and log loss stay plain cross entropy.
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
-    # Training processes (DDP through torchrun, camtrap.distributed): "auto" = one per visible
+    # Training processes (DDP through torchrun, camtrap.launch): "auto" = one per visible
     # GPU (1 without GPUs); above 1 on CPU, that many gloo processes. batch_size is per process:
     # the effective batch is batch_size x nproc.
     nproc: Annotated[int, Field(ge=1)] | Literal["auto"] = 1

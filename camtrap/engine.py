@@ -77,7 +77,7 @@ class EpochOutputs:
         )
 
 
-# A loader's images -> the model's input on the device (camtrap.data.DeviceNormalize).
+# A loader's images -> the model's input on the device (camtrap.loader.DeviceNormalize).
 ToInput = Callable[[torch.Tensor], torch.Tensor]
 # A loader's images and the step (1-based) -> the model's augmented input (camtrap.augment).
 Augment = Callable[[torch.Tensor, int], torch.Tensor]
@@ -196,7 +196,7 @@ def _train_step(
     # touch the weights must be known before optimizer.step, and without a GradScaler (fp32,
     # bf16) nothing else keeps a NaN out of them. Checked before backward, so a bad step costs
     # no backward pass and does not lower fp16's loss scale. (fp16's scaler.step syncs anyway.)
-    # With several training processes every rank must agree (camtrap.distributed.all_finite).
+    # With several training processes every rank must agree (camtrap.ranks.all_finite).
     if not all_finite(loss):
         return None, loss.detach()  # the forward graph is dropped on return
     scaler.scale(loss).backward()

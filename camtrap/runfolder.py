@@ -229,7 +229,7 @@ NOT_IN_RUN_ID: dict[str, set[str]] = {
     "data": {"num_workers", "cache_mirror", "max_image_pixels", "max_image_bytes"},
     # nproc: how many processes share the work (a resource, like which GPU), not which run this
     # is. It changes the effective batch, yet a run killed on 2 GPUs must resume on 1 (or the
-    # reverse) as the same run: state/last.pt holds nothing per process (camtrap.distributed).
+    # reverse) as the same run: state/last.pt holds nothing per process (camtrap.launch).
     "train": {"progress", "eval_batch_size", "compile", "nproc"},
 }
 # What may differ when a run resumes: the settings above, the device it runs on (a run saved on

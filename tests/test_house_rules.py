@@ -160,6 +160,25 @@ def test_no_module_is_over_about_500_lines():
     assert long == {}
 
 
+def _library_modules() -> set[str]:
+    """camtrap's modules as unit test names: camtrap/fit.py -> fit, camtrap/storage/files.py ->
+    storage_files, a package's __init__ -> the package."""
+    names = set()
+    for path in _python_files("camtrap"):
+        parts = path.relative_to(ROOT / "camtrap").with_suffix("").parts
+        names.add("_".join(parts[:-1] if parts[-1] == "__init__" else parts))
+    return names
+
+
+def test_unit_tests_are_named_after_library_modules_and_import_only_the_library():
+    modules = _library_modules()
+    tests = _python_files("tests/unit")
+    misnamed = [p.name for p in tests if p.name.startswith("test_") and p.stem[5:] not in modules]
+    assert misnamed == []
+    upward = {p.name: sorted(_imported_modules(p) & {"tasks", "flows", "prefect"}) for p in tests}
+    assert {name: found for name, found in upward.items() if found} == {}
+
+
 @pytest.mark.slow  # a second Python process: several seconds
 def test_importing_the_library_does_not_load_prefect():
     code = "import sys, camtrap.stages, camtrap.cli; print('prefect' in sys.modules)"

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from camtrap.runfolder import RunFiles
+
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -33,28 +35,8 @@ CPU_OVERRIDES = {
     "train.lr": 0.001,
     "train.progress": False,
 }
-LAYOUT = sorted(
-    [
-        "run.json",
-        "final_mobilenet_v3_small_model_part1_best.pth",
-        "final_mobilenet_v3_small_model_part1_best_logloss.pth",
-        "final_mobilenet_v3_small_model_part1.pth",
-        "state/last.pt",
-        "state/last.json",
-        "split.csv",
-        "metrics/epochs.csv",
-        "metrics/per_class.csv",
-        "metrics/confusion_matrix.csv",
-        "metrics/per_site.csv",
-        "predictions/val.csv",
-        "plots/class_precision.png",
-        "plots/class_recalls.png",
-        "plots/class_f1.png",
-        "plots/curves.png",
-        "plots/confusion_matrix.png",
-        "plots/calibration.png",
-    ]
-)
+# Every file of a finished run folder (the layout's one owner is camtrap.runfolder.RunFiles).
+LAYOUT = RunFiles(Path(), "mobilenet_v3_small", "part1").finished_layout()
 ARTIFACT_KEYS = sorted(
     f"train-swin-part1-{what}"
     for what in ("progress", "epochs", "per-class", "summary", "plots", "history",

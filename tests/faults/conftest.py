@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
-import importlib.util
 import io
 import json
 import os
@@ -24,22 +23,10 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 import pytest
+from fixtures.tiny import TINY
 from s3_proxy import FaultRates, FaultyS3Proxy, Schedule
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _integration_tiny() -> dict:
-    """TINY of tests/integration/conftest.py: one tiny config for the flow tests and these."""
-    path = ROOT / "tests" / "integration" / "conftest.py"
-    spec = importlib.util.spec_from_file_location("_camtrap_integration_conftest", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return dict(module.TINY)
-
-
-TINY = _integration_tiny()
 
 
 def set_args(config: dict) -> list[str]:

@@ -5,18 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-# A few seconds per run on 2 CPU cores: mobilenet_v3_small from scratch, 32 px, no loader
-# workers. A small model: resnet18's files (45 MB each, its state 134 MB) went through moto's S3
-# and sha256 every epoch, and made each flow test about twice as long.
-TINY = {
-    "model.arch": "mobilenet_v3_small",
-    "data.image_size": 32,
-    "data.num_workers": 0,
-    "train.epochs": 2,
-    "train.batch_size": 8,
-    "train.progress": False,
-}
+from fixtures.tiny import TINY
 
 
 @pytest.fixture(name="tiny")

@@ -15,6 +15,7 @@ from prefect import flow
 from camtrap import imagecache, storage
 from camtrap.config import build_config
 from camtrap.errors import ConfigError, DataError, StorageError
+from camtrap.runfolder import RunFiles
 from camtrap.storage import mirror as storage_mirror
 from camtrap.storage import uris as storage_uris
 from flows.train_swin import train_swin
@@ -32,28 +33,8 @@ from tasks.runs import release_lease
 # Every test here starts Prefect's server, and most train.
 pytestmark = [pytest.mark.usefixtures("prefect_api"), pytest.mark.slow]
 
-LAYOUT = sorted(
-    [
-        "run.json",
-        "final_mobilenet_v3_small_model_smoke_best.pth",
-        "final_mobilenet_v3_small_model_smoke_best_logloss.pth",
-        "final_mobilenet_v3_small_model_smoke.pth",
-        "state/last.pt",
-        "state/last.json",
-        "split.csv",
-        "metrics/epochs.csv",
-        "metrics/per_class.csv",
-        "metrics/confusion_matrix.csv",
-        "metrics/per_site.csv",
-        "predictions/val.csv",
-        *[
-            f"plots/{name}.png"
-            for name in ("class_precision", "class_recalls", "class_f1", "curves")
-        ],
-        "plots/confusion_matrix.png",
-        "plots/calibration.png",
-    ]
-)
+# Every file of a finished run folder (the layout's one owner is camtrap.runfolder.RunFiles).
+LAYOUT = RunFiles(Path(), "mobilenet_v3_small", "smoke").finished_layout()
 DATA_TASKS = ("fetch-metadata", "fetch-images", "validate-and-split")
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from fixtures.tiny import TINY
 from prefect import flow
 
 from camtrap import latest, runfolder, stages, storage
@@ -30,21 +31,11 @@ from tasks.publish import publish
 from tasks.refs import RunRef, ValMetrics
 from tasks.runs import run_ref
 
-# tests/integration/conftest.py's TINY: mobilenet_v3_small from scratch, 32 px, 2 epochs, batch 8
-TINY = {
-    "model.arch": "mobilenet_v3_small",
-    "data.image_size": 32,
-    "data.num_workers": 0,
-    "train.epochs": 2,
-    "train.batch_size": 8,
-    "train.progress": False,
-}
-
 
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory, demo_dir) -> Path:
-    """One finished tiny run (smoke preset, TINY above) of `camtrap train`'s library path,
-    in out/smoke/<run_id>: trained once per test session, shared by its xdist
+    """One finished tiny run (smoke preset, tests/fixtures/tiny.py's TINY) of `camtrap train`'s
+    library path, in out/smoke/<run_id>: trained once per test session, shared by its xdist
     processes (each would otherwise train its own)."""
     shared = tmp_path_factory.getbasetemp()
     if os.environ.get("PYTEST_XDIST_WORKER"):

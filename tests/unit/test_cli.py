@@ -3,10 +3,12 @@ tests/faults/test_kill.py)."""
 
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
 
+from camtrap import cli
 from camtrap.cli import main
 
 TINY_SET = [
@@ -80,21 +82,6 @@ def test_smoke_preset_clearly_learns_the_demo_data(tmp_path):
 
 
 @pytest.mark.slow
-def test_demo_without_prefect_ends_with_the_run_summary(tmp_path, capsys):
-    from flows.cli import main
-
-    code = main(["demo", "--dir", str(tmp_path / "demo"), "--per-class", "4", "--no-prefect",
-                 *_sets("train.epochs=1")])  # fmt: skip
-    assert code == 0
-    lines = capsys.readouterr().out.splitlines()
-    runs = (tmp_path / "demo" / "runs" / "smoke").iterdir()
-    run_dir = next(p for p in runs if p.is_dir() and p.name[0] != ".")  # not .leases
-    assert lines[0] == f"Run folder: {run_dir}"
-    assert lines[1].startswith("Best epoch 1 of 1: val accuracy ")
-    assert not any("Prefect" in line for line in lines)  # no Prefect run to look at
-
-
-@pytest.mark.slow
 def test_a_diverging_run_stops_with_a_fix_not_a_traceback(tmp_path, demo_root, capsys):
     # Reproduced before: `--set train.lr=1e30` ended in "ValueError: probs must be finite".
     code = main(
@@ -115,3 +102,19 @@ def test_an_escaping_run_id_is_refused_and_nothing_is_written(tmp_path, demo_roo
         assert main(["train", "--data", str(demo_root), "--out", str(out), "--run-id", run_id]) == 2
         assert "plain folder name" in capsys.readouterr().err
     assert [p for p in tmp_path.rglob("*") if p.is_file()] == []  # nothing, anywhere
+
+
+def test_cli_nproc_becomes_the_train_nproc_override(monkeypatch, tmp_path):
+    seen = {}
+
+    def fake_run(data, out, preset, config_file, overrides, run_id, force):
+        seen["overrides"] = overrides
+        return SimpleNamespace(val={}, status="completed", run_dir=out, best_epoch=1)
+
+    monkeypatch.setattr(cli, "run_library", fake_run)
+    monkeypatch.setattr(cli, "setup_logging", lambda verbose: None)  # the logger stays as is
+    argv = ["train", "--data", str(tmp_path), "--out", str(tmp_path), "--nproc", "auto"]
+    assert cli.main([*argv, "--set", "train.epochs=2"]) == 0
+    assert seen["overrides"] == ["train.epochs=2", "train.nproc=auto"]
+    assert cli.main(argv[:-2]) == 0
+    assert seen["overrides"] == []

@@ -1,10 +1,17 @@
+"""camtrap.config: presets, overrides, validation at the edge, the part2 preset, the run id a
+config gives, credentials redacted in every dump."""
+
 import json
+from pathlib import Path
 
 import pytest
+import yaml
 
+from camtrap import runfolder
 from camtrap.config import PRESETS, DataConfig, RunConfig, build_config, parse_override
 from camtrap.errors import ConfigError
-from camtrap.redact import redact_text, redact_uri
+from camtrap.redact import redact_uri
+from camtrap.runfolder import RunFiles
 
 
 def test_part1_is_the_seed_recipe():
@@ -152,8 +159,128 @@ def test_weights_without_credentials_are_dumped_as_given(weights):
     assert redact_uri(weights) == weights
 
 
-def test_redact_text_redacts_every_uri_in_a_message():
-    text = "cannot read https://u:CANARY123@h/x?sig=CANARY123: 403 (see s3://b/k?t=CANARY123)."
-    assert redact_text(text) == (
-        "cannot read https://REDACTED@h/x?sig=REDACTED: 403 (see s3://b/k?t=REDACTED)."
+def test_nproc_config_values():
+    assert build_config("smoke").train.nproc == 1
+    assert build_config("smoke", overrides=["train.nproc=auto"]).train.nproc == "auto"
+    assert build_config("smoke", overrides=["train.nproc=3"]).train.nproc == 3
+    with pytest.raises(ConfigError, match="train.nproc"):
+        build_config("smoke", overrides=["train.nproc=0"])
+
+
+FAKE_FINGERPRINT = "0" * 64  # a dataset's fingerprint
+
+
+def test_nproc_leaves_the_run_id_and_resume_alone():
+    base = build_config("smoke")
+    two = build_config("smoke", overrides={"train.nproc": 2})
+    auto = build_config("smoke", overrides={"train.nproc": "auto"})
+    ids = {runfolder.run_id_for(c, FAKE_FINGERPRINT) for c in (base, two, auto)}
+    assert ids == {"smoke-f920a04699b4"}  # pinned below (run ids from before part2)
+    saved = two.model_dump(mode="json")
+    assert runfolder.config_changes(saved, base.model_dump(mode="json")) == []
+    del saved["train"]["nproc"]  # a run from before nproc existed
+    assert runfolder.config_changes(saved, two.model_dump(mode="json")) == []
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _part2(**overrides):
+    return build_config("part2", overrides={"model.init_from": "/runs/part1/a.pth", **overrides})
+
+
+def test_part2_preset_values_and_output_names():
+    config = _part2()
+    assert (config.model.arch, config.model.weights, config.output.stage) == (
+        "swin_t", "none", "part2",
+    )  # fmt: skip
+    assert (config.data.image_size, config.data.train_cache_size, config.train_size()) == (
+        224, 256, 256,
+    )  # fmt: skip
+    assert (config.train.schedule, config.train.warmup_epochs) == ("cosine", 1.0)
+    assert config.train.label_smoothing == 0.1 and config.augment.enabled
+    files = RunFiles.for_config(Path("/r"), config)
+    assert files.best_model.name == "final_swin_t_model_part2_best.pth"
+    assert files.final_model.name == "final_swin_t_model_part2.pth"
+
+
+def test_part2_config_round_trips_through_json_and_yaml(tmp_path):
+    config = _part2(**{"augment.crop_scale": [0.5, 1.0]})
+    dumped = config.model_dump(mode="json")
+    assert RunConfig.model_validate(dumped) == config
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(dumped))
+    assert build_config("part1", tmp_path / "c.yaml") == config
+    assert dumped["model"]["init_from"] == "/runs/part1/a.pth"
+
+
+def test_part2_without_init_from_and_inconsistent_settings_are_config_errors():
+    with pytest.raises(ConfigError, match="preset part2 needs model.init_from"):
+        build_config("part2")
+    with pytest.raises(ConfigError, match="model.weights=none"):
+        build_config("part1", overrides={"model.init_from": "/a.pth"})
+    with pytest.raises(ConfigError, match="augment.enabled"):
+        build_config("part1", overrides={"data.train_cache_size": 256})
+    with pytest.raises(ConfigError, match="below data.image_size"):
+        _part2(**{"data.train_cache_size": 200})
+    with pytest.raises(ConfigError, match="crop_scale"):
+        _part2(**{"augment.crop_scale": [0.5, 1.5]})
+
+
+def test_a_presigned_init_from_is_redacted_in_dumps():
+    config = _part2(**{"model.init_from": "https://h/a.pth?X-Amz-Signature=secret"})
+    assert "secret" not in json.dumps(config.model_dump(mode="json")) + repr(config)
+    assert config.model.init_from.endswith("secret")  # the attribute loads the file
+
+
+def test_run_ids_of_part1_and_smoke_are_those_from_before_part2():
+    # Computed before the part2 settings existed: unchanged, a weekly part1 on unchanged data
+    # stays "up to date" instead of training again.
+    assert runfolder.run_id_for(build_config("part1"), FAKE_FINGERPRINT) == "part1-ccee72b8e950"
+    assert runfolder.run_id_for(build_config("smoke"), FAKE_FINGERPRINT) == "smoke-f920a04699b4"
+    tiny = {"data.image_size": 32, "train.epochs": 2, "train.batch_size": 8}
+    assert runfolder.run_id_for(build_config("smoke", overrides=tiny), FAKE_FINGERPRINT) == (
+        "smoke-49c8579335d9"
     )
+    # augmentation settings count only while augmentation is on
+    off = build_config("part1", overrides={"augment.crop_scale": [0.5, 1.0]})
+    assert runfolder.run_id_for(off, FAKE_FINGERPRINT) == "part1-ccee72b8e950"
+
+
+def test_init_from_and_augmentation_are_part_of_the_run_id():
+    ids = {
+        runfolder.run_id_for(config, FAKE_FINGERPRINT)
+        for config in (
+            _part2(),
+            _part2(**{"model.init_from": "/runs/part1/b.pth"}),
+            _part2(**{"augment.crop_scale": [0.5, 1.0]}),
+            _part2(**{"train.label_smoothing": 0.0}),
+            _part2(**{"train.warmup_epochs": 2}),
+            _part2(**{"data.train_cache_size": 288}),
+        )
+    }  # fmt: skip
+    assert len(ids) == 6 and all(i.startswith("part2-") for i in ids)
+
+
+def test_a_run_saved_before_part2_settings_existed_still_resumes():
+    now = build_config("part1").model_dump(mode="json")
+    saved = json.loads(json.dumps(now))
+    for section, keys in runfolder.ADDED_LATER.items():
+        for key in keys:
+            del saved[section][key]
+    del saved["augment"]
+    assert runfolder.config_changes(saved, now) == []
+    changed = build_config("part1", overrides={"train.label_smoothing": 0.1})
+    assert runfolder.config_changes(saved, changed.model_dump(mode="json")) == [
+        "train.label_smoothing: None -> 0.1"
+    ]
+
+
+def test_every_train_deployment_builds_its_config():
+    spec = yaml.safe_load((ROOT / "deployments" / "prefect.yaml").read_text())
+    train = {d["name"]: d for d in spec["deployments"] if "train_swin" in d["entrypoint"]}
+    assert "part2" in train and "schedules" not in train["part2"]
+    for deployment in train.values():
+        params = deployment["parameters"]
+        build_config(params["preset"], overrides=dict(params["overrides"]))
+    init = train["part2"]["parameters"]["overrides"]["model.init_from"]
+    assert init == f"{train['part2']['parameters']['output_uri']}/part1/latest.json"

@@ -1,9 +1,8 @@
-"""Loud numerics and memory: NaN/inf losses, fp16 skipped steps, out-of-memory, and user errors that
-cross DataLoader worker processes. Tiny models on CPU; nothing here trains a real network."""
+"""camtrap.errors: user errors keep their text and problems when they cross DataLoader worker
+processes (torch's wrapper, pickling). NaN losses and out-of-memory: tests/unit/test_engine.py."""
 
 import copy
 import io
-import math
 import os
 import pickle
 from pathlib import Path
@@ -12,14 +11,10 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from torch import nn
 from torch._utils import ExceptionWrapper
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset
 
-from camtrap.device import Precision
-from camtrap.engine import MAX_NONFINITE_IN_A_ROW, infer, train_one_epoch
 from camtrap.errors import (
-    CamtrapError,
     DataError,
     OutOfMemory,
     Problem,
@@ -27,187 +22,6 @@ from camtrap.errors import (
     TrainingDiverged,
 )
 from camtrap.images import open_rgb
-
-CPU = Precision("cpu", False, torch.float32)
-
-
-def _as_is(images: torch.Tensor) -> torch.Tensor:
-    return images
-
-
-class NanOnCalls(nn.Module):
-    """A linear layer whose output is NaN on the forward calls numbered in `bad` (1-based); the
-    NaN comes through the layer, so backward would carry it into every gradient."""
-
-    def __init__(self, weight: torch.Tensor, bad: set[int]) -> None:
-        super().__init__()
-        self.linear = nn.Linear(weight.shape[1], weight.shape[0], bias=False)
-        with torch.no_grad():
-            self.linear.weight.copy_(weight)
-        self.bad = bad
-        self.calls = 0
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.calls += 1
-        out = self.linear(x)
-        return out * float("nan") if self.calls in self.bad else out
-
-
-def _data(batches: int, batch_size: int = 4, seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(batches * batch_size, 3, generator=g)
-    y = torch.randint(0, 2, (batches * batch_size,), generator=g)
-    return x, y
-
-
-def _loader(x, y, batch_size: int = 4) -> DataLoader:
-    return DataLoader(TensorDataset(x, y), batch_size=batch_size)  # in order: step k = batch k
-
-
-def _model(bad: set[int]) -> NanOnCalls:
-    weight = torch.randn(2, 3, generator=torch.Generator().manual_seed(1))
-    return NanOnCalls(weight, bad)
-
-
-def _train(model, x, y, epoch=None, **kwargs):
-    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1, weight_decay=0.01)
-    scaler = torch.amp.GradScaler("cpu", enabled=False)
-    return train_one_epoch(
-        model, _loader(x, y), optimizer, scaler, _as_is, CPU, epoch=epoch, **kwargs
-    )
-
-
-# --- NaN / inf losses ---------------------------------------------------------------------------
-
-
-def test_nan_losses_in_a_row_raise_diverged_naming_epoch_step_and_fix():
-    x, y = _data(batches=6)
-    model = _model(bad={3, 4, 5})
-    reference = _model(bad=set())
-    _train(reference, x[:8], y[:8])  # steps 1-2 only: what the weights must still be
-
-    with pytest.raises(TrainingDiverged) as err:
-        _train(model, x, y, epoch=2)
-
-    text = str(err.value)
-    # steps 3, 4, 5 are NaN: the third in a row, step 5, stops training
-    assert "epoch 2, step 5" in text and "loss was nan in 3 steps in a row" in text
-    assert "steps 3-5 were not applied" in text
-    assert "train.lr is 0.1" in text and "--set train.lr=0.01" in text and "bfloat16" in text
-    assert isinstance(err.value, CamtrapError)
-    assert model.calls == 5  # stopped at once, step 6 never ran
-    assert torch.equal(model.linear.weight, reference.linear.weight)
-
-
-def test_infinite_loss_counts_like_nan():
-    x, y = _data(batches=3)
-    x[4:] = float("inf")  # batches 2 and 3: inf inputs give inf/NaN logits
-    with pytest.raises(TrainingDiverged, match="step 3"):
-        _train(_model(bad=set()), x, y, epoch=1, max_nonfinite=2)
-
-
-def test_fewer_nan_steps_than_the_limit_skip_them_and_keep_the_last_good_weights():
-    assert MAX_NONFINITE_IN_A_ROW == 3
-    x, y = _data(batches=3)
-    model = _model(bad={2})
-    reference = _model(bad=set())
-    first = _train(reference, x[:4], y[:4])  # step 1 alone
-
-    out = _train(model, x[:8], y[:8], epoch=1)  # step 1, then a NaN step 2
-
-    # the NaN step changed nothing: not the weights, not AdamW's state
-    assert torch.equal(model.linear.weight, reference.linear.weight)
-    assert out.nonfinite_steps == 1 and out.skipped_steps == 0
-    # its batch is left out: the outputs are step 1's alone, so metrics stay finite
-    assert out.targets.tolist() == y[:4].tolist()
-    assert out.loss == first.loss and np.isfinite(out.probs).all()
-
-
-def test_a_finite_step_resets_the_run_of_nan_steps():
-    x, y = _data(batches=7)
-    # two runs of 2 NaN steps, split by the finite step 4: never 3 in a row
-    out = _train(_model(bad={2, 3, 5, 6}), x, y, epoch=1)
-    assert out.nonfinite_steps == 4
-    assert out.targets.tolist() == torch.cat([y[0:4], y[12:16], y[24:28]]).tolist()
-
-
-def test_an_epoch_without_one_finite_step_diverged_even_if_shorter_than_the_limit():
-    x, y = _data(batches=2)
-    message = "in epoch 4: the loss was not finite in any of its 2 steps"
-    with pytest.raises(TrainingDiverged, match=message):
-        _train(_model(bad={1, 2}), x, y, epoch=4)
-
-
-# --- fp16: steps the GradScaler skips -----------------------------------------------------------
-
-
-def test_fp16_scaler_skipped_steps_are_counted_and_not_divergence():
-    # One sample per step, x = 4, zero weights: p = (0.5, 0.5), dL/dW = (p - onehot(0)) * 4
-    # = (-2, 2). Scaled by 2^127 that is 2^128: inf in float32, so step 1 is skipped and the
-    # scale halves; at 2^126 step 2's gradients fit and are applied: W = 0 - 0.1 * (-2, 2).
-    model = nn.Linear(1, 2, bias=False)
-    nn.init.zeros_(model.weight)
-    x, y = torch.full((2, 1), 4.0), torch.zeros(2, dtype=torch.long)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**127, enabled=True)
-
-    out = train_one_epoch(model, _loader(x, y, 1), optimizer, scaler, _as_is, CPU, epoch=1)
-
-    assert out.skipped_steps == 1 and out.nonfinite_steps == 0
-    assert scaler.get_scale() == 2.0**126
-    assert model.weight.view(-1).tolist() == pytest.approx([0.2, -0.2], rel=1e-6)
-    # a skipped step's loss was finite: its batch stays in the outputs
-    assert out.targets.tolist() == [0, 0] and out.loss == pytest.approx(math.log(2), rel=1e-6)
-
-
-# --- out of memory ------------------------------------------------------------------------------
-
-
-class OutOfMemoryOnCall(nn.Module):
-    """Raises torch's out-of-memory error on forward call `when` (1-based), as CUDA would."""
-
-    def __init__(self, when: int) -> None:
-        super().__init__()
-        self.linear = nn.Linear(3 * 8 * 8, 2)
-        self.when = when
-        self.calls = 0
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.calls += 1
-        if self.calls == self.when:
-            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return self.linear(x.float().flatten(1))
-
-
-def _images(n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    # the image cache's batch layout: uint8 (B, s, s, 3)
-    return torch.zeros(n, 8, 8, 3, dtype=torch.uint8), torch.zeros(n, dtype=torch.long)
-
-
-def test_out_of_memory_in_training_names_the_batch_and_frees_the_gradients():
-    model = OutOfMemoryOnCall(when=2)  # step 1 leaves gradients; step 2 runs out of memory
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    scaler = torch.amp.GradScaler("cpu", enabled=False)
-    with pytest.raises(OutOfMemory) as err:
-        train_one_epoch(model, _loader(*_images(12), 6), optimizer, scaler, _as_is, CPU)
-    text = str(err.value)
-    assert "out of memory on cpu in a training step: a batch of 6 images of 8x8 px" in text
-    assert "fix: lower train.batch_size (e.g. --set train.batch_size=3)" in text
-    assert isinstance(err.value, CamtrapError)  # Prefect tasks do not retry these
-    assert all(p.grad is None for p in model.parameters())
-    # the torch error (and the step's tensors its traceback holds) is not kept alive
-    assert err.value.__context__ is None and err.value.__cause__ is None
-
-
-def test_out_of_memory_in_evaluation_points_at_eval_batch_size():
-    with pytest.raises(OutOfMemory) as err:
-        infer(OutOfMemoryOnCall(when=1), _loader(*_images(5), 5), _as_is, CPU)
-    text = str(err.value)
-    assert "in an evaluation step: a batch of 5 images of 8x8 px did not fit" in text
-    assert "lower train.eval_batch_size (e.g. --set train.eval_batch_size=2)" in text
-
-
-# --- user errors across DataLoader workers ------------------------------------------------------
 
 
 def _raised(error: BaseException) -> BaseException:

@@ -13,6 +13,7 @@ from camtrap.metrics import (
     confusion_matrix,
     log_loss,
     per_class_metrics,
+    per_site_metrics,
     summary_metrics,
     top_k_accuracy,
 )
@@ -250,3 +251,29 @@ def test_count_metrics_reject_bad_input(targets, preds, classes, message: str) -
         per_class_metrics(targets, preds, classes)
     with pytest.raises(ValueError, match=message):
         confusion_matrix(targets, preds, classes)
+
+
+# --- per camera site ----------------------------------------------------------------------------
+
+SITE_PROBS = np.array([[0.9, 0.1], [0.6, 0.4], [0.5, 0.5], [0.2, 0.8], [0.25, 0.75]])
+SITE_TARGETS = np.array([0, 0, 1, 0, 1])
+SITE_NAMES = ["S0120", "S0007", "S0120", "S0007", "S0120"]
+
+
+def test_per_site_metrics_by_hand() -> None:
+    table = per_site_metrics(SITE_TARGETS, SITE_PROBS, SITE_NAMES)
+    assert list(table.columns) == ["site", "images", "accuracy", "log_loss"]
+    assert table["site"].tolist() == ["S0007", "S0120"]  # sorted by site
+    assert table["images"].tolist() == [2, 3]
+    # S0007: 0.6 right, 0.2 wrong (argmax 1). S0120: 0.9 right, a 0.5/0.5 tie goes to class 0
+    # (wrong for target 1), 0.75 right.
+    assert table["accuracy"].tolist() == pytest.approx([1 / 2, 2 / 3])
+    assert table["log_loss"].tolist() == pytest.approx([
+        -(math.log(0.6) + math.log(0.2)) / 2,
+        -(math.log(0.9) + math.log(0.5) + math.log(0.75)) / 3,
+    ])  # fmt: skip
+
+
+def test_per_site_metrics_need_one_site_per_image() -> None:
+    with pytest.raises(ValueError, match="sites and targets"):
+        per_site_metrics(SITE_TARGETS, SITE_PROBS, SITE_NAMES[:4])

@@ -10,7 +10,7 @@ from camtrap import modelfile, models
 from camtrap.config import HEADS, build_config
 from camtrap.errors import ConfigError, StorageError
 from camtrap.modelfile import ModelMeta, model_file_dict
-from camtrap.models import build_model, load_model
+from camtrap.models import build_model, load_model, resolve_init_from, warm_start
 
 REQUIRED = [
     "swin_t",
@@ -194,3 +194,42 @@ def test_read_errors_show_the_uri_redacted_and_chain_nothing(monkeypatch, error,
     assert "CANARY" not in str(caught.value)
     # A chained cause would print the library's own text (with the full URL) in a traceback.
     assert caught.value.__cause__ is None and caught.value.__suppress_context__
+
+
+# --- warm start from a finished run (stage part2's model.init_from) ------------------------------
+
+
+@pytest.mark.slow  # builds and loads models (no training)
+def test_warm_start_gives_the_source_models_outputs(source_run):
+    source, _ = load_model(source_run.best)
+    model = build_model(source_run.arch, len(source_run.classes), "none", 0.0, 32)
+    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    assert not torch.allclose(model.eval()(x), source(x))
+    warm_start(model, str(source_run.best), source_run.arch, source_run.classes)
+    assert torch.equal(model.eval()(x), source(x))
+
+
+@pytest.mark.slow  # builds and loads models (no training)
+def test_init_from_resolves_a_run_folder_a_latest_pointer_and_a_file(source_run):
+    best = str(source_run.best.resolve())
+    for given in (source_run.run_dir, source_run.out / "smoke" / "latest.json", best):
+        overrides = {"model.init_from": str(given), "model.arch": source_run.arch}
+        config = build_config("part2", overrides=overrides)
+        assert resolve_init_from(config).model.init_from == best, given
+
+
+@pytest.mark.slow  # builds and loads models (no training)
+def test_warm_start_refuses_other_classes_or_arch_and_names_a_missing_file(source_run):
+    classes, best = source_run.classes, str(source_run.best)
+    other = list(reversed(classes))
+    model = build_model(source_run.arch, len(other), "none", 0.0, 32)
+    with pytest.raises(ConfigError, match="was trained on classes") as err:
+        warm_start(model, best, source_run.arch, other)
+    assert str(classes) in str(err.value) and str(other) in str(err.value)
+    with pytest.raises(ConfigError, match=f"holds a {source_run.arch} model, not resnet34"):
+        warm_start(build_model("resnet34", 8, "none"), best, "resnet34", classes)
+    missing = build_config(
+        "part2", overrides={"model.init_from": str(source_run.out / "part1" / "latest.json")}
+    )
+    with pytest.raises(StorageError, match="model.init_from .*fix:"):
+        resolve_init_from(missing)

@@ -2,11 +2,10 @@
 small untrained model file: the submission format, the temperature, hflip TTA, bad data. The
 expected probabilities are computed here independently: each photo decoded, resized, normalised
 and put through the model one at a time, without the image cache, the loader or the engine.
-Also the features-only loader and the latest-run pointer (runfolder)."""
+Also the features-only loader. (The latest-run pointer: test_latest.py.)"""
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -19,12 +18,11 @@ from camtrap import imagecache, latest, runfolder
 from camtrap.cli import main
 from camtrap.dataset import load_features, validate_features
 from camtrap.demo import SEED_CLASSES
-from camtrap.errors import ConfigError, DataError, StorageError
+from camtrap.errors import DataError
 from camtrap.modelfile import ModelMeta, model_file_dict
 from camtrap.models import build_model, load_model
 from camtrap.predict import prediction_name
 from camtrap.report import class_counts, least_confident
-from camtrap.storage import StorageNotFound
 
 TEMPERATURE = 2.5
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
@@ -118,9 +116,9 @@ def test_predict_writes_one_row_per_listed_id_in_the_submission_format(
 
 
 def test_latest_json_picks_the_runs_best_model_and_its_temperature_is_applied(
-    model_file, photos, expected, tmp_path, capsys
+    model_file, photos, expected, tmp_path, capsys, make_finished_run
 ):
-    run_dir = _finished_run(tmp_path / "runs", "part1-abc", model_file)
+    run_dir = make_finished_run(tmp_path / "runs", "part1-abc", model_file)
     latest.write_latest(run_dir, runfolder.read_run_json(run_dir))
     out = tmp_path / "calibrated.csv"
     assert _predict(tmp_path / "runs" / "part1" / "latest.json", photos, out) == 0
@@ -241,81 +239,3 @@ def test_prediction_names_keep_options_and_models_apart():
         prediction_name("f00d", "hflip", False, "final_swin_t_model_part1_best_logloss.pth")
         == "f00d-final_swin_t_model_part1_best_logloss-hflip-uncalibrated.csv"
     )
-
-
-# --- the latest-run pointer ------------------------------------------------------------------
-
-
-def _finished_run(output: Path, run_id: str, model_file: Path, status="completed") -> Path:
-    run_dir = Path(runfolder.run_location(output, "part1", run_id))
-    run_dir.mkdir(parents=True)
-    shutil.copy(model_file, run_dir / "final_resnet18_model_part1_best.pth")
-    files = {"final_resnet18_model_part1_best.pth": {"bytes": 1, "sha256": "x"}}
-    info = {
-        "run_id": run_id,
-        "status": status,
-        "finished": "2026-01-02T03:04:05Z",
-        "data_fingerprint": "fp-" + run_id,
-        "config": {"model": {"arch": "resnet18"}, "output": {"stage": "part1"}},
-        "files": files,
-    }
-    runfolder.write_run_json(run_dir, info)
-    return run_dir
-
-
-def test_latest_json_points_at_the_run_that_finished_last(model_file, tmp_path):
-    out = tmp_path / "runs"
-    assert latest.read_latest(out, "part1") is None
-    first = _finished_run(out, "part1-aaa", model_file)
-    second = _finished_run(out, "part1-bbb", model_file)
-    location = latest.write_latest(first, runfolder.read_run_json(first))
-    assert location == str(out / "part1" / "latest.json")
-    assert latest.read_latest(out, "part1") == {
-        "run_id": "part1-aaa",
-        "run_uri": str(first.resolve()),
-        "stage": "part1",
-        "finished": "2026-01-02T03:04:05Z",
-        "data_fingerprint": "fp-part1-aaa",
-        "best_model": "final_resnet18_model_part1_best.pth",
-        "best_logloss_model": None,
-    }
-    info = runfolder.read_run_json(second)
-    info["files"]["final_resnet18_model_part1_best_logloss.pth"] = {"bytes": 1, "sha256": "y"}
-    latest.write_latest(second, info)
-    pointer = latest.read_latest(out, "part1")
-    assert pointer["run_id"] == "part1-bbb"
-    assert pointer["best_logloss_model"] == "final_resnet18_model_part1_best_logloss.pth"
-    assert [p.name for p in (out / "part1").iterdir() if p.name.startswith(".latest")] == []
-
-
-def test_resolve_model_uri_maps_files_runs_stage_folders_and_pointers(model_file, tmp_path):
-    out = tmp_path / "runs"
-    run_dir = _finished_run(out, "part1-aaa", model_file)
-    best = str(run_dir / "final_resnet18_model_part1_best.pth")
-    with pytest.raises(StorageNotFound, match="no run of this stage has finished there yet"):
-        latest.resolve_model_uri(out / "part1" / "latest.json")
-    latest.write_latest(run_dir, runfolder.read_run_json(run_dir))
-    assert latest.resolve_model_uri(best) == best
-    assert latest.resolve_model_uri(run_dir) == best
-    assert latest.resolve_model_uri(f"{run_dir}/") == best
-    assert latest.resolve_model_uri(out / "part1" / "latest.json") == best
-    assert latest.resolve_model_uri(out / "part1") == best
-    with pytest.raises(StorageNotFound, match="fix: pass a model file"):
-        latest.resolve_model_uri(tmp_path / "nothing.pth")
-
-
-def test_an_unfinished_run_or_a_broken_pointer_is_refused_with_a_fix(model_file, tmp_path):
-    out = tmp_path / "runs"
-    running = _finished_run(out, "part1-run", model_file, status="running")
-    with pytest.raises(StorageError, match="has not finished"):
-        latest.resolve_model_uri(running)
-    pointer = out / "part1" / "latest.json"
-    for text in ["{", json.dumps({"run_id": "../../x", "best_model": "m.pth"})]:
-        pointer.write_text(text)
-        with pytest.raises(StorageError, match="not a latest-run pointer.*fix: delete it"):
-            latest.resolve_model_uri(pointer)
-
-
-def test_the_pointers_name_is_no_run_id():
-    with pytest.raises(ConfigError, match="reserved"):
-        runfolder.check_run_id("latest.json")

@@ -2,7 +2,16 @@
 
 import json
 
-from camtrap.report import run_summary
+import pandas as pd
+from fixtures.run_json import RETRAIN_A, RETRAIN_B, TRAINING_C
+
+from camtrap.report import (
+    best_models_lines,
+    calibration_lines,
+    per_site_lines,
+    run_summary,
+    tta_lines,
+)
 
 RUN_JSON = {
     "run_id": "smoke-0123456789ab",
@@ -67,25 +76,6 @@ def test_summary_names_the_log_loss_best_and_the_calibration(tmp_path):
     assert lines[-1] == f"  {name}  the model of the lowest val log loss"
 
 
-def test_summary_of_a_flow_run_says_how_to_open_the_prefect_ui():
-    from flows.cli import prefect_ui_lines
-
-    lines = prefect_ui_lines(".venv/bin/prefect", None, "smoke-0123456789ab")
-    assert lines[-2:] == [
-        "In the Prefect UI: run `.venv/bin/prefect server start`, then open http://127.0.0.1:4200",
-        "  (flow run smoke-0123456789ab, kept in PREFECT_HOME's database: ~/.prefect unless set)",
-    ]
-
-
-def test_a_run_on_a_configured_server_points_at_that_server():
-    from flows.cli import prefect_ui_lines
-
-    lines = prefect_ui_lines("prefect", "http://gpu-box:4200/api", "smoke-0123456789ab")
-    url = "http://gpu-box:4200"
-    expected = f"In the Prefect UI: open {url} (PREFECT_API_URL), flow run smoke-0123456789ab"
-    assert lines[-1] == expected
-
-
 def test_missing_metrics_show_as_not_available(tmp_path):
     info = {k: v for k, v in RUN_JSON.items() if k not in ("val", "best_epoch", "files")}
     info["config"] = {"train": {"epochs": 15}}  # nor which model: its file cannot be named
@@ -94,29 +84,7 @@ def test_missing_metrics_show_as_not_available(tmp_path):
     assert summary[-1].startswith("  final_<arch>_model_<stage>_best.pth")
 
 
-# --- a stage's retrain history (camtrap.report.history_table, tasks.artifacts helpers) ---------
-
-FINGERPRINT_A = "aaaa1111bbbb2222cccc3333dddd4444"
-FINGERPRINT_B = "eeee5555ffff6666"
-RETRAIN_A = {  # the first retrain: both best models calibrated
-    "run_id": "part1-aaaa", "status": "completed", "started": "2026-01-01T10:00:00Z",
-    "finished": "2026-01-02T00:00:00Z", "data_fingerprint": FINGERPRINT_A,
-    "counts": {"train": 24, "val": 8}, "config": {"train": {"epochs": 15}},
-    "best_epoch": 12, "best_value": 0.8125, "best_logloss_epoch": 9, "best_logloss_value": 0.49,
-    "val": {"accuracy": 0.8125, "log_loss": 0.52, "calibrated_log_loss": 0.47},
-    "calibration": {"best": {"log_loss_after": 0.47}, "best_logloss": {"log_loss_after": 0.45}},
-}  # fmt: skip
-RETRAIN_B = {  # new data: no best_logloss_value, no calibration report (an older run.json)
-    "run_id": "part1-bbbb", "status": "completed", "started": "2026-01-04T10:00:00Z",
-    "finished": "2026-01-05T00:00:00Z", "data_fingerprint": FINGERPRINT_B,
-    "counts": {"train": 30, "val": 10}, "config": {"train": {"epochs": 20}}, "best_epoch": 20,
-    "val": {"accuracy": 0.9, "log_loss": 0.31, "calibrated_log_loss": 0.3},
-}  # fmt: skip
-TRAINING_C = {  # still training: no val yet; the best epoch so far chose by accuracy
-    "run_id": "part1-cccc", "status": "training", "started": "2026-01-06T10:00:00Z",
-    "data_fingerprint": FINGERPRINT_B, "counts": {"train": 30, "val": 10},
-    "config": {"train": {"epochs": 20, "best_metric": "val_accuracy"}}, "best_value": 0.5,
-}  # fmt: skip
+# --- a stage's retrain history (camtrap.report.history_table) ----------------------------------
 
 
 def test_history_has_one_row_per_retrain_newest_first():
@@ -177,36 +145,68 @@ def test_stage_run_infos_reads_every_run_folder_and_skips_the_rest(tmp_path, cap
     assert stage_run_infos(str(tmp_path / "nothing-yet")) == {}
 
 
-def test_history_rows_are_json_ready_for_the_table_artifact(tmp_path):
-    from tasks.artifacts import _table_data, history_rows, stage_key, stage_of, stage_uri
-    from tasks.refs import RunRef
-
-    run = RunRef(run_id="part1-aaaa", run_uri="s3://b/runs/part1/part1-aaaa", local_dir="/x",
-                 lease_uri="s3://b/runs/part1/.leases/part1-aaaa.json")  # fmt: skip
-    assert stage_uri(run) == "s3://b/runs/part1" and stage_of(run) == "part1"
-    assert stage_key("part1", "summary") == "train-swin-part1-summary"
-    assert stage_key("Part_2", "epochs") == "train-swin-part-2-epochs"
-    rows = [{"epoch": 1, "acc": 0.123456, "loss": float("nan")}]
-    assert json.loads(_table_data(rows)) == [{"epoch": 1, "acc": 0.1235, "loss": None}]
-
-    (tmp_path / "part1-cccc").mkdir()
-    (tmp_path / "part1-cccc" / "run.json").write_text(json.dumps(TRAINING_C))
-    (row,) = json.loads(_table_data(history_rows(str(tmp_path))))
-    assert row == {
-        "run_id": "part1-cccc", "finished": None, "status": "training",
-        "data_fingerprint": "eeee5555ffff", "train_images": 30, "val_images": 10, "epochs": 20,
-        "best_epoch": None, "val_accuracy": 0.5, "val_log_loss": None,
-        "calibrated_log_loss": None, "run_uri": str(tmp_path / "part1-cccc"),
-    }  # fmt: skip
-
-
 def test_summary_description_lists_the_retrain_quality():
     from camtrap.report import summary_description
-    from tasks.refs import RunRef
 
     uri = "/r/part1/part1-aaaa"
-    run = RunRef(run_id="part1-aaaa", run_uri=uri, local_dir=uri, lease_uri=f"{uri}.json")
-    assert summary_description(run.run_uri, RETRAIN_A) == (
+    assert summary_description(uri, RETRAIN_A) == (
         "part1-aaaa: val accuracy 0.8125, val log loss 0.4900, calibrated log loss 0.4500"
     )
-    assert summary_description(run.run_uri, {"status": "failed"}) == "part1-aaaa: failed"
+    assert summary_description(uri, {"status": "failed"}) == "part1-aaaa: failed"
+
+
+# --- where each best model comes from (the summary artifact) ------------------------------------
+
+
+INFO = {
+    "config": {"model": {"arch": "resnet18"}, "output": {"stage": "smoke"}},
+    "best_epoch": 3,
+    "best_logloss_epoch": 2,
+    "calibration": {
+        "best": {
+            "file": "final_resnet18_model_smoke_best.pth",
+            "epoch": 3,
+            "temperature": 1.5,
+            "log_loss_before": 0.9,
+            "log_loss_after": 0.7,
+            "ece_before": 0.2,
+            "ece_after": 0.05,
+        },
+    },  # fmt: skip
+    "tta": {
+        "none": {"accuracy": 0.75, "log_loss": 0.7},
+        "hflip": {"accuracy": 0.8, "log_loss": 0.6},
+    },
+    "per_site": [
+        {"site": "S1", "images": 4, "accuracy": 1.0, "log_loss": 0.1},
+        {"site": "S2", "images": 2, "accuracy": 0.5, "log_loss": 1.2},
+        {"site": "S3", "images": 3, "accuracy": 0.6667, "log_loss": 0.5},
+    ],
+}
+
+
+EPOCHS = pd.DataFrame({
+    "epoch": [2, 2, 3, 3],
+    "split": ["train", "val", "train", "val"],
+    "accuracy": [0.5, 0.625, 0.9, 0.75],
+    "log_loss": [1.0, 0.55, 0.3, 0.9],
+})  # fmt: skip
+
+
+def test_summary_says_which_epoch_each_best_model_comes_from():
+    lines = best_models_lines(INFO, EPOCHS, "val_accuracy")
+    assert lines[4:6] == [
+        "| `final_resnet18_model_smoke_best.pth` | val_accuracy | 3 | 0.7500 | 0.9000 |",
+        "| `final_resnet18_model_smoke_best_logloss.pth` | val_log_loss | 2 | 0.6250 | 0.5500 |",
+    ]
+
+
+def test_summary_tables_of_calibration_tta_and_sites_worst_first():
+    assert calibration_lines(INFO)[4] == "| best | 3 | 1.5000 | 0.9000 | 0.7000 | 0.2000 | 0.0500 |"
+    assert tta_lines(INFO)[4:6] == ["| none | 0.7500 | 0.7000 |", "| hflip | 0.8000 | 0.6000 |"]
+    assert per_site_lines(INFO)[4:7] == [
+        "| S2 | 2 | 0.5000 | 1.2000 |",
+        "| S3 | 3 | 0.6667 | 0.5000 |",
+        "| S1 | 4 | 1.0000 | 0.1000 |",
+    ]
+    assert calibration_lines({}) == tta_lines({}) == per_site_lines({}) == []

@@ -1,19 +1,16 @@
 """The run folder's owner: run ids that can't escape, the resume rule (newest state wins), config
-changes refused, verification, and the lease (one writer per run). No training here: states are
-small dicts saved with torch.save."""
+changes refused, verification, the finished layout. (The lease: test_lease.py.) No training
+here: states are small dicts saved with torch.save."""
 
-import json
 import os
-import socket
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from camtrap import lease, runfolder, torchfile
+from camtrap import runfolder, torchfile
 from camtrap.errors import ConfigError, StorageError
-from camtrap.lease import RunBusy, RunLease
+from camtrap.runfolder import RunFiles
 from camtrap.storage import files as storage_files
 from camtrap.storage.files import inside
 
@@ -176,60 +173,25 @@ def test_cli_runs_verify(tmp_path, capsys):
     assert "a.txt: 1 bytes, run.json says 5" in capsys.readouterr().err
 
 
-# --- the lease --------------------------------------------------------------------------------
-@pytest.fixture(name="lease_uri")
-def lease_uri_fixture(tmp_path) -> str:
-    return lease.lease_location(tmp_path, "smoke", "r1")
-
-
-def test_lease_lives_beside_the_run_folders(tmp_path, lease_uri):
-    assert lease_uri == str(tmp_path / "smoke" / ".leases" / "r1.json")
-
-
-def test_second_writer_is_refused_with_the_holder_named(lease_uri):
-    with RunLease(lease_uri, owner="first"):
-        with pytest.raises(RunBusy, match=r"first \(pid \d+ on "):
-            RunLease(lease_uri, owner="second").acquire()
-        RunLease(lease_uri, owner="first").acquire().stop_renewing()  # re-entrant
-    RunLease(lease_uri, owner="second").acquire().release()  # free again
-    assert not Path(lease_uri).exists()
-
-
-def _plant(lease_uri: str, pid: int, expires: float, host: str | None = None) -> None:
-    record = {"owner": "ghost", "host": host or socket.gethostname(), "pid": pid,
-              "expires": expires}  # fmt: skip
-    Path(lease_uri).parent.mkdir(parents=True, exist_ok=True)
-    Path(lease_uri).write_text(json.dumps(record))
-
-
-def test_a_dead_local_holders_lease_is_taken_at_once(lease_uri):
-    dead = 2**22 + 12345  # above pid_max's default: no such process
-    _plant(lease_uri, dead, time.time() + 3600)
-    RunLease(lease_uri, owner="me").acquire().release()
-
-
-def test_another_machines_lease_is_honoured_until_it_expires(lease_uri):
-    _plant(lease_uri, 1, time.time() + 3600, host="other-host")
-    with pytest.raises(RunBusy, match="other-host"):
-        RunLease(lease_uri, owner="me").acquire()
-    _plant(lease_uri, 1, time.time() - 1, host="other-host")
-    RunLease(lease_uri, owner="me").acquire().release()
-
-
-def test_a_waiting_writer_gets_the_lease_when_it_is_released(lease_uri):
-    first = RunLease(lease_uri, owner="first").acquire()
-    import threading
-
-    threading.Timer(0.3, first.release).start()
-    RunLease(lease_uri, owner="second").acquire(wait_seconds=10).release()
-
-
-def test_a_holder_notices_its_lease_was_taken(lease_uri):
-    lease = RunLease(lease_uri, owner="slow", seconds=0.2).acquire()
-    lease.stop_renewing()  # stalled: no renewal
-    time.sleep(0.25)
-    RunLease(lease_uri, owner="thief").acquire().stop_renewing()
-    lease._start_renewing()
-    assert lease.lost.wait(2)
-    with pytest.raises(RunBusy, match="lost the run's lease"):
-        lease.check()
+def test_a_finished_run_folder_holds_these_eighteen_files():
+    # The layout other suites compare whole run folders with (tests/e2e, tests/integration).
+    assert RunFiles(Path("/r"), "swin_t", "part1").finished_layout() == [
+        "final_swin_t_model_part1.pth",
+        "final_swin_t_model_part1_best.pth",
+        "final_swin_t_model_part1_best_logloss.pth",
+        "metrics/confusion_matrix.csv",
+        "metrics/epochs.csv",
+        "metrics/per_class.csv",
+        "metrics/per_site.csv",
+        "plots/calibration.png",
+        "plots/class_f1.png",
+        "plots/class_precision.png",
+        "plots/class_recalls.png",
+        "plots/confusion_matrix.png",
+        "plots/curves.png",
+        "predictions/val.csv",
+        "run.json",
+        "split.csv",
+        "state/last.json",
+        "state/last.pt",
+    ]
