@@ -46,16 +46,16 @@ def _cmd_demo_data(args: argparse.Namespace) -> int:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from camtrap.dataset import validate_dataset
+    from camtrap.dataset import fetch_data, validate_data
 
+    overrides = [f"data.features_csv={args.features_csv}", f"data.labels_csv={args.labels_csv}"]
+    data_config = build_config("part1", overrides=[*overrides, *args.set]).data
     root = args.data
     if "://" in root:  # s3://bucket/prefix: fetch (ETag-cached) and check the local copy
-        from camtrap.dataset import fetch_dataset
         from camtrap.storage.uris import local_copy
 
-        cache = local_copy(root, "data")
-        root = fetch_dataset(root, cache, args.features_csv, args.labels_csv)
-    data, problems = validate_dataset(root, args.features_csv, args.labels_csv)
+        root = fetch_data(root, local_copy(root, "data"), data_config)
+    data, problems = validate_data(root, data_config)
     if problems:
         from camtrap.errors import DataError
 
@@ -65,6 +65,8 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     print(f"{args.data}: {len(data.frame)} images, {len(data.classes)} classes, no problems")
     for name, count in counts.items():
         print(f"  {name:<24} {count}")
+    for reason, count in data.left_out.items():
+        print(f"  left out: {count} image(s) with {reason}")
     return 0
 
 
@@ -157,6 +159,7 @@ def build_parser(add_commands: AddCommands | None = None) -> argparse.ArgumentPa
     p.add_argument("--data", required=True, help="dataset root or s3://bucket/prefix")
     p.add_argument("--features-csv", default=FEATURES_CSV)
     p.add_argument("--labels-csv", default=LABELS_CSV)
+    add_train_options(p)  # --set data.format=coco --set data.annotations=FILE.json, ...
     p.set_defaults(func=_cmd_validate)
 
     p = sub.add_parser("train", help="validate, split, train, evaluate; resumes an interrupted run")

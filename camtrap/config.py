@@ -66,6 +66,12 @@ FEATURES_CSV = "train_features.csv"
 LABELS_CSV = "train_labels.csv"
 TEST_FEATURES_CSV = "test_features.csv"
 
+# The dataset formats camtrap reads (camtrap.dataset.formats); "auto" picks the one a data root
+# holds. Camtrap DP's package descriptor and the images of the folders layout:
+DATA_FORMATS = ("auto", "conservision", "coco", "camtrap-dp", "folders")
+DATAPACKAGE_JSON = "datapackage.json"
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+
 # Prediction's options, here so that the predict flow's parameters need no torch import.
 TTA_CHOICES = ("none", "hflip")
 
@@ -75,8 +81,16 @@ class _Section(BaseModel):
 
 
 class DataConfig(_Section):
+    # conservision: features_csv + labels_csv; coco: the COCO Camera Traps JSON `annotations`
+    # (relative to the data root); camtrap-dp: datapackage.json at the root; folders:
+    # ROOT/<class>/<image>; auto: whichever the data root holds (camtrap.dataset.formats).
+    format: Literal["auto", "conservision", "coco", "camtrap-dp", "folders"] = "auto"
     features_csv: str = FEATURES_CSV
     labels_csv: str = LABELS_CSV
+    annotations: str | None = None
+    # An image labelled with two different classes: refuse (a problem to fix) or drop (left out,
+    # counted), in every format.
+    multi_label: Literal["refuse", "drop"] = "refuse"
     split: Literal["random", "stratified", "site"] = "random"
     val_fraction: float = Field(0.25, gt=0.0, lt=1.0)
     split_seed: int = 42

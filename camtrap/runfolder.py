@@ -226,7 +226,9 @@ def remote_status(run_uri: str) -> str:
 # Settings that change how a run goes (speed, limits on the input), not what it computes: left
 # out of the run id.
 NOT_IN_RUN_ID: dict[str, set[str]] = {
-    "data": {"num_workers", "cache_mirror", "max_image_pixels", "max_image_bytes"},
+    # format: how the data root was read; its content is in the data fingerprint ("auto" and the
+    # format it finds are the same run).
+    "data": {"num_workers", "cache_mirror", "max_image_pixels", "max_image_bytes", "format"},
     # nproc: how many processes share the work (a resource, like which GPU), not which run this
     # is. It changes the effective batch, yet a run killed on 2 GPUs must resume on 1 (or the
     # reverse) as the same run: state/last.pt holds nothing per process (camtrap.launch).
@@ -244,7 +246,7 @@ RESUMABLE = {
 # (a weekly part1 on unchanged data stays "up to date"). The augment section counts only while
 # augmentation is on: its other settings change nothing while it is off.
 ADDED_LATER: dict[str, dict[str, Any]] = {
-    "data": {"train_cache_size": None},
+    "data": {"train_cache_size": None, "annotations": None, "multi_label": "refuse"},
     "model": {"init_from": None},
     "train": {"schedule": "none", "warmup_epochs": 0.0, "label_smoothing": 0.0},
 }

@@ -24,7 +24,7 @@ import torchvision
 
 from camtrap import __version__, imagecache, latest, lease, ranks, runfolder
 from camtrap.config import RunConfig
-from camtrap.dataset import ImageLimits, LabelledData, load_dataset
+from camtrap.dataset import ImageLimits, LabelledData, load_data
 from camtrap.device import log_memory, resolve_device
 from camtrap.errors import StorageError
 from camtrap.evaluate import evaluate_on_val
@@ -67,13 +67,7 @@ def validate(config: RunConfig, data_root: Path, cache_root: Path | None = None)
     decoder = imagecache.Decoder(config.data.image_size, _store(config, cache_root))
     try:
         limits = ImageLimits(config.data.max_image_bytes, config.data.max_image_pixels)
-        return load_dataset(
-            data_root,
-            config.data.features_csv,
-            config.data.labels_csv,
-            check=decoder,
-            limits=limits,
-        )
+        return load_data(data_root, config.data, check=decoder, limits=limits)
     finally:
         decoder.commit()
 

@@ -46,7 +46,7 @@ def predict_swin(
     check_run_id(stage)  # it becomes a path
     model = resolve_model(model_uri or latest_location(output_uri, stage))
     snapshot = fetch_features(data_uri, features_csv)
-    snapshot = fetch_images(snapshot, DataConfig(features_csv=features_csv))
+    snapshot = fetch_images(snapshot, DataConfig(format="conservision", features_csv=features_csv))
     features = validate_features(
         snapshot, features_csv, model.image_size, model.max_image_bytes, model.max_image_pixels
     )

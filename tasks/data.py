@@ -16,7 +16,7 @@ from prefect.cache_policies import NO_CACHE
 
 from camtrap import imagecache, runfolder, storage
 from camtrap.config import DataConfig, RunConfig
-from camtrap.dataset import image_names
+from camtrap.dataset import fetch
 from camtrap.storage import mirror
 from tasks.logs import library_logs
 from tasks.policies import CODE_AND_INPUTS, IO_TASK, RemoteState
@@ -29,36 +29,30 @@ log = logging.getLogger("camtrap")
 # The state functions below feed RemoteState cache keys (camtrap.storage.mirror.fetch_state: a
 # local folder's sizes and modification times; S3's ETags, or no key while the local copy is
 # stale).
-def _csv_state(inputs: dict[str, Any]) -> str | None:
-    data: DataConfig = inputs["data"]
+def _metadata_state(inputs: dict[str, Any]) -> str | None:
     uri = inputs["data_uri"]
-    return mirror.fetch_state(uri, [data.features_csv, data.labels_csv], data_cache_dir(uri))
+    return mirror.fetch_state(uri, fetch.state_names(uri, inputs["data"]), data_cache_dir(uri))
 
 
 def _images_state(inputs: dict[str, Any]) -> str | None:
     snapshot: DataSnapshot = inputs["snapshot"]
     if not storage.is_remote(snapshot.data_uri):
-        names = image_names(Path(snapshot.root, inputs["data"].features_csv))
+        names = fetch.listed_images(Path(snapshot.root), snapshot.data_uri, inputs["data"])
         return mirror.fetch_state(snapshot.data_uri, names, Path(snapshot.root))
     return mirror.fetch_state(snapshot.data_uri, None, data_cache_dir(snapshot.data_uri))
 
 
 @task(
     name="fetch-metadata",
-    cache_policy=RemoteState(state_fn=_csv_state),
-    timeout_seconds=600,  # two CSVs
+    cache_policy=RemoteState(state_fn=_metadata_state),
+    timeout_seconds=600,  # the CSVs, the COCO JSON or the Camtrap DP tables
     **IO_TASK,
 )
 def fetch_metadata(data_uri: str, data: DataConfig) -> DataSnapshot:
-    """The two CSVs into the local cache (ETag-keyed); a local folder is used in place."""
+    """The files that describe the dataset (in data.format, or the one found there) into the
+    local cache (ETag-keyed); a local folder is used in place."""
     with library_logs():
-        names = [data.features_csv, data.labels_csv]
-        report = mirror.fetch_files(data_uri, names, data_cache_dir(data_uri))
-    if report.missing:
-        raise storage.StorageNotFound(
-            f"{storage.join(data_uri, report.missing[0])} does not exist — fix: put "
-            f"{' and '.join(names)} at {data_uri}, or set data.features_csv / data.labels_csv"
-        )
+        report = fetch.fetch_metadata(data_uri, data_cache_dir(data_uri), data)
     return DataSnapshot(data_uri=data_uri, root=str(report.root), csv_digest=report.digest)
 
 
@@ -75,8 +69,8 @@ def _features_csv_state(inputs: dict[str, Any]) -> str | None:
 )
 def fetch_features(data_uri: str, features_csv: str) -> DataSnapshot:
     """A features CSV alone (photos to label: no labels CSV) into the local cache, as
-    fetch_metadata does; its images follow with fetch_images(snapshot, DataConfig(features_csv=
-    features_csv))."""
+    fetch_metadata does; its images follow with fetch_images(snapshot, DataConfig(
+    format="conservision", features_csv=features_csv))."""
     with library_logs():
         report = mirror.fetch_files(data_uri, [features_csv], data_cache_dir(data_uri))
     if report.missing:
@@ -94,11 +88,12 @@ def fetch_features(data_uri: str, features_csv: str) -> DataSnapshot:
     **IO_TASK,
 )
 def fetch_images(snapshot: DataSnapshot, data: DataConfig) -> DataSnapshot:
-    """Every image train_features.csv lists, in parallel, into the local cache; only files
-    whose ETag changed since the last fetch are downloaded. Missing ones are left for
-    validation to report (with their CSV line)."""
+    """Every image the dataset lists (train_features.csv, the COCO JSON, the Camtrap DP media
+    table, the class folders), in parallel, into the local cache; only files whose ETag changed
+    since the last fetch are downloaded. Missing ones are left for validation to report (with
+    their line or record)."""
     with library_logs():
-        names = image_names(Path(snapshot.root, data.features_csv))
+        names = fetch.listed_images(Path(snapshot.root), snapshot.data_uri, data)
         report = mirror.fetch_files(snapshot.data_uri, names, snapshot.root)
         log.info(
             "images from %s: %d downloaded, %d unchanged in the cache, %d not found",

@@ -65,3 +65,14 @@ def _isolated_cache(tmp_path_factory) -> Iterator[Path]:
         os.environ.pop("CAMTRAP_CACHE_DIR", None)
     else:
         os.environ["CAMTRAP_CACHE_DIR"] = saved
+
+
+ENA24_MINI = Path(__file__).resolve().parents[2] / "shared" / "data" / "ena24_mini"
+
+
+@pytest.fixture(scope="session")
+def ena24_root() -> Path:
+    """21 real camera-trap photos of 7 classes (../shared beside the checkout)."""
+    if not ENA24_MINI.exists():
+        pytest.skip(f"{ENA24_MINI} is not there (../shared beside the checkout)")
+    return ENA24_MINI

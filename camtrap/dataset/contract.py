@@ -12,7 +12,7 @@ import hashlib
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -44,9 +44,14 @@ class LabelledData:
     """A validated dataset: one row per image, in features-CSV order."""
 
     root: Path
-    frame: pd.DataFrame  # id, filepath, path (absolute), site, label, label_idx, sha256
+    # id, filepath, path (absolute), site, label, label_idx, sha256 (+ event, timestamp for the
+    # formats that have them: "" where unknown)
+    frame: pd.DataFrame
     classes: list[str]
-    fingerprint: str  # sha256 over both CSVs, every image's sha256 (by id) and the classes
+    fingerprint: str  # sha256 over the source files, every image's sha256 (by id), the classes
+    # images the reader left out on purpose, by reason (no label, two labels with
+    # data.multi_label=drop): `camtrap validate` reports them
+    left_out: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass

@@ -1,16 +1,18 @@
-"""A dataset at a URI made local: its CSVs, then every image its features CSV lists, through the
-fetch cache (camtrap.storage.mirror: only files whose ETag changed are downloaded; a local folder
-is used in place). Images missing at the URI are left for validation to report, with their CSV
-line."""
+"""A dataset at a URI made local: its metadata files first (the CSVs, the COCO JSON, the Camtrap
+DP descriptor and tables), then every image they list, through the fetch cache
+(camtrap.storage.mirror: only files whose ETag changed are downloaded; a local folder is used in
+place). Images missing at the URI are left for validation to report, with their line or
+record."""
 
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
-from camtrap.config import FEATURES_CSV, LABELS_CSV
-from camtrap.storage import StorageNotFound, join
-from camtrap.storage.mirror import fetch_files
+from camtrap.config import DATAPACKAGE_JSON, FEATURES_CSV, LABELS_CSV, DataConfig
+from camtrap.storage import StorageNotFound, join, list_files
+from camtrap.storage.mirror import FetchReport, fetch_files
 
 
 def image_names(features_csv: Path) -> list[str]:
@@ -21,15 +23,105 @@ def image_names(features_csv: Path) -> list[str]:
         return [row["filepath"].strip() for row in reader if (row.get("filepath") or "").strip()]
 
 
+def metadata_names(data_uri: str, data: DataConfig) -> list[str]:
+    """The files that describe the dataset at `data_uri` (before its images): for Camtrap DP
+    only datapackage.json, whose tables `table_names` gives once it is local."""
+    from camtrap.dataset.formats import annotations_file, resolve_format
+
+    fmt = resolve_format(data_uri, data)
+    if fmt == "conservision":
+        return [data.features_csv, data.labels_csv]
+    if fmt == "coco":
+        return [annotations_file(data_uri, data)]
+    if fmt == "camtrap-dp":
+        return [DATAPACKAGE_JSON]
+    return []
+
+
+def state_names(data_uri: str, data: DataConfig) -> list[str] | None:
+    """The files whose state keys a cached copy of the metadata: `metadata_names`, or None
+    (every file at the URI) where the metadata names more files than it is (Camtrap DP's
+    tables) or is the listing itself (class folders)."""
+    names = metadata_names(data_uri, data)
+    return None if names in ([], [DATAPACKAGE_JSON]) else names
+
+
+def table_names(root: Path) -> list[str]:
+    """The CSV tables a local datapackage.json names (none when it cannot be read: validation
+    reports why)."""
+    try:
+        resources = json.loads((root / DATAPACKAGE_JSON).read_bytes()).get("resources", [])
+    except (OSError, ValueError, AttributeError):
+        return []
+    return [r["path"] for r in resources if isinstance(r, dict) and isinstance(r.get("path"), str)]
+
+
+def listed_images(root: Path, data_uri: str, data: DataConfig) -> list[str]:
+    """The images the local metadata at `root` lists (for class folders: those at `data_uri`)."""
+    from camtrap.dataset.folders import is_image_name
+    from camtrap.dataset.formats import annotations_file, resolve_format
+
+    fmt = resolve_format(root, data)  # the local copy holds the metadata files
+    if fmt == "conservision":
+        return image_names(root / data.features_csv)
+    if fmt == "coco":
+        return _json_list(root / annotations_file(root, data), "images", "file_name")
+    if fmt == "camtrap-dp":
+        media = [p for p in table_names(root) if Path(p).stem == "media"]
+        return _csv_column(root / media[0], "filePath") if media else []
+    return sorted(n for n in list_files(data_uri) if "/" in n and is_image_name(n))
+
+
+def _json_list(path: Path, section: str, key: str) -> list[str]:
+    try:
+        records = json.loads(path.read_bytes()).get(section, [])
+    except (OSError, ValueError, AttributeError):
+        return []
+    return [r[key] for r in records if isinstance(r, dict) and isinstance(r.get(key), str)]
+
+
+def _csv_column(path: Path, column: str) -> list[str]:
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as fh:
+            return [row[column] for row in csv.DictReader(fh) if row.get(column)]
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return []
+
+
+def fetch_metadata(data_uri: str, cache_dir: str | Path, data: DataConfig) -> FetchReport:
+    """The dataset's metadata files under `cache_dir` (StorageNotFound with the fix when one
+    is not there)."""
+    names = metadata_names(data_uri, data)
+    report = fetch_files(data_uri, names, cache_dir)
+    if DATAPACKAGE_JSON in names and not report.missing:
+        tables = fetch_files(data_uri, table_names(report.root), cache_dir)
+        report.missing += tables.missing
+        report.digest = f"{report.digest}+{tables.digest}"
+    if report.missing:
+        raise StorageNotFound(
+            f"{join(data_uri, report.missing[0])} does not exist — fix: put it there, or set "
+            "data.format / data.features_csv / data.labels_csv / data.annotations"
+        )
+    return report
+
+
+def fetch_data(data_uri: str, cache_dir: str | Path, data: DataConfig) -> Path:
+    """The local root of the labelled dataset at `data_uri`, in any format."""
+    root = fetch_metadata(data_uri, cache_dir, data).root
+    fetch_files(data_uri, listed_images(root, data_uri, data), cache_dir)
+    return root
+
+
 def fetch_dataset(
     data_uri: str,
     cache_dir: str | Path,
     features_csv: str = FEATURES_CSV,
     labels_csv: str | None = LABELS_CSV,
 ) -> Path:
-    """The local root of the dataset at `data_uri`: `features_csv` (and `labels_csv`, unless
-    None: photos to label have no labels) and every image the features CSV lists, fetched into
-    `cache_dir`. StorageNotFound, with the fix, when a CSV is not there."""
+    """The local root of the Conser-vision dataset at `data_uri`: `features_csv` (and
+    `labels_csv`, unless None: photos to label have no labels) and every image the features
+    CSV lists, fetched into `cache_dir`. StorageNotFound, with the fix, when a CSV is not
+    there."""
     names = [features_csv] if labels_csv is None else [features_csv, labels_csv]
     meta = fetch_files(data_uri, names, cache_dir)
     if meta.missing:

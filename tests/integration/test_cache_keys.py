@@ -111,34 +111,36 @@ def test_a_dataset_back_at_an_earlier_state_is_not_served_from_the_cache(
     inputs = {"data_uri": uri, "data": DataConfig()}
 
     _put(s3_server, bucket, version_a)
-    key_a = data_tasks._csv_state(inputs)
+    key_a = data_tasks._metadata_state(inputs)
     assert key_a is not None
     root = _fetch(uri, CSVS)
-    assert data_tasks._csv_state(inputs) == key_a  # a rerun on unchanged data: a cache hit
+    assert data_tasks._metadata_state(inputs) == key_a  # a rerun on unchanged data: a cache hit
 
     _put(s3_server, bucket, version_b)
-    assert data_tasks._csv_state(inputs) != key_a
+    assert data_tasks._metadata_state(inputs) != key_a
     _fetch(uri, CSVS)
-    key_b = data_tasks._csv_state(inputs)
+    key_b = data_tasks._metadata_state(inputs)
     assert key_b not in (None, key_a)
 
     _put(s3_server, bucket, version_a)  # back to A: same bytes, same ETags as the first time
     # A's cached result names the local folder, which holds B's files now: no hit on it. No
     # key at all (the task runs uncached), as the copy is none of the data's states.
-    key_again = data_tasks._csv_state(inputs)
+    key_again = data_tasks._metadata_state(inputs)
     assert key_again != key_a
     assert key_again is None
     assert _fetch(uri, CSVS) == root
     assert (root / CSVS[0]).read_bytes() == version_a[CSVS[0]]
-    assert data_tasks._csv_state(inputs) == key_a  # the folder holds A again: A's result is true
+    assert (
+        data_tasks._metadata_state(inputs) == key_a
+    )  # the folder holds A again: A's result is true
 
     _put(s3_server, bucket, version_b)  # and forward to B: B's result would name A's files
-    assert data_tasks._csv_state(inputs) is None
+    assert data_tasks._metadata_state(inputs) is None
     _fetch(uri, CSVS)
-    assert data_tasks._csv_state(inputs) == key_b
+    assert data_tasks._metadata_state(inputs) == key_b
 
     (root / CSVS[1]).unlink()  # a local copy removed behind the manifest's back
-    assert data_tasks._csv_state(inputs) is None
+    assert data_tasks._metadata_state(inputs) is None
 
 
 def test_images_back_at_an_earlier_state_are_fetched_again(s3_server, bucket, cache_dir):

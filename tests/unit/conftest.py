@@ -5,8 +5,6 @@ import pytest
 
 from camtrap.config import build_config
 
-ENA24_MINI = Path(__file__).resolve().parents[3] / "shared" / "data" / "ena24_mini"
-
 # A few seconds per run on 2 CPU cores: 32 px images, no loader workers, and a small model
 # (mobilenet_v3_small: 6 MB files, where resnet18's are 45 MB and its state 134 MB).
 TINY = {
@@ -33,13 +31,6 @@ def tiny_config():
         return build_config("smoke", overrides={**TINY, **overrides})
 
     return make
-
-
-@pytest.fixture(scope="session")
-def ena24_root() -> Path:
-    if not ENA24_MINI.exists():
-        pytest.skip(f"{ENA24_MINI} is not there (../shared beside the checkout)")
-    return ENA24_MINI
 
 
 @pytest.fixture(scope="session")
