@@ -11,8 +11,10 @@ import json
 from pathlib import Path
 
 from camtrap.config import DATAPACKAGE_JSON, FEATURES_CSV, LABELS_CSV, DataConfig
-from camtrap.storage import StorageNotFound, join, list_files
-from camtrap.storage.mirror import FetchReport, fetch_files
+
+# mirror.fetch_files by attribute, so a fault test can replace it for every caller
+from camtrap.storage import StorageNotFound, join, list_files, mirror
+from camtrap.storage.mirror import FetchReport
 
 
 def image_names(features_csv: Path) -> list[str]:
@@ -92,9 +94,9 @@ def fetch_metadata(data_uri: str, cache_dir: str | Path, data: DataConfig) -> Fe
     """The dataset's metadata files under `cache_dir` (StorageNotFound with the fix when one
     is not there)."""
     names = metadata_names(data_uri, data)
-    report = fetch_files(data_uri, names, cache_dir)
+    report = mirror.fetch_files(data_uri, names, cache_dir)
     if DATAPACKAGE_JSON in names and not report.missing:
-        tables = fetch_files(data_uri, table_names(report.root), cache_dir)
+        tables = mirror.fetch_files(data_uri, table_names(report.root), cache_dir)
         report.missing += tables.missing
         report.digest = f"{report.digest}+{tables.digest}"
     if report.missing:
@@ -108,7 +110,7 @@ def fetch_metadata(data_uri: str, cache_dir: str | Path, data: DataConfig) -> Fe
 def fetch_data(data_uri: str, cache_dir: str | Path, data: DataConfig) -> Path:
     """The local root of the labelled dataset at `data_uri`, in any format."""
     root = fetch_metadata(data_uri, cache_dir, data).root
-    fetch_files(data_uri, listed_images(root, data_uri, data), cache_dir)
+    mirror.fetch_files(data_uri, listed_images(root, data_uri, data), cache_dir)
     return root
 
 
@@ -123,12 +125,12 @@ def fetch_dataset(
     CSV lists, fetched into `cache_dir`. StorageNotFound, with the fix, when a CSV is not
     there."""
     names = [features_csv] if labels_csv is None else [features_csv, labels_csv]
-    meta = fetch_files(data_uri, names, cache_dir)
+    meta = mirror.fetch_files(data_uri, names, cache_dir)
     if meta.missing:
         raise StorageNotFound(
             f"{join(data_uri, meta.missing[0])} does not exist — fix: {_fix(names, data_uri)}"
         )
-    fetch_files(data_uri, image_names(meta.root / features_csv), cache_dir)
+    mirror.fetch_files(data_uri, image_names(meta.root / features_csv), cache_dir)
     return meta.root
 
 
