@@ -13,7 +13,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from camtrap.config import FEATURES_CSV, LABELS_CSV, PRESETS, TEST_FEATURES_CSV, build_config
+from camtrap.config import (
+    DEFAULT_EVENT_GAP_S,
+    EVENT_RULES,
+    FEATURES_CSV,
+    LABELS_CSV,
+    PREDICT_FORMATS,
+    PREDICT_INPUTS,
+    PRESETS,
+    TEST_FEATURES_CSV,
+    PredictOptions,
+    build_config,
+)
 from camtrap.errors import CamtrapError, ConfigError
 
 if TYPE_CHECKING:
@@ -106,18 +117,26 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_predict(args: argparse.Namespace) -> int:
     from camtrap.predict import predict
 
+    # --features named: today's features-CSV path, even where --input auto would find another
+    chosen = "conservision" if args.input == "auto" and args.features else args.input
+    options = PredictOptions(
+        input=chosen, features_csv=args.features or TEST_FEATURES_CSV,
+        annotations=args.annotations,
+        format=args.format, taxonomy=args.taxonomy, event_gap_s=args.event_gap_s,
+        event_rule=args.event_rule, allow_http=args.allow_http,
+    )  # fmt: skip
     result = predict(
         args.model,
         args.data,
         args.out,
-        features_csv=args.features,
+        options=options,
         tta=args.tta,
         calibration=not args.no_calibration,
         batch_size=args.batch_size,
         device=args.device,
         progress=sys.stderr.isatty(),
     )
-    print(f"{args.out}: {len(result.frame)} rows\n  {result.describe()}")
+    print(f"{args.out}: {len(result.frame)} rows ({args.format})\n  {result.describe()}")
     return 0
 
 
@@ -178,7 +197,9 @@ def build_parser(add_commands: AddCommands | None = None) -> argparse.ArgumentPa
     add_train_options(p)
     p.set_defaults(func=_cmd_train)
 
-    p = sub.add_parser("predict", help="label photos: class probabilities in submission format")
+    p = sub.add_parser(
+        "predict", help="label photos: a submission CSV, MegaDetector JSON or Camtrap DP package"
+    )
     p.add_argument(
         "--model",
         required=True,
@@ -186,11 +207,49 @@ def build_parser(add_commands: AddCommands | None = None) -> argparse.ArgumentPa
     )
     p.add_argument("--data", required=True, help="folder or s3://bucket/prefix with the photos")
     p.add_argument(
-        "--features",
-        default=TEST_FEATURES_CSV,
-        help="CSV in --data listing the photos: id, filepath, optional site",
+        "--input",
+        default="auto",
+        choices=PREDICT_INPUTS,
+        help="what lists the photos: the --features CSV (conservision), every image under --data "
+        "(folder), a COCO Camera Traps file (coco, with --annotations) or a Camtrap DP package; "
+        "auto: the features CSV if there is one, else a package, else the folder",
     )
-    p.add_argument("--out", required=True, help="the CSV to write (local path or s3:// URI)")
+    p.add_argument(
+        "--features",
+        help=f"CSV in --data listing the photos: id, filepath, optional site (default "
+        f"{TEST_FEATURES_CSV}; naming it means --input conservision)",
+    )
+    p.add_argument("--annotations", help="the COCO Camera Traps JSON in --data (--input coco)")
+    p.add_argument(
+        "--format",
+        default="csv",
+        choices=PREDICT_FORMATS,
+        help="csv: the submission format; megadetector: a MegaDetector batch file (Timelapse, "
+        "AddaxAI); camtrap-dp: the input package with camtrap's observations (--out a folder)",
+    )
+    p.add_argument(
+        "--out", required=True, help="the file (a folder for camtrap-dp) to write, local or s3://"
+    )
+    p.add_argument("--taxonomy", help="CSV class,scientificName for Camtrap DP's scientificName")
+    p.add_argument(
+        "--allow-http",
+        action="store_true",
+        help="fetch Camtrap DP media whose filePath is an http(s) URL (Agouti, GBIF exports)",
+    )
+    p.add_argument(
+        "--event-gap-s",
+        type=float,
+        default=DEFAULT_EVENT_GAP_S,
+        help="photos of one site this close (seconds) are one event, where the data has no "
+        "event ids",
+    )
+    p.add_argument(
+        "--event-rule",
+        default="mean",
+        choices=EVENT_RULES,
+        help="an event's prediction: the mean of its photos', or the most confident non-blank "
+        "photo's (max-animal)",
+    )
     p.add_argument(
         "--tta",
         default="none",

@@ -74,6 +74,12 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 # Prediction's options, here so that the predict flow's parameters need no torch import.
 TTA_CHOICES = ("none", "hflip")
+# What `camtrap predict` labels (camtrap.dataset.photos), what it writes (camtrap.outputs) and
+# how frames make an event's prediction (camtrap.events).
+PREDICT_INPUTS = ("auto", "conservision", "folder", "coco", "camtrap-dp")
+PREDICT_FORMATS = ("csv", "megadetector", "camtrap-dp")
+EVENT_RULES = ("mean", "max-animal")
+DEFAULT_EVENT_GAP_S = 60.0
 
 
 class _Section(BaseModel):
@@ -91,6 +97,9 @@ class DataConfig(_Section):
     # An image labelled with two different classes: refuse (a problem to fix) or drop (left out,
     # counted), in every format.
     multi_label: Literal["refuse", "drop"] = "refuse"
+    # Camtrap DP media whose filePath is an http(s) URL (Agouti's, GBIF's exports) are fetched
+    # only when this is true (with the max_image_bytes limit); s3:// and local ones always are.
+    allow_http: bool = False
     split: Literal["random", "stratified", "site"] = "random"
     val_fraction: float = Field(0.25, gt=0.0, lt=1.0)
     split_seed: int = 42
@@ -203,6 +212,25 @@ class AugmentConfig(_Section):
         if pair[1] > 1:
             raise ValueError(f"a crop is at most the whole image (scale <= 1), not {list(pair)}")
         return pair
+
+
+class PredictOptions(_Section):
+    """What `camtrap predict` and the predict-swin flow label and write. input auto: the
+    features CSV when the data root has it (today's behaviour), else a Camtrap DP package, the
+    COCO file `annotations`, else every image under the root (a memory card's folder)."""
+
+    input: Literal["auto", "conservision", "folder", "coco", "camtrap-dp"] = "auto"
+    features_csv: str = TEST_FEATURES_CSV
+    annotations: str | None = None  # the COCO Camera Traps JSON, relative to the data root
+    format: Literal["csv", "megadetector", "camtrap-dp"] = "csv"
+    # A CSV (class, scientificName) naming the classes in Camtrap DP output; None: the class names
+    taxonomy: str | None = None
+    allow_http: bool = False  # fetch Camtrap DP media named by http(s) URL (data.allow_http)
+    # Frames of one site less than event_gap_s apart are one event where the data gives no event
+    # ids; an event's prediction is the mean of its frames', or (max-animal) its most confident
+    # non-blank frame's.
+    event_gap_s: float = Field(DEFAULT_EVENT_GAP_S, gt=0)
+    event_rule: Literal["mean", "max-animal"] = "mean"
 
 
 class OutputConfig(_Section):

@@ -4,7 +4,8 @@
     raw probabilities (one pass per distinct epoch) -> a temperature fitted to each and stored
     in its file (camtrap.calibration, camtrap.modelfile) -> the best model's calibrated
     predictions/val.csv, metrics/confusion_matrix.csv, metrics/per_site.csv, the TTA effect
-    -> plots -> run.json: calibration, tta, per_site
+    -> metrics/events.csv (data with events: per event, each rule) -> plots -> run.json:
+    calibration, tta, per_site, events
 
 Evaluation and prediction share the preprocessing, which is why `camtrap predict` on the val
 photos reproduces predictions/val.csv."""
@@ -21,13 +22,14 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
+from camtrap import events
 from camtrap.calibration import (
     apply_temperature,
     expected_calibration_error,
     fit_temperature,
     reliability_table,
 )
-from camtrap.config import RunConfig
+from camtrap.config import DEFAULT_EVENT_GAP_S, RunConfig
 from camtrap.device import Precision, precision_for, resolve_device
 from camtrap.engine import EpochOutputs, infer
 from camtrap.imagecache import Pack
@@ -176,6 +178,12 @@ def evaluate_on_val(
     per_site = per_site_metrics(best.out.targets, calibrated, val.items["site"].tolist())
     atomic_write_text(files.per_site_csv, per_site.to_csv(index=False))
     info = read_run_json(run_dir)
+    if events.has_events(val.items, DEFAULT_EVENT_GAP_S):
+        per_event = events.event_metrics(val.items, best.out.targets, calibrated, val.classes,
+                                         DEFAULT_EVENT_GAP_S)  # fmt: skip
+        atomic_write_text(files.events_csv, per_event.to_csv(index=False))
+        info["events"] = per_event.to_dict("records")
+        log.info("per event (val):\n%s", per_event.to_string(index=False))
     _write_plots(files, cm, info.get("best_epoch"))
     _write_calibration_plot(files, evaluated)
     info.update(

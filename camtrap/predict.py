@@ -1,32 +1,36 @@
-"""Label new photos with a trained model: one probability per class for every image a features CSV
-lists, in the competition's submission format.
+"""Label new photos with a trained model: one probability per class for every photo, written in
+the submission CSV, a MegaDetector batch file or a Camtrap DP package (camtrap.outputs).
 
-    model (file, run folder or latest.json) -> the features CSV and its images, validated as for
+    model (file, run folder or latest.json) -> the photos (a features CSV, every image under a
+    folder, a COCO file's or a Camtrap DP package's: camtrap.dataset.photos), validated as for
     training (every problem at once) and decoded once into the image cache at the model's
     image_size -> batches through the model (AMP on CUDA: engine's one path) -> the model file's
-    temperature (camtrap.calibration) -> `id` + one column per class, in the CSV's order
+    temperature (camtrap.calibration) -> `id` + one column per class, in the input's order ->
+    per event too, where the photos have events (camtrap.events) -> the chosen format
 
 Preprocessing is the evaluation's: each image decoded and resized straight to the model's
 image_size, normalised with the model file's mean/std. So the best model's probabilities for the
 val images equal those its run wrote to predictions/val.csv.
 
 `predict` is the whole path for the CLI; the flow `predict-swin` calls its parts one task at a
-time (`validate`, `predict_features`, `write_predictions`)."""
+time (`validate_photos`, `predict_features`, `write_outputs`)."""
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
-from camtrap import imagecache, storage
+from camtrap import events, imagecache, outputs, storage
 from camtrap.calibration import apply_temperature
-from camtrap.config import TEST_FEATURES_CSV, TTA_CHOICES
+from camtrap.config import TTA_CHOICES, PredictOptions
 from camtrap.dataset import FeatureData, ImageLimits, fetch_dataset, load_features
+from camtrap.dataset.fetch import fetch_photos
+from camtrap.dataset.photos import load_photos, resolve_input
 from camtrap.device import precision_for, resolve_device
 from camtrap.engine import infer
 from camtrap.errors import ConfigError
@@ -36,6 +40,7 @@ from camtrap.modelfile import ModelMeta
 from camtrap.models import MirrorAverage, load_model
 from camtrap.redact import redact_uri
 from camtrap.storage import StorageNotFound
+from camtrap.storage.files import file_sha256
 from camtrap.storage.mirror import fetch_files
 from camtrap.storage.uris import cache_path_for, default_cache_root, local_copy
 
@@ -55,6 +60,12 @@ class Predictions:
     temperature: float  # the temperature applied (1.0: none, or --no-calibration)
     tta: str
     fingerprint: str  # of the features CSV and its images (camtrap.dataset.FeatureData)
+    # the photos (camtrap.dataset.FeatureData.frame: id, filepath, site, event, timestamp, ...)
+    photos: pd.DataFrame = field(default_factory=pd.DataFrame)
+    failed: pd.DataFrame = field(
+        default_factory=lambda: pd.DataFrame(columns=outputs.FAILED_COLUMNS)
+    )
+    model_sha256: str = ""
 
     def describe(self) -> str:
         calibration = (
@@ -65,6 +76,7 @@ class Predictions:
         return (
             f"model {redact_uri(self.model_uri)} (epoch {self.meta.epoch}, {calibration}, "
             f"tta {self.tta}): {len(self.frame)} images, {len(self.meta.classes)} classes"
+            + (f", {len(self.failed)} could not be read" if len(self.failed) else "")
         )
 
 
@@ -104,6 +116,18 @@ def fetch_features(data_uri: str, features_csv: str, cache_root: Path | None = N
     return fetch_dataset(data_uri, cache, features_csv, labels_csv=None)
 
 
+def fetch_input(data_uri: str, options: PredictOptions, cache_root: Path | None = None) -> Path:
+    """The local root holding the photos of `options.input` (resolved) and what lists them."""
+    cache = local_copy(data_uri, "data", cache_root)
+    return fetch_photos(data_uri, cache, options)
+
+
+def resolved(data_uri: str, options: PredictOptions) -> PredictOptions:
+    """`options` with input auto replaced by what `data_uri` holds (camtrap.dataset.photos)."""
+    chosen = resolve_input(data_uri, options.input, options.features_csv, options.annotations)
+    return options.model_copy(update={"input": chosen})
+
+
 def _cache_root(cache_root: Path | None) -> Path:
     return Path(cache_root) if cache_root is not None else default_cache_root()
 
@@ -134,6 +158,27 @@ def validate(
         decoder.commit()
 
 
+def validate_photos(
+    root: Path,
+    options: PredictOptions,
+    image_size: int,
+    limits: ImageLimits | None = None,
+    image_cache: Path | None = None,
+) -> FeatureData:
+    """The photos of `options.input` (resolved) checked as for training: a DataError with every
+    problem of the listing; an image that cannot be read is a `failure` the outputs list (a
+    features CSV has no place for one: there it is a problem, as before)."""
+    if options.input == "conservision":
+        return validate(root, options.features_csv, image_size, limits, image_cache)
+    decoder = imagecache.Decoder(image_size, imagecache.store_dir(image_size, image_cache))
+    try:
+        return load_photos(root, options.input, options.annotations, check=decoder,
+                           limits=limits or ImageLimits(),
+                           allow_http=options.allow_http)  # fmt: skip
+    finally:
+        decoder.commit()
+
+
 # --- the model on the images ---------------------------------------------------------------------
 
 
@@ -153,6 +198,7 @@ def predict_features(
     batch_size: int = DEFAULT_BATCH_SIZE,
     progress: bool = False,
     image_cache: Path | None = None,
+    model_sha256: str = "",
 ) -> Predictions:
     """Probabilities of `model` (from the file at `model_uri`, described by `meta`) for every
     image of `data` (validated), read from the image cache (built here for the images validation
@@ -166,7 +212,8 @@ def predict_features(
     probs = _normalised(apply_temperature(probs, temperature))
     frame = pd.DataFrame(probs, columns=list(meta.classes))
     frame.insert(0, "id", data.frame["id"].to_numpy())
-    result = Predictions(frame, model_uri, meta, temperature, tta, data.fingerprint)
+    result = Predictions(frame, model_uri, meta, temperature, tta, data.fingerprint,
+                         data.frame, data.failed, model_sha256)  # fmt: skip
     log.info("predict: %s", result.describe())
     return result
 
@@ -216,20 +263,52 @@ def write_predictions(frame: pd.DataFrame, output_uri: str) -> None:
     storage.write_text(output_uri, frame.to_csv(index=False))
 
 
-def check_output(output_uri: str) -> None:
-    """ConfigError for an output that cannot be a file, before minutes of work."""
-    if not storage.is_remote(output_uri) and Path(output_uri).is_dir():
-        raise ConfigError(
-            f"--out {output_uri} is a folder — fix: name the CSV file to write, e.g. "
-            f"{Path(output_uri) / 'predictions.csv'}"
-        )
+def labelled(result: Predictions, options: PredictOptions) -> outputs.Labelled:
+    """What the outputs write: the predictions, the photos, the failures and, where the photos
+    have events, each event's prediction (options.event_rule over frames event_gap_s apart)."""
+    classes = list(result.meta.classes)
+    photos = _with_event_columns(result.photos)
+    photos = photos.assign(event=events.event_ids(photos, options.event_gap_s).to_numpy())
+    table = None
+    if events.has_events(photos, options.event_gap_s):
+        probs = result.frame[classes].to_numpy()
+        table = events.events_table(photos, probs, classes, options.event_rule,
+                                    options.event_gap_s)  # fmt: skip
+    return outputs.Labelled(
+        probs=result.frame, photos=photos, classes=classes,
+        model_name=Path(result.model_uri).name, model_sha256=result.model_sha256,
+        failed=result.failed, events=table,
+    )  # fmt: skip
+
+
+def _with_event_columns(photos: pd.DataFrame) -> pd.DataFrame:
+    missing = {c: "" for c in ("site", "event", "timestamp") if c not in photos.columns}
+    return photos.assign(**missing) if missing else photos
+
+
+def write_outputs(result: Predictions, output_uri: str, options: PredictOptions,
+                  root: Path | None = None) -> list[str]:  # fmt: skip
+    """`result` at `output_uri` in `options.format` (camtrap.outputs); `root`: the local copy
+    of the input (a Camtrap DP package's, for --format camtrap-dp). Returns the URIs written."""
+    package = root if options.input == "camtrap-dp" else None
+    taxonomy = outputs.read_taxonomy(options.taxonomy)
+    return outputs.write(labelled(result, options), output_uri, options.format, package, taxonomy)
+
+
+def check_output(output_uri: str, fmt: str = "csv") -> None:
+    """ConfigError for an output that cannot be written as `fmt`, before minutes of work."""
+    outputs.check_output(output_uri, fmt)
+
+
+OUTPUT_SUFFIX = {"csv": ".csv", "megadetector": ".json", "camtrap-dp": "-camtrap-dp"}
 
 
 def prediction_name(fingerprint: str, tta: str = "none", calibration: bool = True,
-                    model_file: str = "") -> str:  # fmt: skip
+                    model_file: str = "", fmt: str = "csv") -> str:  # fmt: skip
     """`{fingerprint}.csv` for the run's best model with the defaults; other choices are named
     after the fingerprint, so one run's predictions with different options never overwrite each
-    other (e.g. `{fp}-final_swin_t_model_part1_best_logloss-hflip-uncalibrated.csv`)."""
+    other (e.g. `{fp}-final_swin_t_model_part1_best_logloss-hflip-uncalibrated.csv`); `fmt`
+    gives the suffix (`.json` for megadetector, `-camtrap-dp` for a package's folder)."""
     parts = [fingerprint]
     if model_file and not model_file.endswith("_best.pth"):
         parts.append(Path(model_file).stem)
@@ -237,7 +316,7 @@ def prediction_name(fingerprint: str, tta: str = "none", calibration: bool = Tru
         parts.append(tta)
     if not calibration:
         parts.append("uncalibrated")
-    return "-".join(parts) + ".csv"
+    return "-".join(parts) + OUTPUT_SUFFIX[fmt]
 
 
 # --- the whole path (the CLI) --------------------------------------------------------------------
@@ -248,7 +327,7 @@ def predict(
     data_uri: str,
     output_uri: str,
     *,
-    features_csv: str = TEST_FEATURES_CSV,
+    options: PredictOptions | None = None,
     tta: str = "none",
     calibration: bool = True,
     batch_size: int = DEFAULT_BATCH_SIZE,
@@ -256,15 +335,19 @@ def predict(
     progress: bool = False,
     cache_root: Path | None = None,
 ) -> Predictions:
-    """Resolve the model, fetch and validate the photos, predict, write the CSV to `output_uri`.
-    Nothing is written unless every step succeeded."""
+    """Resolve the model, fetch and validate the photos, predict, write `options.format` to
+    `output_uri`. Nothing is written unless every step succeeded."""
+    options = options or PredictOptions()
     check_options(tta, device, batch_size)
-    check_output(output_uri)
+    check_output(output_uri, options.format)
+    options = resolved(data_uri, options)
+    check_format(options)
     model_uri = resolve_model_uri(model_uri)
-    model, meta = load(local_model_file(model_uri, cache_root), device)
-    root = fetch_features(data_uri, features_csv, cache_root)
+    model_file = local_model_file(model_uri, cache_root)
+    model, meta = load(model_file, device)
+    root = fetch_input(data_uri, options, cache_root)
     image_cache = _cache_root(cache_root) / "images" if cache_root is not None else None
-    data = validate(root, features_csv, meta.image_size, image_limits(meta), image_cache)
+    data = validate_photos(root, options, meta.image_size, image_limits(meta), image_cache)
     result = predict_features(
         model,
         meta,
@@ -275,7 +358,14 @@ def predict(
         batch_size=batch_size,
         progress=progress,
         image_cache=image_cache,
+        model_sha256=file_sha256(model_file),
     )
-    write_predictions(result.frame, output_uri)
-    log.info("predictions written to %s", output_uri)
+    for uri in write_outputs(result, output_uri, options, root):
+        log.info("predictions written to %s", uri)
     return result
+
+
+def check_format(options: PredictOptions) -> None:
+    """ConfigError for an output the input cannot give, before any photo is read."""
+    if options.format == "camtrap-dp" and options.input != "camtrap-dp":
+        raise outputs.not_a_package(f"{options.input} photos")

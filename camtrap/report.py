@@ -216,6 +216,7 @@ def summary_markdown(run_uri: str, info: dict[str, Any], run_dir: Path) -> str:
         *calibration_lines(info),
         *tta_lines(info),
         *per_site_lines(info),
+        *event_lines(info),
         f"## Generalisation gap at epoch {best}",
         "",
         "| metric | train | val | train - val |",
@@ -315,6 +316,26 @@ def per_site_lines(info: dict[str, Any]) -> list[str]:
         *[
             f"| {r['site']} | {r['images']} | {r['accuracy']:.4f} | {r['log_loss']:.4f} |"
             for r in sites
+        ],
+        "",
+    ]
+
+
+def event_lines(info: dict[str, Any]) -> list[str]:
+    """Val per event (data with events: one burst of frames, one prediction), beside the
+    per-image numbers above: each rule's accuracy and log loss (metrics/events.csv)."""
+    rows = info.get("events", [])
+    if not rows:
+        return []
+    return [
+        "## Val by event (best model, calibrated)",
+        "",
+        "| rule | events | images | accuracy | log loss |",
+        "| --- | --- | --- | --- | --- |",
+        *[
+            f"| {r['rule']} | {r['events']} | {r['images']} | {r['accuracy']:.4f} | "
+            f"{r['log_loss']:.4f} |"
+            for r in rows
         ],
         "",
     ]

@@ -40,6 +40,7 @@ EPOCHS_CSV = "metrics/epochs.csv"
 PER_CLASS_CSV = "metrics/per_class.csv"
 CONFUSION_CSV = "metrics/confusion_matrix.csv"
 PER_SITE_CSV = "metrics/per_site.csv"
+EVENTS_CSV = "metrics/events.csv"  # only for data with events (camtrap.events)
 PREDICTIONS_CSV = "predictions/val.csv"
 PLOTS = "plots"
 # The plots of a run, in the order a reader looks at them (the plots artifact's order).
@@ -144,6 +145,10 @@ class RunFiles:
         return self.root / PER_SITE_CSV
 
     @property
+    def events_csv(self) -> Path:
+        return self.root / EVENTS_CSV
+
+    @property
     def predictions_csv(self) -> Path:
         return self.root / PREDICTIONS_CSV
 
@@ -246,7 +251,12 @@ RESUMABLE = {
 # (a weekly part1 on unchanged data stays "up to date"). The augment section counts only while
 # augmentation is on: its other settings change nothing while it is off.
 ADDED_LATER: dict[str, dict[str, Any]] = {
-    "data": {"train_cache_size": None, "annotations": None, "multi_label": "refuse"},
+    "data": {
+        "train_cache_size": None,
+        "annotations": None,
+        "multi_label": "refuse",
+        "allow_http": False,
+    },  # fmt: skip
     "model": {"init_from": None},
     "train": {"schedule": "none", "warmup_epochs": 0.0, "label_smoothing": 0.0},
 }

@@ -25,6 +25,7 @@ import torchvision
 from camtrap import __version__, imagecache, latest, lease, ranks, runfolder
 from camtrap.config import RunConfig
 from camtrap.dataset import ImageLimits, LabelledData, load_data
+from camtrap.dataset.contract import image_path
 from camtrap.device import log_memory, resolve_device
 from camtrap.errors import StorageError
 from camtrap.evaluate import evaluate_on_val
@@ -108,7 +109,7 @@ def cache_entries(
     if split is not None:
         items = items[items["split"] == split]
     return [
-        imagecache.CacheEntry(row.id, str(Path(data_root) / row.filepath), row.sha256)
+        imagecache.CacheEntry(row.id, str(image_path(Path(data_root), row.filepath)), row.sha256)
         for row in items.itertuples()
     ]
 
@@ -122,6 +123,8 @@ def prepare(config: RunConfig, data: LabelledData, run_dir: Path) -> Path:
         frame, config.data.split, config.data.val_fraction, config.data.split_seed
     )
     columns = ["id", "filepath", "site", "label", "split", "sha256"]
+    # the formats with events (COCO seq_id, Camtrap DP eventID) or timestamps: val per event
+    columns += [c for c in ("event", "timestamp") if c in frame and (frame[c] != "").any()]
     atomic_write_text(files.split_csv, frame[columns].to_csv(index=False))
     info = read_run_json(run_dir) or {"started": utc_now()}
     info.update(

@@ -15,7 +15,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from camtrap import imagecache, runfolder, storage
-from camtrap.config import DataConfig, RunConfig
+from camtrap.config import DataConfig, PredictOptions, RunConfig
 from camtrap.dataset import fetch
 from camtrap.storage import mirror
 from tasks.logs import library_logs
@@ -79,6 +79,37 @@ def fetch_features(data_uri: str, features_csv: str) -> DataSnapshot:
             f"(columns id, filepath, optional site) at {data_uri}, or pass features_csv"
         )
     return DataSnapshot(data_uri=data_uri, root=str(report.root), csv_digest=report.digest)
+
+
+def _photos_state(inputs: dict[str, Any]) -> str | None:
+    uri = inputs["data_uri"]
+    return mirror.fetch_state(uri, None, data_cache_dir(uri))
+
+
+@task(name="resolve-input", cache_policy=NO_CACHE, timeout_seconds=600, **IO_TASK)
+def resolve_input(data_uri: str, options: PredictOptions) -> str:
+    """How the photos at `data_uri` are listed: `options.input`, or for auto the features CSV
+    if there is one, else a Camtrap DP package, the COCO file, or every image under it."""
+    from camtrap.dataset.photos import resolve_input as resolve
+
+    with library_logs():
+        return resolve(data_uri, options.input, options.features_csv, options.annotations)
+
+
+@task(
+    name="fetch-photos",
+    cache_policy=RemoteState(state_fn=_photos_state),
+    timeout_seconds=4 * 3600,  # a first fetch of a large card or package over a slow link
+    **IO_TASK,
+)
+def fetch_photos(data_uri: str, options: PredictOptions) -> DataSnapshot:
+    """The photos of a folder, a COCO file or a Camtrap DP package (options.input, resolved)
+    and what lists them, into the local cache (ETag-keyed); a local folder is used in place."""
+    with library_logs():
+        root = fetch.fetch_photos(data_uri, data_cache_dir(data_uri), options)
+        state = mirror.fetch_state(data_uri, None, data_cache_dir(data_uri)) or ""
+    return DataSnapshot(data_uri=data_uri, root=str(root), csv_digest=state,
+                        images_digest=state, input=options.input)  # fmt: skip
 
 
 @task(

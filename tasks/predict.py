@@ -20,10 +20,12 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from camtrap import report, runfolder, storage
+from camtrap.config import PredictOptions
 from camtrap.dataset import ImageLimits
 from camtrap.errors import StorageError
 from camtrap.latest import resolve_model_uri
 from camtrap.redact import redact_uri
+from camtrap.storage.files import file_sha256
 from tasks.artifacts import artifact_key
 from tasks.logs import library_logs
 from tasks.policies import CODE_AND_INPUTS, IO_TASK
@@ -78,66 +80,99 @@ def _run_id_of(model_uri: str) -> str:
 )
 def validate_features(
     snapshot: DataSnapshot,
-    features_csv: str,
+    options: PredictOptions,
     image_size: int,
     max_image_bytes: int,
     max_image_pixels: int,
 ) -> FeaturesRef:
-    """The features CSV and its images checked as for training (every problem at once:
-    DataError, not retried); images new to the image cache are decoded into it here."""
+    """The photos (a features CSV, a folder, a COCO file or a Camtrap DP package: the
+    snapshot's input) checked as for training (every problem at once: DataError, not retried);
+    images new to the image cache are decoded into it here."""
     from camtrap import predict as library  # loads torch: here, not at the top (tasks/__init__.py)
 
     limits = ImageLimits(max_image_bytes, max_image_pixels)
+    options = options.model_copy(update={"input": snapshot.input or "conservision"})
     with library_logs():
-        data = library.validate(Path(snapshot.root), features_csv, image_size, limits)
+        data = library.validate_photos(Path(snapshot.root), options, image_size, limits)
     return FeaturesRef(
         root=snapshot.root,
-        features_csv=features_csv,
+        features_csv=options.features_csv,
         fingerprint=data.fingerprint,
         images=len(data.frame),
+        input=options.input,
+        annotations=options.annotations,
+        failed=len(data.failed),
     )
 
 
 def predictions_uri(
-    output_uri: str, model: ModelRef, features: FeaturesRef, tta: str, calibration: bool
-) -> str:
-    """{output_uri}/predictions/{run_id}/{fingerprint}.csv (see library.prediction_name)."""
+    output_uri: str, model: ModelRef, features: FeaturesRef, tta: str, calibration: bool,
+    fmt: str = "csv",
+) -> str:  # fmt: skip
+    """{output_uri}/predictions/{run_id}/{fingerprint}.csv (see library.prediction_name); `fmt`
+    megadetector: the .json beside it, camtrap-dp: the package folder beside it."""
     from camtrap import predict as library  # loads torch: here, not at the top (tasks/__init__.py)
 
-    name = library.prediction_name(features.fingerprint, tta, calibration, model.file_name)
+    name = library.prediction_name(features.fingerprint, tta, calibration, model.file_name, fmt)
     return storage.join(output_uri, "predictions", model.run_id, name)
 
 
 @task(name="predict", cache_policy=NO_CACHE, timeout_seconds=PREDICT_TIMEOUT_S, **IO_TASK)
 def predict(
-    model: ModelRef, features: FeaturesRef, output_uri: str, tta: str, calibration: bool
+    model: ModelRef,
+    features: FeaturesRef,
+    output_uri: str,
+    tta: str,
+    calibration: bool,
+    options: PredictOptions | None = None,
 ) -> PredictionsRef:
-    """The model's probabilities for every photo, written to `predictions_uri` in one write; a
-    file already there (same run, data and options) is reused."""
+    """The model's probabilities for every photo: the submission CSV at `predictions_uri` (the
+    record the report reads) and, for another `options.format`, that file or package beside it
+    (camtrap.outputs), each in one write; files already there (same run, data and options) are
+    reused."""
     from camtrap import predict as library  # loads torch: here, not at the top (tasks/__init__.py)
 
+    options = (options or PredictOptions()).model_copy(
+        update={"input": features.input, "annotations": features.annotations,
+                "features_csv": features.features_csv}
+    )  # fmt: skip
     target = predictions_uri(output_uri, model, features, tta, calibration)
+    extra = predictions_uri(output_uri, model, features, tta, calibration, options.format)
+    written = [target] if extra == target else [target, extra]
     ref = PredictionsRef(output_uri=target, rows=features.images, reused=True, tta=tta,
-                         calibration=calibration)  # fmt: skip
+                         calibration=calibration, format=options.format, format_uri=extra,
+                         written=written)  # fmt: skip
     with library_logs():
-        if storage.exists(target):
-            log.info("%s exists (same run, data and options): reused", target)
+        if all(_written(uri, options.format) for uri in written):
+            log.info("%s exists (same run, data and options): reused", written[-1])
             return ref
         limits = ImageLimits(model.max_image_bytes, model.max_image_pixels)
-        data = library.validate(Path(features.root), features.features_csv, model.image_size,
-                                limits)  # fmt: skip
+        data = library.validate_photos(Path(features.root), options, model.image_size, limits)
         if data.fingerprint != features.fingerprint:
             raise StorageError(
                 f"the photos in {features.root} changed since they were validated — fix: run "
                 "the flow again"
             )
-        net, meta = library.load(library.local_model_file(model.model_uri))
+        local = library.local_model_file(model.model_uri)
+        net, meta = library.load(local)
         result = library.predict_features(
-            net, meta, data, model.model_uri, tta=tta, calibration=calibration
-        )
-        library.write_predictions(result.frame, target)
-        log.info("predictions written to %s", target)
-    return ref.model_copy(update={"reused": False, "rows": len(result.frame)})
+            net, meta, data, model.model_uri, tta=tta, calibration=calibration,
+            model_sha256=file_sha256(local),
+        )  # fmt: skip
+        csv_options = options.model_copy(update={"format": "csv"})
+        written = library.write_outputs(result, target, csv_options, Path(features.root))
+        if extra != target:
+            written += library.write_outputs(result, extra, options, Path(features.root))
+        for uri in written:
+            log.info("predictions written to %s", uri)
+    return ref.model_copy(update={"reused": False, "rows": len(result.frame), "written": written})
+
+
+def _written(uri: str, fmt: str) -> bool:
+    """A package is there once its descriptor is (written last); a file once it exists."""
+    if fmt == "camtrap-dp" and not uri.endswith(".csv"):
+        return storage.exists(storage.join(uri, "datapackage.json"))
+    return storage.exists(uri)
 
 
 @task(name="report-predictions", cache_policy=NO_CACHE, timeout_seconds=600, **IO_TASK)
@@ -148,6 +183,9 @@ def report_predictions(predictions: PredictionsRef, model: ModelRef) -> str:
         io.BytesIO(storage.read_bytes(predictions.output_uri)), dtype={"id": str},
         keep_default_na=False,
     )  # fmt: skip
+    if "failure" in frame.columns:  # photos that could not be read: no probabilities to show
+        frame = frame[frame["failure"] == ""].drop(columns="failure").reset_index(drop=True)
+        frame = frame.astype({c: float for c in frame.columns if c != "id"})
     markdown = report.predictions_markdown(
         frame,
         output_uri=predictions.output_uri,

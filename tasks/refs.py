@@ -18,6 +18,7 @@ class DataSnapshot(_Model):
     root: str  # local folder: the CSVs, and the images once fetch_images ran
     csv_digest: str
     images_digest: str = ""
+    input: str = ""  # photos to label: how they are listed (PredictOptions.input, resolved)
 
 
 class RunRef(_Model):
@@ -72,6 +73,9 @@ class FeaturesRef(_Model):
     features_csv: str
     fingerprint: str
     images: int
+    input: str = "conservision"  # how the photos are listed (PredictOptions.input, resolved)
+    annotations: str | None = None
+    failed: int = 0  # photos that could not be read: listed in the outputs
 
 
 class PredictionsRef(_Model):
@@ -80,3 +84,8 @@ class PredictionsRef(_Model):
     reused: bool  # the file was there already (same run, data and options)
     tta: str
     calibration: bool
+    format: str = "csv"
+    format_uri: str = ""  # the chosen format's file or package (output_uri itself for csv)
+    # every file written: the submission CSV (output_uri, which the report reads), the chosen
+    # format's and the events sidecars
+    written: list[str] = []

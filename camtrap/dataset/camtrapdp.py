@@ -7,8 +7,12 @@
   `eventStart`..`eventEnd`, unless the media has media-level observations of its own (those are
   the finer annotation);
 - `unknown` and `unclassified` observations (and an animal without a scientificName) are not
-  labels: media with nothing else are left out and counted, as are videos.
-The package is also checked against the Camtrap DP table schemas (camtrap.dataset.dpschema)."""
+  labels: media with nothing else are left out and counted, as are videos;
+- people's observations first: a machine's (classificationMethod=machine) label only media no
+  person labelled.
+A filePath is relative to the package, or a URI (s3://, a local file, https:// with
+data.allow_http: camtrap.dataset.media), fetched here. The package is also checked against the
+Camtrap DP table schemas (camtrap.dataset.dpschema)."""
 
 from __future__ import annotations
 
@@ -18,9 +22,10 @@ from collections import Counter, defaultdict
 from datetime import datetime
 from pathlib import Path
 
-from camtrap.config import DATAPACKAGE_JSON
+from camtrap.config import DATAPACKAGE_JSON, DEFAULT_MAX_IMAGE_BYTES
 from camtrap.dataset.contract import ImageCheck, ImageLimits, LabelledData
 from camtrap.dataset.csvtable import Row, Table, has_columns, read_table
+from camtrap.dataset.media import fetch_problems, is_uri
 from camtrap.dataset.records import Item, Sources, labelled_data, read_json
 from camtrap.errors import Problem
 
@@ -37,6 +42,7 @@ def read_package(
     check: ImageCheck | None,
     workers: int,
     limits: ImageLimits,
+    allow_http: bool = False,
 ) -> tuple[LabelledData | None, list[Problem]]:
     """(data, []) for a valid Camtrap DP package and its images, else (None, every problem)."""
     from camtrap.dataset.dpschema import descriptor_problems, schema_problems
@@ -56,6 +62,7 @@ def read_package(
     deployments = _deployment_ids(tables["deployments"])
     left_out: Counter[str] = Counter()
     items = _media_items(media, deployments, left_out, problems)
+    _fetch_uri_media(media.name, items, allow_http, limits.max_bytes, problems)
     _label(observations, items, problems)
     kept = _with_labels(items, left_out)
     classes = sorted({label for item in kept for label in item.labels})
@@ -64,6 +71,36 @@ def read_package(
     data = labelled_data(root, media.name, kept, classes, Sources(raw, left_out), multi_label,
                          check, workers, limits, problems)  # fmt: skip
     return (None, problems) if problems else (data, [])
+
+
+def package_media(
+    root: Path,
+    problems: list[Problem],
+    allow_http: bool = False,
+    max_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
+) -> tuple[str, list[Item], dict[str, bytes]]:
+    """(the media table's name, its images, the package's files' bytes) for labelling: the
+    descriptor and the tables checked as for training, observations (if any) giving events."""
+    from camtrap.dataset.dpschema import descriptor_problems, schema_problems
+
+    paths = resource_paths(root, problems)
+    if paths is None:
+        return DATAPACKAGE_JSON, [], {}
+    problems += descriptor_problems(json.loads((root / DATAPACKAGE_JSON).read_bytes()))
+    problems += schema_problems(root, paths)
+    tables = {
+        name: read_table(root, paths[name], problems) for name in TABLES if name != "observations"
+    }
+    media = tables["media"]
+    if media is None or not has_columns(media, MEDIA_COLUMNS, problems):
+        return paths["media"], [], {}
+    items = _media_items(media, _deployment_ids(tables["deployments"]), Counter(), problems)
+    _fetch_uri_media(media.name, items, allow_http, max_bytes, problems)
+    observations = read_table(root, paths["observations"], problems)
+    if observations is not None and has_columns(observations, OBSERVATION_COLUMNS, problems):
+        _label(observations, items, problems)  # for the events: the labels are not used
+    raw = {DATAPACKAGE_JSON: (root / DATAPACKAGE_JSON).read_bytes(), paths["media"]: media.raw}
+    return media.name, list(items.values()), raw
 
 
 def _deployment_ids(deployments: Table | None) -> set[str] | None:
@@ -112,10 +149,6 @@ def _media_items(
             message = f"timestamp {row['timestamp']!r} is not an ISO 8601 date and time"
             fix = "write it as 2021-04-11T20:43:09+01:00"
             problems.append(Problem(media.name, message, fix, line, media_id or None))
-        if "://" in row["filePath"]:
-            message = f"filePath {row['filePath']!r} is a URL"
-            fix = "download the media into the package folder and give filePath relative to it"
-            problems.append(Problem(media.name, message, fix, line, media_id or None))
         items[media_id] = Item(
             file=media.name,
             line=line,
@@ -125,6 +158,20 @@ def _media_items(
             timestamp=row["timestamp"],
         )
     return items
+
+
+def _fetch_uri_media(
+    file: str, items: dict[str, Item], allow_http: bool, max_bytes: int, problems: list[Problem]
+) -> None:
+    """Media named by URI fetched to this machine (camtrap.dataset.media); those that cannot
+    be are problems (with their line) and leave the table, so no second problem names them."""
+    named = [(i.line or 0, i.id, i.filepath) for i in items.values() if is_uri(i.filepath)]
+    if not named:
+        return
+    failed = fetch_problems(file, named, allow_http, max_bytes)
+    problems += failed
+    for problem in failed:
+        items.pop(problem.id or "", None)
 
 
 def _timestamp(text: str) -> datetime | None:
@@ -146,11 +193,25 @@ def observation_label(row: dict[str, str]) -> str | None:
 
 
 def _label(observations: Table, items: dict[str, Item], problems: list[Problem]) -> None:
+    """People's observations first; a machine's (classificationMethod=machine: camtrap's own
+    output, say) only for media no person labelled, so predictions added to a package never
+    outvote or mix with its reviewed labels."""
+    human = [(n, r) for n, r in observations.rows if r.get("classificationMethod") != "machine"]
+    machine = [(n, r) for n, r in observations.rows if r.get("classificationMethod") == "machine"]
+    _label_rows(observations.name, human, items, problems)
+    if machine:
+        unlabelled = {key: item for key, item in items.items() if not item.labels}
+        _label_rows(observations.name, machine, unlabelled, problems)
+
+
+def _label_rows(
+    file: str, rows: list[Row], items: dict[str, Item], problems: list[Problem]
+) -> None:
     """Media-level labels first, then event-level ones for media without their own."""
     own: dict[str, set[str]] = defaultdict(set)
     seen: set[str] = set()  # media with a media-level observation (even unknown)
     events: list[Row] = []
-    for line, row in observations.rows:
+    for line, row in rows:
         if row["observationLevel"] == "event":
             events.append((line, row))
             continue
@@ -160,7 +221,7 @@ def _label(observations: Table, items: dict[str, Item], problems: list[Problem])
                 continue  # a video's observation, or a problem the media table reports
             message = "a media-level observation has no mediaID"
             fix = "give it the mediaID it is about, or make it observationLevel=event"
-            problems.append(Problem(observations.name, message, fix, line, row["observationID"]))
+            problems.append(Problem(file, message, fix, line, row["observationID"]))
             continue
         seen.add(media_id)
         label = observation_label(row)
@@ -169,7 +230,7 @@ def _label(observations: Table, items: dict[str, Item], problems: list[Problem])
         items[media_id].event = items[media_id].event or row.get("eventID", "")
     for media_id, labels in own.items():
         items[media_id].labels |= labels
-    _label_events(observations.name, events, items, seen, problems)
+    _label_events(file, events, items, seen, problems)
 
 
 def _label_events(

@@ -43,6 +43,15 @@ def read_coco(
     return (None, problems) if problems else (data, [])
 
 
+def coco_images(file: str, doc: Any, problems: list[Problem]) -> list[Item]:
+    """The images of a COCO Camera Traps file, for labelling (annotations not needed)."""
+    if not isinstance(doc, dict) or not isinstance(doc.get("images"), list):
+        message = "is not a COCO Camera Traps file (it has no 'images' list)"
+        problems.append(Problem(file, message, "pass the COCO file with --annotations"))
+        return []
+    return list(_images(file, doc["images"], problems).values())
+
+
 def _has_sections(file: str, doc: Any, problems: list[Problem]) -> bool:
     if not isinstance(doc, dict):
         message = "is not a COCO Camera Traps file (an object of images, categories, annotations)"

@@ -19,10 +19,13 @@ import pandas as pd
 
 from camtrap.config import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS
 from camtrap.dataset.csvtable import Row
+from camtrap.dataset.media import is_uri
+from camtrap.dataset.media import local_path as media_local_path
 from camtrap.errors import DataError, Problem
 from camtrap.images import check_image, header_problem, read_image_bytes
 
 MIN_CLASSES = 2
+FAILED_COLUMNS = ["id", "filepath", "site", "event", "timestamp", "failure"]
 # Columns the pipeline writes beside the class columns (the labels frame, split.csv,
 # predictions/val.csv, stages.split_items): a class with one of these names would collide
 # with them after training, so validation refuses it.
@@ -62,6 +65,9 @@ class FeatureData:
     root: Path
     frame: pd.DataFrame  # id, filepath, path (absolute), site ("" when absent), sha256
     fingerprint: str  # sha256 over the CSV's bytes and every image's sha256 (by id)
+    # photos that could not be read (id, filepath, site, event, timestamp, failure: why): not
+    # labelled, listed in the outputs
+    failed: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=FAILED_COLUMNS))
 
 
 @dataclass(frozen=True)
@@ -132,9 +138,12 @@ def feature_row_problems(
 # Asked twice per row (row checks, then image reads): remembered, as are the root's own paths.
 @functools.lru_cache(maxsize=1 << 17)
 def filepath_problem(root: Path, filepath: str) -> str | None:
-    """Why `filepath` may not be used (empty, absolute, leaving the root), or None."""
+    """Why `filepath` may not be used (empty, absolute, leaving the root), or None. A URI
+    (camtrap.dataset.media: a Camtrap DP filePath) is checked by its reader."""
     if not filepath:
         return "filepath is empty"
+    if is_uri(filepath):
+        return None
     if Path(filepath).is_absolute():
         return f"filepath {filepath!r} is absolute"
     lexical = image_path(root, filepath)
@@ -156,7 +165,10 @@ def _real(root: Path) -> Path:
 
 
 def image_path(root: Path, filepath: str) -> Path:
-    """The absolute path of an image, `..` collapsed, links inside the root left as they are."""
+    """The absolute path of an image, `..` collapsed, links inside the root left as they are;
+    for a URI, where its bytes are on this machine (camtrap.dataset.media)."""
+    if is_uri(filepath):
+        return media_local_path(filepath)
     return Path(os.path.normpath(_absolute(root) / filepath))
 
 

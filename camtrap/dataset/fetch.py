@@ -10,7 +10,8 @@ import csv
 import json
 from pathlib import Path
 
-from camtrap.config import DATAPACKAGE_JSON, FEATURES_CSV, LABELS_CSV, DataConfig
+from camtrap.config import DATAPACKAGE_JSON, FEATURES_CSV, LABELS_CSV, DataConfig, PredictOptions
+from camtrap.dataset.media import is_uri
 
 # mirror.fetch_files by attribute, so a fault test can replace it for every caller
 from camtrap.storage import StorageNotFound, join, list_files, mirror
@@ -70,7 +71,8 @@ def listed_images(root: Path, data_uri: str, data: DataConfig) -> list[str]:
         return _json_list(root / annotations_file(root, data), "images", "file_name")
     if fmt == "camtrap-dp":
         media = [p for p in table_names(root) if Path(p).stem == "media"]
-        return _csv_column(root / media[0], "filePath") if media else []
+        paths = _csv_column(root / media[0], "filePath") if media else []
+        return [p for p in paths if not is_uri(p)]  # URIs: fetched by the reader
     return sorted(n for n in list_files(data_uri) if "/" in n and is_image_name(n))
 
 
@@ -111,6 +113,44 @@ def fetch_data(data_uri: str, cache_dir: str | Path, data: DataConfig) -> Path:
     """The local root of the labelled dataset at `data_uri`, in any format."""
     root = fetch_metadata(data_uri, cache_dir, data).root
     mirror.fetch_files(data_uri, listed_images(root, data_uri, data), cache_dir)
+    return root
+
+
+def photo_listing_names(data_uri: str, options: PredictOptions) -> list[str]:
+    """The files that list the photos of `options.input` (resolved): the features CSV, the COCO
+    file, datapackage.json (its tables follow), none for a folder (the listing is the list)."""
+    if options.input == "conservision":
+        return [options.features_csv]
+    if options.input == "coco":
+        return [options.annotations or "annotations.json"]
+    return [DATAPACKAGE_JSON] if options.input == "camtrap-dp" else []
+
+
+def fetch_photos(data_uri: str, cache_dir: str | Path, options: PredictOptions) -> Path:
+    """The local root of the photos to label at `data_uri`: what lists them, then the photos
+    (for a folder: every image under it, hidden ones left out)."""
+    from camtrap.dataset.folders import is_image_name
+
+    if options.input == "conservision":
+        return fetch_dataset(data_uri, cache_dir, options.features_csv, labels_csv=None)
+    names = photo_listing_names(data_uri, options)
+    report = mirror.fetch_files(data_uri, names, cache_dir)
+    if report.missing:
+        raise StorageNotFound(
+            f"{join(data_uri, report.missing[0])} does not exist — fix: put it there, or choose "
+            "the photos with --input folder|coco|camtrap-dp|conservision (and --annotations)"
+        )
+    root = report.root
+    if options.input == "camtrap-dp":
+        mirror.fetch_files(data_uri, table_names(root), cache_dir)
+        media = [p for p in table_names(root) if Path(p).stem == "media"]
+        photos = _csv_column(root / media[0], "filePath") if media else []
+    elif options.input == "coco":
+        photos = _json_list(root / names[0], "images", "file_name")
+    else:
+        photos = sorted(n for n in list_files(data_uri) if is_image_name(n)
+                        and not any(part.startswith(".") for part in n.split("/")))  # fmt: skip
+    mirror.fetch_files(data_uri, [p for p in photos if not is_uri(p)], cache_dir)
     return root
 
 

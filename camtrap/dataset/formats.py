@@ -105,7 +105,7 @@ def validate_data(
             return None, err.problems
         return read_coco(root, annotations, data.multi_label, checked, workers, limits)
     if fmt == "camtrap-dp":
-        return read_package(root, data.multi_label, checked, workers, limits)
+        return read_package(root, data.multi_label, checked, workers, limits, data.allow_http)
     return read_folders(root, data.multi_label, checked, workers, limits)
 
 

@@ -127,15 +127,20 @@ def _located(problem: Problem, where: dict[tuple[str, int | None], Item]) -> Pro
 def _fingerprint(
     sources: Sources, image_hashes: dict[str, str], classes: list[str], multi_label: str
 ) -> str:
-    """sha256 over the source files' bytes, each image's sha256 (by id), the classes and the
-    multi-label rule (it decides which images are in)."""
+    """The source files, each image's sha256, the classes and the multi-label rule (it decides
+    which images are in)."""
+    return fingerprint_of(sources.files, image_hashes, classes=classes, multi_label=multi_label)
+
+
+def fingerprint_of(files: dict[str, bytes], image_hashes: dict[str, str], **settings: Any) -> str:
+    """sha256 over the source files' bytes (by name), each image's sha256 (by id) and
+    `settings`: changes exactly when the data does."""
     content = {
-        "files": {name: hashlib.sha256(raw).hexdigest() for name, raw in sources.files.items()},
+        "files": {name: hashlib.sha256(raw).hexdigest() for name, raw in files.items()},
         "images": sorted(image_hashes.items()),
-        "classes": classes,
-        "multi_label": multi_label,
+        **settings,
     }
-    return hashlib.sha256(json.dumps(content).encode()).hexdigest()
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
 
 def read_json(root: Path, name: str, problems: list[Problem]) -> tuple[bytes, Any] | None:

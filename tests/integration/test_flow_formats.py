@@ -36,6 +36,10 @@ def test_the_flow_trains_on_each_format_from_s3(
     assert info["classes"] == ENA24_CLASSES
     assert info["counts"] == {"train": 15, "val": 6}
     assert info["config"]["data"]["format"] == "auto"
+    # COCO seq_id and Camtrap DP eventID: val per event too (class folders have no events)
+    has_events = fmt != "folders"
+    assert storage.exists(f"{state.result()}/metrics/events.csv") == has_events
+    assert [r["rule"] for r in info.get("events", [])] == (["mean", "max-animal"] * has_events)
 
     again = train_swin(data_uri, output_uri, "smoke", config, return_state=True)
     assert again.result() == state.result()

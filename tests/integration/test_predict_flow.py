@@ -190,6 +190,7 @@ def test_publish_moves_latest_json_and_predict_swin_labels_new_photos_on_s3(
     record = read_run(state.state_details.flow_run_id)
     assert record.tasks == {
         "resolve-model": ["Completed"],
+        "resolve-input": ["Completed"],
         "fetch-features": ["Completed"],
         "fetch-images": ["Completed"],
         "validate-features": ["Completed"],
@@ -220,6 +221,49 @@ def test_publish_moves_latest_json_and_predict_swin_labels_new_photos_on_s3(
     args = ["--data", data_uri, "--out", output_uri, "--stage", "smoke", "--features", "no.csv"]
     assert predict_main(args) == 2
     assert f"error: {data_uri}/no.csv does not exist — fix: " in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_the_flow_labels_a_package_and_a_cards_folder_from_s3(
+    s3_server, trained, ena24_root, tmp_path, read_run
+):
+    """Camtrap DP in and out, and a folder of photos to MegaDetector JSON, both from S3."""
+    from fixtures.formats import to_camtrap_dp
+
+    from camtrap.dataset.camtrapdp import resource_paths
+    from camtrap.dataset.dpschema import schema_problems
+    from camtrap.outputs.megadetector import read_megadetector
+
+    output_uri = f"s3://{s3_server.new_bucket('runs')}/runs"
+    model_uri = str(trained / "final_mobilenet_v3_small_model_smoke_best.pth")
+    package = to_camtrap_dp(ena24_root, tmp_path / "package")
+    data_uri = s3_server.upload_tree(package, s3_server.new_bucket("dp"), "pkg")
+    state = predict_swin(data_uri, output_uri, model_uri, format="camtrap-dp", return_state=True)
+    assert state.is_completed(), state.message
+    uri = state.result()
+    assert uri.startswith(f"{output_uri}/predictions/") and uri.endswith("-camtrap-dp")
+    assert "fetch-photos" in read_run(state.state_details.flow_run_id).tasks
+    local = tmp_path / "downloaded"
+    bucket, key = storage_uris.split_s3(uri)
+    for name in s3_server.keys(bucket):
+        if name.startswith(key + "/"):
+            target = local / name[len(key) + 1 :]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(storage.read_bytes(f"s3://{bucket}/{name}"))
+    assert schema_problems(local, resource_paths(local, [])) == []
+    observations = pd.read_csv(local / "observations.csv", dtype=str, keep_default_na=False)
+    machine = observations[observations["classificationMethod"] == "machine"]
+    assert (machine["observationLevel"] == "media").sum() == 21
+    assert len(list((local / "media").glob("*.jpg"))) == 21  # the package opens as it is
+
+    card = s3_server.upload_tree(ena24_root / "train_features", s3_server.new_bucket("card"), "c")
+    state = predict_swin(card, output_uri, model_uri, input="folder", format="megadetector",
+                         return_state=True)  # fmt: skip
+    assert state.is_completed(), state.message
+    md = tmp_path / "md.json"
+    md.write_bytes(storage.read_bytes(state.result()))
+    images = read_megadetector(md)
+    assert len(images) == 21 and all(len(i.detections) == 1 for i in images)
 
 
 def _failing_push(local_dir, run_uri):

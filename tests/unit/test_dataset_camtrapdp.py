@@ -128,9 +128,15 @@ def test_the_descriptor_is_checked_against_the_profile(package):
     assert messages[0] == "has no 'observations' resource with a 'path'"
 
 
-def test_a_url_file_path_is_refused_with_the_fix(package):
+def test_a_url_file_path_needs_allow_http_and_says_so(package):
     media = _rows(package, "media")
     media[0]["filePath"] = "https://example.org/a.jpg"
     write_table(package / "media.csv", "media", media)
-    _, problems = validate_data(package, DP)
-    assert any("filePath 'https://example.org/a.jpg' is a URL" in p.message for p in problems)
+    _, problems = validate_data(package, DP)  # nothing is fetched: the setting is off
+    (problem,) = problems
+    assert (problem.file, problem.line, problem.id) == ("media.csv", 2, media[0]["mediaID"])
+    assert problem.message == (
+        "filePath 'https://example.org/a.jpg' is an http(s) URL, fetched only with "
+        "data.allow_http=true"
+    )
+    assert problem.fix.startswith("set data.allow_http=true")

@@ -6,6 +6,8 @@ Also the features-only loader. (The latest-run pointer: test_latest.py.)"""
 
 from __future__ import annotations
 
+import csv
+import json
 import shutil
 from pathlib import Path
 
@@ -13,6 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from fixtures.formats import to_camtrap_dp, to_coco
 
 from camtrap import imagecache, latest, runfolder
 from camtrap.cli import main
@@ -21,6 +24,7 @@ from camtrap.demo import SEED_CLASSES
 from camtrap.errors import DataError
 from camtrap.modelfile import ModelMeta, model_file_dict
 from camtrap.models import build_model, load_model
+from camtrap.outputs.megadetector import read_megadetector
 from camtrap.predict import prediction_name
 from camtrap.report import class_counts, least_confident
 
@@ -64,10 +68,13 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
     return np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
 
 
-def reference_probs(model_path: Path, root: Path, mirror: bool = False) -> np.ndarray:
-    """softmax of the model on every photo: decoded, resized to 32, /255, normalised here."""
+def reference_probs(model_path: Path, root: Path, mirror: bool = False,
+                    filepaths: list[str] | None = None) -> np.ndarray:  # fmt: skip
+    """softmax of the model on every photo (of test_features.csv, or `filepaths`): decoded,
+    resized to 32, /255, normalised here."""
     model, _ = load_model(model_path)
-    filepaths = pd.read_csv(root / "test_features.csv", dtype=str)["filepath"]
+    if filepaths is None:
+        filepaths = pd.read_csv(root / "test_features.csv", dtype=str)["filepath"].tolist()
     pixels = np.stack([imagecache.decode_resized(root / path, 32) for path in filepaths])
     if mirror:
         pixels = pixels[:, :, ::-1]  # (n, height, width, 3): left-right
@@ -239,3 +246,97 @@ def test_prediction_names_keep_options_and_models_apart():
         prediction_name("f00d", "hflip", False, "final_swin_t_model_part1_best_logloss.pth")
         == "f00d-final_swin_t_model_part1_best_logloss-hflip-uncalibrated.csv"
     )
+
+
+# --- the field's formats in and out (ena24_mini converted by tests/fixtures/formats.py) -------
+
+
+@pytest.fixture(scope="module")
+def card(tmp_path_factory, ena24_root) -> Path:
+    """A memory card's folder: the ena24_mini photos in two nested folders, a hidden file the
+    camera wrote, a note, and one photo that is cut short (a camera's failed write)."""
+    root = tmp_path_factory.mktemp("card")
+    for i, path in enumerate(sorted((ena24_root / "train_features").glob("*.jpg"))):
+        target = root / f"DCIM/10{i % 2}CAMERA" / path.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, target)
+    (root / "DCIM/.thumb.jpg").write_bytes(b"not a photo")
+    (root / "notes.txt").write_text("site 4, May")
+    broken = root / "DCIM/100CAMERA/broken.jpg"
+    broken.write_bytes(next(root.glob("DCIM/100CAMERA/*.jpg")).read_bytes()[:300])
+    return root
+
+
+def test_a_cards_folder_to_megadetector_json_lists_the_broken_photo(model_file, card, tmp_path):
+    out = tmp_path / "md.json"
+    assert _predict(model_file, card, out, "--input", "folder", "--format", "megadetector") == 0
+    images = read_megadetector(out)
+    files = [i.file for i in images]
+    readable = sorted(p.relative_to(card).as_posix() for p in card.rglob("ENA24_*.jpg"))
+    assert files == [*readable, "DCIM/100CAMERA/broken.jpg"]  # sorted; the hidden file left out
+    assert images[-1].failure and "broken.jpg" in images[-1].failure
+    expected = reference_probs(model_file, card, filepaths=readable)
+    expected = _softmax(np.log(expected) / TEMPERATURE)  # the model file's temperature
+    for image, probs in zip(images, expected, strict=False):
+        (det,) = image.detections
+        top = np.argsort(-probs)[:5]
+        assert [name for name, _ in det.classifications] == [SEED_CLASSES[i] for i in top]
+        np.testing.assert_allclose([p for _, p in det.classifications], probs[top], atol=2e-6)
+    assert not (tmp_path / "md.events.csv").exists()  # a folder's photos have no events
+
+
+def test_auto_labels_every_image_when_there_is_no_features_csv(model_file, card, tmp_path):
+    out = tmp_path / "p.csv"
+    assert _predict(model_file, card, out) == 0
+    frame = pd.read_csv(out, dtype=str, keep_default_na=False)
+    assert frame["id"].tolist()[-1] == "DCIM/100CAMERA/broken.jpg"
+    assert frame["failure"].tolist().count("") == len(frame) - 1
+
+
+def test_a_coco_file_gives_csv_with_events_per_sequence(model_file, ena24_root, tmp_path):
+    root = to_coco(ena24_root, tmp_path / "coco", name="cct.json")
+    out = tmp_path / "p.csv"
+    assert _predict(model_file, root, out, "--input", "coco", "--annotations", "cct.json",
+                    "--event-rule", "max-animal") == 0  # fmt: skip
+    frame = pd.read_csv(out, dtype={"id": str})
+    doc = json.loads((root / "cct.json").read_text())
+    assert frame["id"].tolist() == [str(image["id"]) for image in doc["images"]]
+    events = pd.read_csv(tmp_path / "p.events.csv", dtype={"event": str})
+    seq = pd.Series({str(i["id"]): i["seq_id"] for i in doc["images"]})
+    assert sorted(events["event"]) == sorted(seq.unique())
+    assert events["frames"].sum() == len(frame)
+    # max-animal on classes without a blank one: the most confident frame of the event
+    first = events.iloc[0]
+    frames = frame[frame["id"].map(seq) == first["event"]][list(SEED_CLASSES)].to_numpy()
+    best = frames[frames.max(axis=1).argmax()]
+    np.testing.assert_allclose(first[list(SEED_CLASSES)].to_numpy(float), best, atol=1e-12)
+
+
+def test_a_camtrap_dp_package_gets_machine_observations(model_file, ena24_root, tmp_path):
+    from camtrap.dataset.camtrapdp import resource_paths
+    from camtrap.dataset.dpschema import schema_problems
+
+    root = to_camtrap_dp(ena24_root, tmp_path / "package")
+    out = tmp_path / "labelled"
+    assert _predict(model_file, root, out, "--format", "camtrap-dp") == 0  # auto: the package
+    assert schema_problems(out, resource_paths(out, [])) == []
+    with (out / "observations.csv").open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    machine = [r for r in rows if r["classificationMethod"] == "machine"]
+    media = [r for r in machine if r["observationLevel"] == "media"]
+    assert len(media) == 21
+    assert {r["classifiedBy"].split()[:2][1] for r in machine} == {"0.1.0"}
+    sha = __import__("hashlib").sha256(model_file.read_bytes()).hexdigest()[:12]
+    assert machine[0]["classifiedBy"] == f"camtrap 0.1.0 {sha}"
+    assert {r["observationLevel"] for r in machine} == {"media", "event"}  # events: eventIDs
+
+
+def test_camtrap_dp_output_from_a_folder_is_refused_before_any_work(model_file, card, tmp_path):
+    out = tmp_path / "pkg"
+    assert _predict(model_file, card, out, "--input", "folder", "--format", "camtrap-dp") == 2
+    assert not out.exists()
+
+
+def test_prediction_names_follow_the_format():
+    assert prediction_name("f00d", fmt="megadetector") == "f00d.json"
+    assert prediction_name("f00d", "hflip", fmt="camtrap-dp") == "f00d-hflip-camtrap-dp"

@@ -8,6 +8,7 @@ from fixtures.run_json import RETRAIN_A, RETRAIN_B, TRAINING_C
 from camtrap.report import (
     best_models_lines,
     calibration_lines,
+    event_lines,
     per_site_lines,
     run_summary,
     tta_lines,
@@ -210,3 +211,15 @@ def test_summary_tables_of_calibration_tta_and_sites_worst_first():
         "| S1 | 4 | 1.0000 | 0.1000 |",
     ]
     assert calibration_lines({}) == tta_lines({}) == per_site_lines({}) == []
+
+
+def test_val_by_event_table_follows_run_json():
+    info = {"events": [
+        {"rule": "mean", "events": 4, "images": 11, "accuracy": 0.75, "log_loss": 0.5},
+        {"rule": "max-animal", "events": 4, "images": 11, "accuracy": 1.0, "log_loss": 0.25},
+    ]}  # fmt: skip
+    assert event_lines(info)[4:6] == [
+        "| mean | 4 | 11 | 0.7500 | 0.5000 |",
+        "| max-animal | 4 | 11 | 1.0000 | 0.2500 |",
+    ]
+    assert event_lines({}) == []
