@@ -76,6 +76,28 @@ def check_image(
     return None
 
 
+# EXIF: the Exif IFD, and in it when the shutter fired (and that clock's UTC offset); the main
+# IFD's DateTime (when the file was written) is the fallback cameras without the IFD give.
+_EXIF_IFD, _DATETIME_ORIGINAL, _OFFSET_ORIGINAL, _DATETIME = 0x8769, 0x9003, 0x9011, 0x0132
+
+
+def capture_time(path: str | Path) -> str:
+    """When the photo was taken, from its EXIF (ISO 8601, with the UTC offset when the camera
+    wrote one), or "" when the file has none. Reads the header only."""
+    try:
+        with Image.open(path) as image:
+            exif = image.getexif()
+            ifd = exif.get_ifd(_EXIF_IFD)
+    except (OSError, ValueError, SyntaxError):
+        return ""
+    stamp = str(ifd.get(_DATETIME_ORIGINAL) or exif.get(_DATETIME) or "").strip("\x00 ")
+    if len(stamp) < 19 or stamp[4] != ":" or stamp[10] != " ":
+        return ""  # not EXIF's "YYYY:MM:DD HH:MM:SS" (unset clocks write blanks or zeros)
+    iso = f"{stamp[:4]}-{stamp[5:7]}-{stamp[8:10]}T{stamp[11:19]}"
+    offset = str(ifd.get(_OFFSET_ORIGINAL) or "").strip("\x00 ")
+    return iso + offset if len(offset) == 6 and offset[0] in "+-" else iso
+
+
 def header_problem(data: bytes, name: str, max_pixels: int) -> Problem | None:
     """What the image's header alone tells is wrong, before any pixel is decoded: more than
     `max_pixels` pixels, a decompression bomb by PIL's own limit, or not an image at all (the

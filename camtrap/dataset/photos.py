@@ -27,6 +27,7 @@ from camtrap.dataset.contract import (
 from camtrap.dataset.csvtable import Row
 from camtrap.dataset.records import Item, fingerprint_of, read_json
 from camtrap.errors import DataError, Problem
+from camtrap.images import capture_time
 
 
 def resolve_input(data_uri: str | Path, input: str, features_csv: str,
@@ -100,12 +101,7 @@ def _items(
 ) -> tuple[str, list[Item], dict[str, bytes]]:
     """(the file that lists them, the photos, the source files' bytes)."""
     if input == "folder":
-        names = all_images(root)
-        if not names:
-            fix = f"put the photos ({', '.join(IMAGE_SUFFIXES)}) in the folder, at any depth"
-            problems.append(Problem(str(root), "holds no image", fix))
-        items = [Item(file=str(root), line=None, id=name, filepath=name) for name in names]
-        return str(root), items, {"images": "\n".join(names).encode()}
+        return _folder_items(root, problems)
     if input == "coco":
         return _coco_items(root, annotations, problems)
     if input == "camtrap-dp":
@@ -113,6 +109,22 @@ def _items(
     raise DataError(
         [Problem(str(root), f"unknown input {input!r}", f"use one of {', '.join(PREDICT_INPUTS)}")]
     )
+
+
+def _folder_items(root: Path, problems: list[Problem]) -> tuple[str, list[Item], dict[str, bytes]]:
+    """Every image under `root`; a photo's site is its folder (a camera's card or its site
+    folder), its timestamp the EXIF capture time, so a card's bursts become events."""
+    names = all_images(root)
+    if not names:
+        fix = f"put the photos ({', '.join(IMAGE_SUFFIXES)}) in the folder, at any depth"
+        problems.append(Problem(str(root), "holds no image", fix))
+    items = [
+        Item(file=str(root), line=None, id=name, filepath=name,
+             site=name.rsplit("/", 1)[0] if "/" in name else "",
+             timestamp=capture_time(root / name))
+        for name in names
+    ]  # fmt: skip
+    return str(root), items, {"images": "\n".join(names).encode()}
 
 
 def _coco_items(

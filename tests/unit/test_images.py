@@ -10,7 +10,14 @@ import pytest
 from PIL import Image, ImageFile
 
 from camtrap.errors import DataError
-from camtrap.images import check_image, header_problem, open_rgb, read_image_bytes, to_rgb
+from camtrap.images import (
+    capture_time,
+    check_image,
+    header_problem,
+    open_rgb,
+    read_image_bytes,
+    to_rgb,
+)
 
 # Conversions must not lean on PIL warnings (e.g. "Palette images with Transparency expressed in
 # bytes should be converted to RGBA images"): those mean a mode was handled the wrong way.
@@ -353,3 +360,25 @@ def _problem_with(call):
         call()
     assert len(caught.value.problems) == 1
     return caught.value.problems[0]
+
+
+def _jpeg_with_exif(path: Path, main: dict, exif_ifd: dict) -> Path:
+    exif = Image.Exif()
+    exif.update(main)
+    if exif_ifd:
+        exif.get_ifd(0x8769).update(exif_ifd)
+    Image.new("RGB", (8, 8)).save(path, exif=exif.tobytes())
+    return path
+
+
+def test_capture_time_from_exif(tmp_path, ena24_root):
+    # what a Reconyx wrote (ena24_mini): DateTimeOriginal, no offset
+    assert capture_time(ena24_root / "train_features" / "ENA24_00049.jpg") == "2016-03-24T10:30:12"
+    with_offset = _jpeg_with_exif(tmp_path / "a.jpg", {0x0132: "2024:05:01 09:00:00"},
+                                  {0x9003: "2024:05:01 10:00:05", 0x9011: "+02:00"})  # fmt: skip
+    assert capture_time(with_offset) == "2024-05-01T10:00:05+02:00"  # shutter time, not DateTime
+    only_datetime = _jpeg_with_exif(tmp_path / "b.jpg", {0x0132: "2024:05:01 09:00:00"}, {})
+    assert capture_time(only_datetime) == "2024-05-01T09:00:00"
+    unset = _jpeg_with_exif(tmp_path / "c.jpg", {}, {0x9003: "    :  :     :  :  "})
+    assert capture_time(unset) == ""
+    assert capture_time(tmp_path / "missing.jpg") == ""

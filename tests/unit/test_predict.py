@@ -282,7 +282,37 @@ def test_a_cards_folder_to_megadetector_json_lists_the_broken_photo(model_file, 
         top = np.argsort(-probs)[:5]
         assert [name for name, _ in det.classifications] == [SEED_CLASSES[i] for i in top]
         np.testing.assert_allclose([p for _, p in det.classifications], probs[top], atol=2e-6)
-    assert not (tmp_path / "md.events.csv").exists()  # a folder's photos have no events
+    # one photo has EXIF (ENA24_00049, a Reconyx's): a one-frame event of its folder
+    folder = next(f for f in readable if "ENA24_00049" in f).rsplit("/", 1)[0]
+    events = pd.read_csv(tmp_path / "md.events.csv", dtype=str)
+    assert events[["event", "site", "frames"]].values.tolist() == [
+        [f"{folder}@2016-03-24T10:30:12", folder, "1"]
+    ]
+
+
+def test_a_cards_bursts_are_events_from_exif_times(model_file, tmp_path):
+    """Five photos of one folder: three 2 s apart (one burst), then two 5 min later."""
+    from PIL import Image
+
+    card = tmp_path / "card" / "100RECNX"
+    card.mkdir(parents=True)
+    stamps = ["10:00:00", "10:00:02", "10:00:04", "10:05:00", "10:05:02"]
+    for i, stamp in enumerate(stamps):
+        exif = Image.Exif()
+        exif.get_ifd(0x8769)[0x9003] = f"2024:05:01 {stamp}"
+        Image.new("RGB", (40, 30), (40 * i, 90, 60)).save(card / f"IMG_{i:04d}.JPG",
+                                                          exif=exif.tobytes())  # fmt: skip
+    out = tmp_path / "p.csv"
+    assert _predict(model_file, tmp_path / "card", out, "--input", "folder") == 0
+    events = pd.read_csv(tmp_path / "p.events.csv", dtype={"frames": int})
+    assert events[["event", "site", "frames", "start", "end"]].values.tolist() == [
+        ["100RECNX@2024-05-01T10:00:00", "100RECNX", 3, "2024-05-01T10:00:00",
+         "2024-05-01T10:00:04"],
+        ["100RECNX@2024-05-01T10:05:00", "100RECNX", 2, "2024-05-01T10:05:00",
+         "2024-05-01T10:05:02"],
+    ]  # fmt: skip
+    burst = pd.read_csv(out).loc[:2, list(SEED_CLASSES)].mean().to_numpy()  # the mean rule
+    np.testing.assert_allclose(events.loc[0, list(SEED_CLASSES)].to_numpy(float), burst, atol=1e-12)
 
 
 def test_auto_labels_every_image_when_there_is_no_features_csv(model_file, card, tmp_path):
