@@ -239,16 +239,14 @@ def build_parser(add_commands: AddCommands | None = None) -> argparse.ArgumentPa
     p.add_argument(
         "--event-gap-s",
         type=float,
-        default=DEFAULT_EVENT_GAP_S,
         help="photos of one site this close (seconds) are one event, where the data has no "
-        "event ids",
+        f"event ids (default: the model's run's predict.event_gap_s, {DEFAULT_EVENT_GAP_S:g})",
     )
     p.add_argument(
         "--event-rule",
-        default="mean",
         choices=EVENT_RULES,
         help="an event's prediction: the mean of its photos', or the most confident non-blank "
-        "photo's (max-animal)",
+        "photo's (max-animal); default: the model's run's predict.event_rule (mean)",
     )
     p.add_argument(
         "--tta",

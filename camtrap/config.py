@@ -214,6 +214,16 @@ class AugmentConfig(_Section):
         return pair
 
 
+class PredictConfig(_Section):
+    """How photos make events (camtrap.events): frames of one site less than event_gap_s apart
+    are one event where the data gives no event ids; an event's prediction is the mean of its
+    frames', or (max-animal) its most confident non-blank frame's. A run scores its val events
+    with these (metrics/events.csv) and `camtrap predict` with its model uses them."""
+
+    event_gap_s: float = Field(DEFAULT_EVENT_GAP_S, gt=0)
+    event_rule: Literal["mean", "max-animal"] = "mean"
+
+
 class PredictOptions(_Section):
     """What `camtrap predict` and the predict-swin flow label and write. input auto: the
     features CSV when the data root has it (today's behaviour), else a Camtrap DP package, the
@@ -226,11 +236,9 @@ class PredictOptions(_Section):
     # A CSV (class, scientificName) naming the classes in Camtrap DP output; None: the class names
     taxonomy: str | None = None
     allow_http: bool = False  # fetch Camtrap DP media named by http(s) URL (data.allow_http)
-    # Frames of one site less than event_gap_s apart are one event where the data gives no event
-    # ids; an event's prediction is the mean of its frames', or (max-animal) its most confident
-    # non-blank frame's.
-    event_gap_s: float = Field(DEFAULT_EVENT_GAP_S, gt=0)
-    event_rule: Literal["mean", "max-animal"] = "mean"
+    # None: the model's run's predict.event_gap_s / predict.event_rule (PredictConfig)
+    event_gap_s: float | None = Field(None, gt=0)
+    event_rule: Literal["mean", "max-animal"] | None = None
 
 
 class OutputConfig(_Section):
@@ -242,6 +250,7 @@ class RunConfig(_Section):
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     augment: AugmentConfig = AugmentConfig()
+    predict: PredictConfig = PredictConfig()
     output: OutputConfig = OutputConfig()
 
     @model_validator(mode="after")

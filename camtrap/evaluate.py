@@ -29,7 +29,7 @@ from camtrap.calibration import (
     fit_temperature,
     reliability_table,
 )
-from camtrap.config import DEFAULT_EVENT_GAP_S, RunConfig
+from camtrap.config import RunConfig
 from camtrap.device import Precision, precision_for, resolve_device
 from camtrap.engine import EpochOutputs, infer
 from camtrap.imagecache import Pack
@@ -178,9 +178,10 @@ def evaluate_on_val(
     per_site = per_site_metrics(best.out.targets, calibrated, val.items["site"].tolist())
     atomic_write_text(files.per_site_csv, per_site.to_csv(index=False))
     info = read_run_json(run_dir)
-    if events.has_events(val.items, DEFAULT_EVENT_GAP_S):
+    gap_s = config.predict.event_gap_s
+    if events.has_events(val.items, gap_s):
         per_event = events.event_metrics(val.items, best.out.targets, calibrated, val.classes,
-                                         DEFAULT_EVENT_GAP_S)  # fmt: skip
+                                         gap_s)  # fmt: skip
         atomic_write_text(files.events_csv, per_event.to_csv(index=False))
         info["events"] = per_event.to_dict("records")
         log.info("per event (val):\n%s", per_event.to_string(index=False))

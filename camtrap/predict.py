@@ -27,7 +27,7 @@ import torch
 
 from camtrap import events, imagecache, outputs, storage
 from camtrap.calibration import apply_temperature
-from camtrap.config import TTA_CHOICES, PredictOptions
+from camtrap.config import TTA_CHOICES, PredictConfig, PredictOptions
 from camtrap.dataset import FeatureData, ImageLimits, fetch_dataset, load_features
 from camtrap.dataset.fetch import fetch_photos
 from camtrap.dataset.photos import load_photos, resolve_input
@@ -267,18 +267,25 @@ def labelled(result: Predictions, options: PredictOptions) -> outputs.Labelled:
     """What the outputs write: the predictions, the photos, the failures and, where the photos
     have events, each event's prediction (options.event_rule over frames event_gap_s apart)."""
     classes = list(result.meta.classes)
+    gap_s, rule = event_settings(options, result.meta)
     photos = _with_event_columns(result.photos)
-    photos = photos.assign(event=events.event_ids(photos, options.event_gap_s).to_numpy())
+    photos = photos.assign(event=events.event_ids(photos, gap_s).to_numpy())
     table = None
-    if events.has_events(photos, options.event_gap_s):
+    if events.has_events(photos, gap_s):
         probs = result.frame[classes].to_numpy()
-        table = events.events_table(photos, probs, classes, options.event_rule,
-                                    options.event_gap_s)  # fmt: skip
+        table = events.events_table(photos, probs, classes, rule, gap_s)
     return outputs.Labelled(
         probs=result.frame, photos=photos, classes=classes,
         model_name=Path(result.model_uri).name, model_sha256=result.model_sha256,
         failed=result.failed, events=table,
     )  # fmt: skip
+
+
+def event_settings(options: PredictOptions, meta: ModelMeta) -> tuple[float, str]:
+    """(gap, rule): the options', else the model's run's predict section, else the defaults."""
+    saved = meta.config.get("predict", {}) if isinstance(meta.config, dict) else {}
+    run = PredictConfig(**{k: v for k, v in saved.items() if k in PredictConfig.model_fields})
+    return (options.event_gap_s or run.event_gap_s, options.event_rule or run.event_rule)
 
 
 def _with_event_columns(photos: pd.DataFrame) -> pd.DataFrame:

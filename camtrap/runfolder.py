@@ -238,6 +238,8 @@ NOT_IN_RUN_ID: dict[str, set[str]] = {
     # is. It changes the effective batch, yet a run killed on 2 GPUs must resume on 1 (or the
     # reverse) as the same run: state/last.pt holds nothing per process (camtrap.launch).
     "train": {"progress", "eval_batch_size", "compile", "nproc"},
+    # how val photos are grouped into events: metrics/events.csv only, not the model
+    "predict": {"event_gap_s", "event_rule"},
 }
 # What may differ when a run resumes: the settings above, the device it runs on (a run saved on
 # CPU goes on on a GPU, with AMP there) and train.epochs (grown: the run is extended).
@@ -315,6 +317,7 @@ def run_id_for(config: Any, data_fingerprint: str) -> str:
     dump = config.model_dump(mode="json", exclude=NOT_IN_RUN_ID)
     settings = settings_in_effect(dump)  # settings added later keep old ids
     settings.pop("output", None)
+    settings = {k: v for k, v in settings.items() if v != {}}  # a section left out whole
     digest = hashlib.sha256(
         json.dumps({"config": settings, "data": data_fingerprint}, sort_keys=True).encode()
     ).hexdigest()

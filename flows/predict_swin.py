@@ -19,7 +19,6 @@ from typing import Any, Literal
 from prefect import flow, get_run_logger
 
 from camtrap.config import (
-    DEFAULT_EVENT_GAP_S,
     EVENT_RULES,
     PREDICT_FORMATS,
     PREDICT_INPUTS,
@@ -50,8 +49,8 @@ def predict_swin(
     annotations: str | None = None,
     format: Literal["csv", "megadetector", "camtrap-dp"] = "csv",
     taxonomy: str | None = None,
-    event_gap_s: float = DEFAULT_EVENT_GAP_S,
-    event_rule: Literal["mean", "max-animal"] = "mean",
+    event_gap_s: float | None = None,
+    event_rule: Literal["mean", "max-animal"] | None = None,
 ) -> str:
     """Class probabilities for every photo at `data_uri` (`input`: the features CSV
     `features_csv`, every image under it, the COCO file `annotations` or a Camtrap DP package;
@@ -109,8 +108,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--annotations", help="the COCO Camera Traps JSON in --data")
     parser.add_argument("--format", default="csv", choices=PREDICT_FORMATS)
     parser.add_argument("--taxonomy", help="CSV class,scientificName (Camtrap DP output)")
-    parser.add_argument("--event-gap-s", type=float, default=DEFAULT_EVENT_GAP_S)
-    parser.add_argument("--event-rule", default="mean", choices=EVENT_RULES)
+    parser.add_argument("--event-gap-s", type=float, help="default: the model's run's")
+    parser.add_argument("--event-rule", choices=EVENT_RULES, help="default: the model's run's")
     parser.add_argument("--tta", default="none", choices=TTA_CHOICES)
     parser.add_argument("--no-calibration", action="store_true")
     parser.add_argument("--stage", default="part1", help="whose latest.json (without --model)")

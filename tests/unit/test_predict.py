@@ -370,3 +370,14 @@ def test_camtrap_dp_output_from_a_folder_is_refused_before_any_work(model_file, 
 def test_prediction_names_follow_the_format():
     assert prediction_name("f00d", fmt="megadetector") == "f00d.json"
     assert prediction_name("f00d", "hflip", fmt="camtrap-dp") == "f00d-hflip-camtrap-dp"
+
+
+def test_event_settings_come_from_the_options_else_the_models_run_else_defaults():
+    from camtrap.config import PredictOptions
+    from camtrap.predict import event_settings
+
+    meta = ModelMeta("resnet18", list(SEED_CLASSES), 32, MEAN, STD, epoch=3)
+    assert event_settings(PredictOptions(), meta) == (60.0, "mean")
+    meta.config = {"predict": {"event_gap_s": 5.0, "event_rule": "max-animal"}}
+    assert event_settings(PredictOptions(), meta) == (5.0, "max-animal")
+    assert event_settings(PredictOptions(event_gap_s=1.5), meta) == (1.5, "max-animal")
