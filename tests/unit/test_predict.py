@@ -381,3 +381,28 @@ def test_event_settings_come_from_the_options_else_the_models_run_else_defaults(
     meta.config = {"predict": {"event_gap_s": 5.0, "event_rule": "max-animal"}}
     assert event_settings(PredictOptions(), meta) == (5.0, "max-animal")
     assert event_settings(PredictOptions(event_gap_s=1.5), meta) == (1.5, "max-animal")
+
+
+def test_bad_input_in_any_format_is_exit_2_with_every_problem_and_nothing_written(
+    model_file, ena24_root, tmp_path, capsys
+):
+    root = to_coco(ena24_root, tmp_path / "coco", name="cct.json")
+    doc = json.loads((root / "cct.json").read_text())
+    doc["images"][0]["file_name"] = "../outside.jpg"
+    doc["images"][1]["id"] = doc["images"][2]["id"]
+    (root / "cct.json").write_text(json.dumps(doc))
+    out = tmp_path / "md.json"
+    args = ["--input", "coco", "--annotations", "cct.json", "--format", "megadetector"]
+    assert _predict(model_file, root, out, *args) == 2
+    err = capsys.readouterr().err
+    assert "cct.json" in err and "leads outside the data root" in err and "is repeated" in err
+    assert not out.exists()
+
+    package = to_camtrap_dp(ena24_root, tmp_path / "package")
+    media = (package / "media.csv").read_text().splitlines()
+    (package / "media.csv").write_text("\n".join([media[0], media[1].replace("image/jpeg", ""),
+                                                  *media[2:]]) + "\n")  # fmt: skip
+    out = tmp_path / "labelled"
+    assert _predict(model_file, package, out, "--format", "camtrap-dp") == 2
+    assert "media.csv, line 2" in capsys.readouterr().err
+    assert not out.exists()
