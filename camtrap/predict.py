@@ -18,6 +18,8 @@ time (`validate_photos`, `predict_features`, `write_outputs`)."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -151,9 +153,16 @@ def validate(
 ) -> FeatureData:
     """The features CSV and its images checked as for training (DataError with every problem);
     each image not in the image cache at `image_size` is decoded once here and kept there."""
+    with _decoding(image_size, image_cache) as decoder:
+        return load_features(root, features_csv, check=decoder, limits=limits or ImageLimits())
+
+
+@contextmanager
+def _decoding(image_size: int, image_cache: Path | None) -> Iterator[imagecache.Decoder]:
+    """The image cache's decoder as validation's image check: what it decoded is kept."""
     decoder = imagecache.Decoder(image_size, imagecache.store_dir(image_size, image_cache))
     try:
-        return load_features(root, features_csv, check=decoder, limits=limits or ImageLimits())
+        yield decoder
     finally:
         decoder.commit()
 
@@ -170,13 +179,10 @@ def validate_photos(
     features CSV has no place for one: there it is a problem, as before)."""
     if options.input == "conservision":
         return validate(root, options.features_csv, image_size, limits, image_cache)
-    decoder = imagecache.Decoder(image_size, imagecache.store_dir(image_size, image_cache))
-    try:
+    with _decoding(image_size, image_cache) as decoder:
         return load_photos(root, options.input, options.annotations, check=decoder,
                            limits=limits or ImageLimits(),
                            allow_http=options.allow_http)  # fmt: skip
-    finally:
-        decoder.commit()
 
 
 # --- the model on the images ---------------------------------------------------------------------

@@ -29,16 +29,21 @@ class Table:
     broken_ids: set[str] = field(default_factory=set)
 
 
-def read_table(root: Path, name: str, problems: list[Problem]) -> Table | None:
-    """Parse `root/name`; on failure append a Problem and return None."""
-    path = root / name
+def read_file(root: Path, name: str, problems: list[Problem]) -> bytes | None:
+    """The bytes of `root/name` (a dataset's CSV or JSON); on failure a Problem and None."""
     try:
-        raw = path.read_bytes()
+        return (root / name).read_bytes()
     except FileNotFoundError:
         problems.append(Problem(name, "file does not exist", f"put {name} in {root}"))
-        return None
     except OSError as err:
         problems.append(Problem(name, f"cannot be read: {err.strerror or err}", "check the file"))
+    return None
+
+
+def read_table(root: Path, name: str, problems: list[Problem]) -> Table | None:
+    """Parse `root/name`; on failure append a Problem and return None."""
+    raw = read_file(root, name, problems)
+    if raw is None:
         return None
     try:
         text = raw.decode("utf-8-sig")  # -sig: tolerate the BOM that Excel writes

@@ -23,7 +23,7 @@ from camtrap.dataset.contract import (
     labelled_frame,
     reserved_class_problems,
 )
-from camtrap.dataset.csvtable import Row
+from camtrap.dataset.csvtable import Row, read_file
 from camtrap.errors import Problem
 
 MULTI_LABEL_FIX = "keep one label per image, or set data.multi_label=drop to leave such images out"
@@ -145,14 +145,8 @@ def fingerprint_of(files: dict[str, bytes], image_hashes: dict[str, str], **sett
 
 def read_json(root: Path, name: str, problems: list[Problem]) -> tuple[bytes, Any] | None:
     """(bytes, parsed) of root/name; on failure a Problem and None."""
-    path = root / name
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        problems.append(Problem(name, "file does not exist", f"put {name} in {root}"))
-        return None
-    except OSError as err:
-        problems.append(Problem(name, f"cannot be read ({err.strerror})", "check the file"))
+    raw = read_file(root, name, problems)
+    if raw is None:
         return None
     try:
         return raw, json.loads(raw)

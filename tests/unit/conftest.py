@@ -1,7 +1,9 @@
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from fixtures.formats import to_camtrap_dp
 
 from camtrap.config import build_config
 
@@ -94,3 +96,15 @@ def make_finished_run_fixture():
         return run_dir
 
     return finished
+
+
+@pytest.fixture(scope="session")
+def package_once(ena24_root, tmp_path_factory) -> Path:
+    """ena24_mini as a Camtrap DP package (tests/fixtures/formats.py), converted once."""
+    return to_camtrap_dp(ena24_root, tmp_path_factory.mktemp("dp") / "package")
+
+
+@pytest.fixture
+def package(package_once, tmp_path) -> Path:
+    """A copy of that package a test may change."""
+    return Path(shutil.copytree(package_once, tmp_path / "package"))

@@ -5,13 +5,10 @@ line and fix."""
 
 from __future__ import annotations
 
-import csv
 import json
-import shutil
-from pathlib import Path
 
 import pytest
-from fixtures.formats import to_camtrap_dp, write_table
+from fixtures.formats import table_rows, write_table
 
 from camtrap.config import DataConfig
 from camtrap.dataset import load_data, validate_data
@@ -21,33 +18,18 @@ from camtrap.errors import DataError
 DP = DataConfig(format="camtrap-dp")
 
 
-@pytest.fixture(scope="module")
-def package_once(ena24_root, tmp_path_factory) -> Path:
-    return to_camtrap_dp(ena24_root, tmp_path_factory.mktemp("dp") / "package")
-
-
-@pytest.fixture
-def package(package_once, tmp_path) -> Path:
-    return Path(shutil.copytree(package_once, tmp_path / "package"))
-
-
-def _rows(root: Path, table: str) -> list[dict[str, str]]:
-    with (root / f"{table}.csv").open(newline="") as fh:
-        return list(csv.DictReader(fh))
-
-
 def test_media_level_observations_label_their_media(package):
     data = load_data(package, DP)
-    observations = {o["mediaID"]: o["scientificName"] for o in _rows(package, "observations")}
+    observations = {o["mediaID"]: o["scientificName"] for o in table_rows(package, "observations")}
     assert dict(zip(data.frame["id"], data.frame["label"], strict=True)) == observations
     assert set(data.frame["site"]) == {"ENA24"}
 
 
 def test_an_event_level_observation_labels_every_media_of_its_time_span(package):
-    media = _rows(package, "media")
+    media = table_rows(package, "media")
     frames = [m for m in media if m["timestamp"] <= "2024-05-01T06:00:04Z"]  # the first 3
     assert len(frames) == 3
-    observations = [o for o in _rows(package, "observations")
+    observations = [o for o in table_rows(package, "observations")
                     if o["mediaID"] not in {m["mediaID"] for m in frames}]  # fmt: skip
     # The same span in another time zone: 06:00:00Z..06:00:04Z is 08:00:00+02:00..08:00:04+02:00
     observations.append({
@@ -64,10 +46,10 @@ def test_an_event_level_observation_labels_every_media_of_its_time_span(package)
 
 
 def test_a_media_level_label_wins_over_its_event_and_unknowns_are_no_labels(package):
-    observations = _rows(package, "observations")
+    observations = table_rows(package, "observations")
     first, second = observations[0]["mediaID"], observations[1]["mediaID"]
     observations[1].update(observationType="unknown", scientificName="")
-    start = min(m["timestamp"] for m in _rows(package, "media"))
+    start = min(m["timestamp"] for m in table_rows(package, "media"))
     observations.append({
         "observationID": "e1", "deploymentID": "ENA24", "eventStart": start,
         "eventEnd": "2030-01-01T00:00:00Z", "observationLevel": "event",
@@ -83,14 +65,14 @@ def test_a_media_level_label_wins_over_its_event_and_unknowns_are_no_labels(pack
 
 
 def test_a_deployment_without_media_is_fine(package):
-    deployments = _rows(package, "deployments")
+    deployments = table_rows(package, "deployments")
     deployments.append({**deployments[0], "deploymentID": "EMPTY"})
     write_table(package / "deployments.csv", "deployments", deployments)
     assert len(load_data(package, DP).frame) == 21
 
 
 def test_two_different_species_on_one_media_follow_multi_label(package):
-    observations = _rows(package, "observations")
+    observations = table_rows(package, "observations")
     observations.append({**observations[0], "observationID": "extra", "scientificName": "Vulpes"})
     write_table(package / "observations.csv", "observations", observations)
     with pytest.raises(DataError, match=r"media.csv, line 2 \(id .*\): image media/.* has 2 "
@@ -101,10 +83,10 @@ def test_two_different_species_on_one_media_follow_multi_label(package):
 
 
 def test_schema_errors_are_problems_with_their_line(package):
-    observations = _rows(package, "observations")
+    observations = table_rows(package, "observations")
     observations[2]["observationType"] = "cat"
     write_table(package / "observations.csv", "observations", observations)
-    media = _rows(package, "media")
+    media = table_rows(package, "media")
     media[4]["deploymentID"] = "NOWHERE"
     write_table(package / "media.csv", "media", media)
     _, problems = validate_data(package, DP)
@@ -129,7 +111,7 @@ def test_the_descriptor_is_checked_against_the_profile(package):
 
 
 def test_a_url_file_path_needs_allow_http_and_says_so(package):
-    media = _rows(package, "media")
+    media = table_rows(package, "media")
     media[0]["filePath"] = "https://example.org/a.jpg"
     write_table(package / "media.csv", "media", media)
     _, problems = validate_data(package, DP)  # nothing is fetched: the setting is off

@@ -9,13 +9,12 @@ from __future__ import annotations
 import csv
 import functools
 import http.server
-import shutil
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fixtures.formats import to_camtrap_dp, write_table
+from fixtures.formats import write_table
 
 from camtrap.config import DataConfig
 from camtrap.dataset import ImageLimits, load_data, validate_data
@@ -27,16 +26,6 @@ DP = DataConfig(format="camtrap-dp")
 @pytest.fixture(autouse=True)
 def _own_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("CAMTRAP_CACHE_DIR", str(tmp_path / "cache"))
-
-
-@pytest.fixture(scope="module")
-def package_once(ena24_root, tmp_path_factory) -> Path:
-    return to_camtrap_dp(ena24_root, tmp_path_factory.mktemp("dp") / "package")
-
-
-@pytest.fixture
-def package(package_once, tmp_path) -> Path:
-    return Path(shutil.copytree(package_once, tmp_path / "package"))
 
 
 @pytest.fixture(scope="module")

@@ -5,16 +5,13 @@ camtrap's reader: people's labels first, the machine's where nobody labelled."""
 
 from __future__ import annotations
 
-import csv
 import json
-import shutil
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pytest
-from fixtures.formats import to_camtrap_dp, write_table
+from fixtures.formats import table_rows, write_table
 
 from camtrap.config import DataConfig
 from camtrap.dataset import load_data
@@ -26,25 +23,10 @@ DP = DataConfig(format="camtrap-dp")
 WHEN = datetime(2026, 12, 3, 12, 0, 0, tzinfo=UTC)
 
 
-@pytest.fixture(scope="module")
-def package_once(ena24_root, tmp_path_factory) -> Path:
-    return to_camtrap_dp(ena24_root, tmp_path_factory.mktemp("dp") / "package")
-
-
-@pytest.fixture
-def package(package_once, tmp_path) -> Path:
-    return Path(shutil.copytree(package_once, tmp_path / "package"))
-
-
-def _rows(root: Path, table: str) -> list[dict[str, str]]:
-    with (root / f"{table}.csv").open(newline="") as fh:
-        return list(csv.DictReader(fh))
-
-
 def _labelled(root: Path, predicted: dict[str, str], fail: str | None = None,
               with_events: bool = False) -> Labelled:  # fmt: skip
     """Each media predicted as `predicted[mediaID]` at 0.9 (the other classes share the rest)."""
-    media = _rows(root, "media")
+    media = table_rows(root, "media")
     classes = sorted(set(predicted.values()) | {"blank", "Other"})
     photos = pd.DataFrame({
         "id": [m["mediaID"] for m in media], "filepath": [m["filePath"] for m in media],
@@ -76,8 +58,8 @@ def _problems(root: Path) -> list:
 
 
 def test_the_package_with_machine_observations_validates_and_keeps_its_own(package, tmp_path):
-    before = _rows(package, "observations")
-    media = _rows(package, "media")
+    before = table_rows(package, "observations")
+    media = table_rows(package, "media")
     predicted = {m["mediaID"]: "Vulpes vulpes" for m in media}
     out = tmp_path / "out"
     taxonomy = {"Vulpes vulpes": "Vulpes vulpes"}
@@ -88,7 +70,7 @@ def test_the_package_with_machine_observations_validates_and_keeps_its_own(packa
         assert (out / name).read_bytes() == (package / name).read_bytes()
     for row in media:  # opens as it is: every media file at its filePath
         assert (out / row["filePath"]).read_bytes() == (package / row["filePath"]).read_bytes()
-    rows = _rows(out, "observations")
+    rows = table_rows(out, "observations")
     assert [{k: v for k, v in r.items() if v} for r in rows[: len(before)]] == [
         {k: v for k, v in r.items() if v} for r in before
     ]
@@ -112,10 +94,10 @@ def test_the_package_with_machine_observations_validates_and_keeps_its_own(packa
 
 
 def test_people_s_labels_win_on_read_back_and_the_machine_fills_the_rest(package, tmp_path):
-    human = {r["mediaID"]: r["scientificName"] for r in _rows(package, "observations")}
-    media = [m["mediaID"] for m in _rows(package, "media")]
+    human = {r["mediaID"]: r["scientificName"] for r in table_rows(package, "observations")}
+    media = [m["mediaID"] for m in table_rows(package, "media")]
     unreviewed = media[:5]  # nobody labelled these: their people's rows are removed
-    kept = [r for r in _rows(package, "observations") if r["mediaID"] not in unreviewed]
+    kept = [r for r in table_rows(package, "observations") if r["mediaID"] not in unreviewed]
     write_table(package / "observations.csv", "observations", kept)
     predicted = {m: "Canis lupus" for m in media}  # the machine says wolf everywhere
     out = tmp_path / "out"
@@ -127,22 +109,22 @@ def test_people_s_labels_win_on_read_back_and_the_machine_fills_the_rest(package
 
 
 def test_blank_predictions_are_blank_observations_without_a_name(package, tmp_path):
-    media = _rows(package, "media")
+    media = table_rows(package, "media")
     out = tmp_path / "out"
     write(_labelled(package, {m["mediaID"]: "blank" for m in media}), str(out), "camtrap-dp",
           package_root=package)  # fmt: skip
-    machine = [r for r in _rows(out, "observations") if r["classificationMethod"] == "machine"]
+    machine = [r for r in table_rows(out, "observations") if r["classificationMethod"] == "machine"]
     assert {(r["observationType"], r["scientificName"]) for r in machine} == {("blank", "")}
     assert _problems(out) == []
 
 
 def test_a_rerun_replaces_the_package_whole(package, tmp_path):
-    media = _rows(package, "media")
+    media = table_rows(package, "media")
     out = tmp_path / "out"
     for name in ("Vulpes vulpes", "Canis lupus"):
         write(_labelled(package, {m["mediaID"]: name for m in media}), str(out), "camtrap-dp",
               package_root=package)  # fmt: skip
-    names = {r["scientificName"] for r in _rows(out, "observations")
+    names = {r["scientificName"] for r in table_rows(out, "observations")
              if r["classificationMethod"] == "machine"}  # fmt: skip
     assert names == {"Canis lupus"}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "package"]  # no temp folders
