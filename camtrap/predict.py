@@ -379,6 +379,8 @@ def predict(
 
 
 def check_format(options: PredictOptions) -> None:
-    """ConfigError for an output the input cannot give, before any photo is read."""
+    """ConfigError for an output the input cannot give, or a --taxonomy that cannot be read,
+    before any photo is."""
     if options.format == "camtrap-dp" and options.input != "camtrap-dp":
         raise outputs.not_a_package(f"{options.input} photos")
+    outputs.read_taxonomy(options.taxonomy)

@@ -15,6 +15,7 @@ not at all (camtrap.storage)."""
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import pandas as pd
@@ -101,8 +102,6 @@ def read_taxonomy(uri: str | None) -> dict[str, str]:
     """class -> scientificName from a CSV with those two columns (None: no mapping)."""
     if uri is None:
         return {}
-    import io
-
     try:
         table = pd.read_csv(io.StringIO(storage.read_text(uri)), dtype=str, keep_default_na=False)
     except (OSError, ValueError) as err:

@@ -406,3 +406,12 @@ def test_bad_input_in_any_format_is_exit_2_with_every_problem_and_nothing_writte
     assert _predict(model_file, package, out, "--format", "camtrap-dp") == 2
     assert "media.csv, line 2" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_a_bad_taxonomy_is_refused_before_any_photo_is_read(model_file, card, tmp_path, capsys):
+    taxa = tmp_path / "taxa.csv"
+    taxa.write_text("name,latin\nfox,Vulpes vulpes\n")
+    out = tmp_path / "md.json"
+    assert _predict(model_file, card, out, "--input", "folder", "--taxonomy", str(taxa)) == 2
+    assert "has no column 'class'" in capsys.readouterr().err
+    assert not out.exists()
