@@ -22,8 +22,8 @@ from camtrap.config import (
     PREDICT_INPUTS,
     PRESETS,
     TEST_FEATURES_CSV,
-    PredictOptions,
     build_config,
+    predict_options,
 )
 from camtrap.errors import CamtrapError, ConfigError
 
@@ -119,11 +119,12 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
     # --features named: today's features-CSV path, even where --input auto would find another
     chosen = "conservision" if args.input == "auto" and args.features else args.input
-    options = PredictOptions(
+    options = predict_options(
         input=chosen, features_csv=args.features or TEST_FEATURES_CSV,
         annotations=args.annotations,
         format=args.format, taxonomy=args.taxonomy, event_gap_s=args.event_gap_s,
-        event_rule=args.event_rule, allow_http=args.allow_http,
+        event_rule=args.event_rule, allow_http=args.allow_http, deployments=args.deployments,
+        utc_offset=args.utc_offset,
     )  # fmt: skip
     result = predict(
         args.model,
@@ -231,6 +232,16 @@ def build_parser(add_commands: AddCommands | None = None) -> argparse.ArgumentPa
         "--out", required=True, help="the file (a folder for camtrap-dp) to write, local or s3://"
     )
     p.add_argument("--taxonomy", help="CSV class,scientificName for Camtrap DP's scientificName")
+    p.add_argument(
+        "--deployments",
+        help="--format camtrap-dp from photos that are not a package: a Camtrap DP deployments "
+        "CSV (deploymentID = each photo's site, latitude, longitude, ...)",
+    )
+    p.add_argument(
+        "--utc-offset",
+        help="the cameras' UTC offset for capture times written without one (EXIF), e.g. "
+        "--utc-offset=-05:00 (with '=': a leading minus is not an option)",
+    )
     p.add_argument(
         "--allow-http",
         action="store_true",

@@ -236,6 +236,11 @@ class PredictOptions(_Section):
     # A CSV (class, scientificName) naming the classes in Camtrap DP output; None: the class names
     taxonomy: str | None = None
     allow_http: bool = False  # fetch Camtrap DP media named by http(s) URL (data.allow_http)
+    # A new Camtrap DP package from photos that are not one (camtrap.outputs.newpackage): the
+    # deployments CSV (deploymentID = each photo's site, latitude, longitude), and the UTC
+    # offset of capture times written without one.
+    deployments: str | None = None
+    utc_offset: str | None = Field(None, pattern=r"^(Z|[+-]\d\d:\d\d)$")
     # None: the model's run's predict.event_gap_s / predict.event_rule (PredictConfig)
     event_gap_s: float | None = Field(None, gt=0)
     event_rule: Literal["mean", "max-animal"] | None = None
@@ -394,6 +399,14 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
         where = ".".join(str(p) for p in item["loc"]) or "(root)"
         lines.append(f"  - {where}: {item['msg']}")
     return "\n".join(lines)
+
+
+def predict_options(**fields: Any) -> PredictOptions:
+    """PredictOptions from command-line values; ConfigError listing every invalid one."""
+    try:
+        return PredictOptions(**fields)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err, "camtrap predict options")) from None
 
 
 def build_config(

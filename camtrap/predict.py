@@ -40,6 +40,7 @@ from camtrap.latest import resolve_model_uri
 from camtrap.loader import CachedBatches, DeviceNormalize, make_loader
 from camtrap.modelfile import ModelMeta
 from camtrap.models import MirrorAverage, load_model
+from camtrap.outputs.newpackage import NewPackage, read_deployments
 from camtrap.redact import redact_uri
 from camtrap.storage import StorageNotFound
 from camtrap.storage.files import file_sha256
@@ -304,8 +305,12 @@ def write_outputs(result: Predictions, output_uri: str, options: PredictOptions,
     """`result` at `output_uri` in `options.format` (camtrap.outputs); `root`: the local copy
     of the input (a Camtrap DP package's, for --format camtrap-dp). Returns the URIs written."""
     package = root if options.input == "camtrap-dp" else None
+    new = None
+    if package is None and options.deployments and root is not None:
+        new = NewPackage(root, options.deployments, options.utc_offset, root.name)
     taxonomy = outputs.read_taxonomy(options.taxonomy)
-    return outputs.write(labelled(result, options), output_uri, options.format, package, taxonomy)
+    return outputs.write(labelled(result, options), output_uri, options.format, package, taxonomy,
+                         new)  # fmt: skip
 
 
 def check_output(output_uri: str, fmt: str = "csv") -> None:
@@ -379,8 +384,10 @@ def predict(
 
 
 def check_format(options: PredictOptions) -> None:
-    """ConfigError for an output the input cannot give, or a --taxonomy that cannot be read,
-    before any photo is."""
+    """ConfigError for an output the input cannot give, or a --taxonomy / --deployments that
+    cannot be read, before any photo is."""
     if options.format == "camtrap-dp" and options.input != "camtrap-dp":
-        raise outputs.not_a_package(f"{options.input} photos")
+        if not options.deployments:
+            raise outputs.not_a_package(f"{options.input} photos")
+        read_deployments(options.deployments)
     outputs.read_taxonomy(options.taxonomy)

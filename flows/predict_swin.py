@@ -26,6 +26,7 @@ from camtrap.config import (
     TTA_CHOICES,
     DataConfig,
     PredictOptions,
+    predict_options,
 )
 from camtrap.latest import latest_location
 from camtrap.runfolder import check_run_id
@@ -51,6 +52,9 @@ def predict_swin(
     taxonomy: str | None = None,
     event_gap_s: float | None = None,
     event_rule: Literal["mean", "max-animal"] | None = None,
+    deployments: str | None = None,
+    utc_offset: str | None = None,
+    allow_http: bool = False,
 ) -> str:
     """Class probabilities for every photo at `data_uri` (`input`: the features CSV
     `features_csv`, every image under it, the COCO file `annotations` or a Camtrap DP package;
@@ -61,10 +65,11 @@ def predict_swin(
     finished run of `stage` in output_uri. Returns the URI of `format`'s output."""
     logger = get_run_logger()
     check_run_id(stage)  # it becomes a path
-    options = PredictOptions(
+    options = predict_options(
         input="conservision" if input == "auto" and features_csv else input,
         features_csv=features_csv or TEST_FEATURES_CSV, annotations=annotations, format=format,
         taxonomy=taxonomy, event_gap_s=event_gap_s, event_rule=event_rule,
+        deployments=deployments, utc_offset=utc_offset, allow_http=allow_http,
     )  # fmt: skip
     model = resolve_model(model_uri or latest_location(output_uri, stage))
     options = options.model_copy(update={"input": resolve_input(data_uri, options)})
@@ -87,8 +92,9 @@ def predict_swin(
 
 
 def check_format(options: PredictOptions) -> None:
-    """A Camtrap DP package out needs one in: refused before any photo is fetched."""
-    if options.format == "camtrap-dp" and options.input != "camtrap-dp":
+    """A Camtrap DP package out needs one in, or the deployments of a new one: refused before
+    any photo is fetched."""
+    if options.format == "camtrap-dp" and options.input != "camtrap-dp" and not options.deployments:
         from camtrap.outputs import not_a_package
 
         raise not_a_package(f"{options.input} photos")
@@ -110,6 +116,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--taxonomy", help="CSV class,scientificName (Camtrap DP output)")
     parser.add_argument("--event-gap-s", type=float, help="default: the model's run's")
     parser.add_argument("--event-rule", choices=EVENT_RULES, help="default: the model's run's")
+    parser.add_argument("--deployments", help="deployments CSV: a new Camtrap DP package")
+    parser.add_argument("--utc-offset", help="e.g. +02:00, for capture times without one")
+    parser.add_argument("--allow-http", action="store_true", help="fetch http(s) media URLs")
     parser.add_argument("--tta", default="none", choices=TTA_CHOICES)
     parser.add_argument("--no-calibration", action="store_true")
     parser.add_argument("--stage", default="part1", help="whose latest.json (without --model)")
@@ -125,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
         return lambda: predict_swin(
             args.data, args.out, args.model, args.features, args.tta, not args.no_calibration,
             args.stage, args.input, args.annotations, args.format, args.taxonomy,
-            args.event_gap_s, args.event_rule, return_state=True,
+            args.event_gap_s, args.event_rule, args.deployments, args.utc_offset,
+            args.allow_http, return_state=True,
         )  # fmt: skip
 
     return run_main(prepare)

@@ -23,6 +23,7 @@ import pandas as pd
 from camtrap import storage
 from camtrap.errors import ConfigError
 from camtrap.outputs.labelled import FAILED_COLUMNS, Labelled, animal_confidence, kind_of
+from camtrap.outputs.newpackage import NewPackage
 
 __all__ = ["FAILED_COLUMNS", "Labelled", "animal_confidence", "check_output", "kind_of", "write"]
 EVENTS_SUFFIX = ".events.csv"
@@ -62,16 +63,27 @@ def check_output(output_uri: str, fmt: str) -> None:
         )
 
 
-def write(labelled: Labelled, output_uri: str, fmt: str, package_root: Path | None = None,
-          taxonomy: dict[str, str] | None = None) -> list[str]:  # fmt: skip
+def write(
+    labelled: Labelled,
+    output_uri: str,
+    fmt: str,
+    package_root: Path | None = None,
+    taxonomy: dict[str, str] | None = None,
+    new_package: NewPackage | None = None,
+) -> list[str]:
     """Write `labelled` to `output_uri` as `fmt`; returns the URIs written (the events sidecar
-    too). `package_root`: the input Camtrap DP package (camtrap-dp only)."""
+    too). camtrap-dp: the input package at `package_root` with camtrap's observations, or else
+    a `new_package` (camtrap.outputs.newpackage)."""
     if fmt == "camtrap-dp":
         from camtrap.outputs.camtrapdp import write_package
+        from camtrap.outputs.newpackage import write_new_package
 
-        if package_root is None:
+        if package_root is not None:
+            write_package(labelled, package_root, output_uri, taxonomy or {})
+        elif new_package is not None:
+            write_new_package(labelled, new_package, output_uri, taxonomy or {})
+        else:
             raise not_a_package("these photos")
-        write_package(labelled, package_root, output_uri, taxonomy or {})
         return [output_uri]
     if fmt == "megadetector":
         from camtrap.outputs.megadetector import megadetector_json
@@ -91,10 +103,11 @@ def write(labelled: Labelled, output_uri: str, fmt: str, package_root: Path | No
 def not_a_package(photos: str) -> ConfigError:
     """--format camtrap-dp for photos that are not a Camtrap DP package."""
     return ConfigError(
-        f"--format camtrap-dp adds camtrap's observations to the Camtrap DP package the photos "
-        f"come from, and {photos} are not one (a package needs each deployment's coordinates "
-        "and dates, which a folder, a features CSV or a COCO file does not hold) — fix: use "
-        "--input camtrap-dp with a package, or --format megadetector / csv"
+        f"--format camtrap-dp for {photos}, which are not a Camtrap DP package: a new package "
+        "needs each camera deployment's coordinates, which a folder, a features CSV or a COCO "
+        "file does not hold — fix: give them with --deployments deployments.csv (deploymentID "
+        "= each photo's site, latitude, longitude), use --input camtrap-dp with a package, or "
+        "--format megadetector / csv"
     )
 
 

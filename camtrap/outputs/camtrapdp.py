@@ -137,7 +137,12 @@ def write_package(
     (a reader sees the old package or the new one); on S3 the media and tables go first and
     datapackage.json last, so a package with a descriptor is whole."""
     files = package_files(labelled, root, taxonomy)
-    media = [p for p in media_paths(root) if (root / p).is_file()]
+    write_folder(files, root, [p for p in media_paths(root) if (root / p).is_file()], output_uri)
+
+
+def write_folder(files: dict[str, bytes], root: Path, media: list[str], output_uri: str) -> None:
+    """A package's `files` (path -> bytes) and its `media` (paths inside `root`, placed at the
+    same paths) at `output_uri`, whole: see write_package."""
     if storage.is_remote(output_uri):
         for path in media:
             storage.upload_file(root / path, storage.join(output_uri, path))

@@ -73,8 +73,8 @@ def test_out_must_suit_the_format(tmp_path):
     check_output("s3://bucket/p.json", "megadetector")
 
 
-def test_camtrap_dp_output_needs_a_package(tmp_path):
-    with pytest.raises(ConfigError, match="not one .*--input camtrap-dp"):
+def test_camtrap_dp_output_needs_a_package_or_deployments(tmp_path):
+    with pytest.raises(ConfigError, match="not a Camtrap DP package.*--deployments"):
         write(_labelled(), str(tmp_path / "pkg"), "camtrap-dp", package_root=None)
     assert not (tmp_path / "pkg").exists()
 

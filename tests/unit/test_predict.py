@@ -415,3 +415,36 @@ def test_a_bad_taxonomy_is_refused_before_any_photo_is_read(model_file, card, tm
     assert _predict(model_file, card, out, "--input", "folder", "--taxonomy", str(taxa)) == 2
     assert "has no column 'class'" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_a_coco_files_photos_become_a_new_camtrap_dp_package(
+    model_file, ena24_root, tmp_path, capsys
+):
+    from camtrap.config import DataConfig
+    from camtrap.dataset import load_data
+    from camtrap.dataset.camtrapdp import resource_paths
+    from camtrap.dataset.dpschema import descriptor_problems, schema_problems
+
+    root = to_coco(ena24_root, tmp_path / "coco", name="cct.json")
+    deployments = tmp_path / "deployments.csv"
+    deployments.write_text("deploymentID,latitude,longitude,locationName\nCAM1,40.1,-76.2,ridge\n")
+    out = tmp_path / "package"
+    args = ["--input", "coco", "--annotations", "cct.json", "--format", "camtrap-dp"]
+    assert _predict(model_file, root, out, *args) == 2  # no deployments: says how to give them
+    assert "--deployments deployments.csv" in capsys.readouterr().err
+    args += ["--deployments", str(deployments)]
+    assert _predict(model_file, root, out, *args) == 2  # COCO's datetime has no offset
+    assert "--utc-offset" in capsys.readouterr().err and not out.exists()
+    assert _predict(model_file, root, out, *args, "--utc-offset=-05:00") == 0  # "=": a minus
+
+    descriptor = json.loads((out / "datapackage.json").read_text())
+    assert descriptor_problems(descriptor) == []
+    assert schema_problems(out, resource_paths(out, [])) == []
+    assert descriptor["spatial"] == {"type": "Point", "coordinates": [-76.2, 40.1]}
+    with (out / "deployments.csv").open(newline="") as fh:
+        (deployment,) = list(csv.DictReader(fh))
+    assert deployment["locationName"] == "ridge"  # the user's columns kept
+    assert deployment["deploymentStart"].endswith("-05:00")
+    data = load_data(out, DataConfig(format="camtrap-dp"))  # reads back: the machine's labels
+    assert len(data.frame) == 21 and (out / data.frame["filepath"].iloc[0]).is_file()
+    assert set(data.classes) <= set(SEED_CLASSES)
