@@ -101,6 +101,9 @@ class DataConfig(_Section):
     # only when this is true (with the max_image_bytes limit); s3:// and local ones always are.
     allow_http: bool = False
     split: Literal["random", "stratified", "site"] = "random"
+    # The train order each epoch: shuffle (every image once) or balanced (each class equally
+    # likely per draw, with replacement; seeded by train.seed and the epoch, so resumable).
+    sampler: Literal["shuffle", "balanced"] = "shuffle"
     val_fraction: float = Field(0.25, gt=0.0, lt=1.0)
     split_seed: int = 42
     image_size: int = Field(224, ge=16, le=1024)
@@ -173,6 +176,9 @@ class TrainConfig(_Section):
     warmup_epochs: float = Field(0.0, ge=0.0)
     # In the training loss only; val loss and log loss stay plain cross entropy.
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    # Per-class loss weights from the train split's counts (camtrap.balance): none, inverse
+    # (N / (C n_c)) or effective (class-balanced loss, beta 0.999). Val loss stays unweighted.
+    class_weights: Literal["none", "inverse", "effective"] = "none"
     # Training processes (DDP through torchrun, camtrap.launch): "auto" = one per visible
     # GPU (1 without GPUs); above 1 on CPU, that many gloo processes. batch_size is per process:
     # the effective batch is batch_size x nproc.

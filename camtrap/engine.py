@@ -115,13 +115,17 @@ def forward_loss(
     targets: torch.Tensor,
     precision: Precision,
     label_smoothing: float = 0.0,
+    class_weight: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits and mean cross entropy (with `label_smoothing`: training only), under autocast
-    when AMP is on (the one AMP path)."""
+    """Logits and mean cross entropy (with `label_smoothing` and per-class `class_weight`:
+    training only; weighted, the mean is over the weights, as torch's), under autocast when
+    AMP is on (the one AMP path)."""
     with torch.autocast(precision.device_type, dtype=precision.dtype, enabled=precision.enabled):
         logits = model(images)
         # cross entropy in fp32 whatever the logits' dtype: fp16 log-softmax loses precision
-        loss = nn.functional.cross_entropy(logits.float(), targets, label_smoothing=label_smoothing)
+        loss = nn.functional.cross_entropy(
+            logits.float(), targets, weight=class_weight, label_smoothing=label_smoothing
+        )
     return logits, loss
 
 
@@ -139,14 +143,15 @@ def train_one_epoch(
     max_nonfinite: int = MAX_NONFINITE_IN_A_ROW,
     augment: Augment | None = None,
     label_smoothing: float = 0.0,
+    class_weight: torch.Tensor | None = None,
     after_step: Callable[[], None] | None = None,
 ) -> EpochOutputs:
     """One step per batch of `loader`. `epoch` (1-based) names where, in errors and logs.
 
     `augment(images, step)` makes the model's input instead of `to_input`; `label_smoothing`
-    applies to the optimised loss (the reported train loss is that loss); `after_step` runs
-    after every batch's step, applied or not (a learning-rate schedule: the rate is then a
-    function of the step count alone).
+    and `class_weight` (train.class_weights, camtrap.balance) apply to the optimised loss (the
+    reported train loss is that loss); `after_step` runs after every batch's step, applied or
+    not (a learning-rate schedule: the rate is then a function of the step count alone).
 
     A step whose loss is not finite is not applied; `max_nonfinite` of them in a row, or an
     epoch with no finite step at all, raise TrainingDiverged. A batch that does not fit in
@@ -163,7 +168,7 @@ def train_one_epoch(
         targets = labels.to(precision.device_type, non_blocking=True)
         make_input = to_input if augment is None else partial(augment, step=step)
         run = partial(_train_step, model, images, targets, optimizer, scaler, make_input,
-                      precision, label_smoothing)  # fmt: skip
+                      precision, label_smoothing, class_weight)  # fmt: skip
         logits, loss = _fits_in_memory("train", images, model, precision.device_type, run)
         if after_step is not None:
             after_step()
@@ -187,10 +192,12 @@ def _train_step(
     to_input: ToInput,
     precision: Precision,
     label_smoothing: float = 0.0,
+    class_weight: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor | None, torch.Tensor]:
     """One optimisation step: (logits, loss), detached; logits is None when the loss was not
     finite and the step was not applied (gradients cleared, weights and scaler untouched)."""
-    logits, loss = forward_loss(model, to_input(images), targets, precision, label_smoothing)
+    logits, loss = forward_loss(model, to_input(images), targets, precision, label_smoothing,
+                                class_weight)  # fmt: skip
     optimizer.zero_grad(set_to_none=True)
     # The one host sync per step we pay on purpose (correctness first): whether the step may
     # touch the weights must be known before optimizer.step, and without a GradScaler (fp32,

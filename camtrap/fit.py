@@ -21,6 +21,7 @@ from torch import nn
 
 from camtrap import ranks, runfolder
 from camtrap.augment import TrainAugment
+from camtrap.balance import BalancedSampler, class_counts, class_weights
 from camtrap.checkpoints import (
     STEP_COUNTS,
     Checkpoints,
@@ -73,6 +74,8 @@ class FitResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     best_logloss_epoch: int = 0  # the epoch with the lowest val log loss
     best_logloss_value: float = float("nan")
+    # train.class_weights, data.sampler, the train split's class counts and the weights used
+    balance: dict[str, Any] = field(default_factory=dict)
 
 
 class _Trainer:
@@ -131,12 +134,33 @@ class _Trainer:
             where = rows["row"] if source is pack else rows["id"].map(source.row_of())
             sets[split] = CachedBatches(source, where.tolist(), rows["label_idx"].tolist())
         n = len(sets["train"])
-        self.shuffle = (EpochShuffle(n, cfg.train.seed) if self.group is None
-                        else ranks.shard_sampler(n, cfg.train.seed, self.group))  # fmt: skip
+        targets = items.loc[items["split"] == "train", "label_idx"].tolist()
+        self.class_weight = self._class_weight(targets)
+        if cfg.data.sampler == "balanced":
+            rank, world = (0, 1) if self.group is None else (self.group.rank, self.group.world_size)
+            self.shuffle = BalancedSampler(targets, cfg.train.seed, rank, world)
+        else:
+            self.shuffle = (EpochShuffle(n, cfg.train.seed) if self.group is None
+                            else ranks.shard_sampler(n, cfg.train.seed, self.group))  # fmt: skip
         options = {"num_workers": cfg.data.num_workers, "pin_memory": self.device.type == "cuda"}
         train = make_loader(sets["train"], cfg.train.batch_size, order=self.shuffle, **options)
         val = make_loader(sets["val"], cfg.train.eval_batch(), **options)
         return train, val
+
+    def _class_weight(self, targets: list[int]) -> torch.Tensor | None:
+        """train.class_weights from the train split's counts, on the device (None: none)."""
+        counts = class_counts(targets, len(self.classes))
+        weights = class_weights(counts, self.config.train.class_weights)
+        self.balance = {
+            "class_weights": self.config.train.class_weights,
+            "sampler": self.config.data.sampler,
+            "train_counts": dict(zip(self.classes, counts.tolist(), strict=True)),
+            **({} if weights is None else
+               {"weights": dict(zip(self.classes, weights.round(6).tolist(), strict=True))}),
+        }  # fmt: skip
+        if weights is None:
+            return None
+        return torch.tensor(weights, dtype=torch.float32, device=self.device)
 
     def _augment(self) -> TrainAugment | None:
         cfg = self.config
@@ -254,7 +278,7 @@ class _Trainer:
             self.forward_model, self.train_loader, self.optimizer, self.scaler, self.to_input,
             self.precision, self.progress, desc=f"epoch {epoch}/{epochs} train", epoch=epoch,
             augment=self.augment.for_epoch(epoch) if self.augment is not None else None,
-            label_smoothing=self.config.train.label_smoothing,
+            label_smoothing=self.config.train.label_smoothing, class_weight=self.class_weight,
             after_step=self.schedule.step if self.schedule is not None else None,
         )  # fmt: skip
         if self.group is not None:
@@ -388,6 +412,7 @@ def fit(
         history=trainer.checkpoints.history,
         best_logloss_epoch=best_logloss.epoch,
         best_logloss_value=_or_nan(best_logloss.value),
+        balance=trainer.balance,
     )
 
 

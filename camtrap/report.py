@@ -217,6 +217,7 @@ def summary_markdown(run_uri: str, info: dict[str, Any], run_dir: Path) -> str:
         *tta_lines(info),
         *per_site_lines(info),
         *event_lines(info),
+        *balance_lines(info),
         f"## Generalisation gap at epoch {best}",
         "",
         "| metric | train | val | train - val |",
@@ -317,6 +318,27 @@ def per_site_lines(info: dict[str, Any]) -> list[str]:
             f"| {r['site']} | {r['images']} | {r['accuracy']:.4f} | {r['log_loss']:.4f} |"
             for r in sites
         ],
+        "",
+    ]
+
+
+def balance_lines(info: dict[str, Any]) -> list[str]:
+    """How the training loss and order treated the classes (run.json `balance`): the train
+    split's count of each class and, with train.class_weights, its loss weight."""
+    balance = info.get("balance", {})
+    counts, weights = balance.get("train_counts", {}), balance.get("weights", {})
+    if not counts:
+        return []
+    return [
+        f"## Class balance (data.sampler {balance.get('sampler')}, train.class_weights "
+        f"{balance.get('class_weights')})",
+        "",
+        "| class | train images | loss weight |",
+        "| --- | --- | --- |",
+        *[
+            f"| {c} | {n} | {weights[c]:.4f} |" if c in weights else f"| {c} | {n} | 1 |"
+            for c, n in counts.items()
+        ],  # fmt: skip
         "",
     ]
 

@@ -258,9 +258,15 @@ ADDED_LATER: dict[str, dict[str, Any]] = {
         "annotations": None,
         "multi_label": "refuse",
         "allow_http": False,
+        "sampler": "shuffle",
     },  # fmt: skip
     "model": {"init_from": None},
-    "train": {"schedule": "none", "warmup_epochs": 0.0, "label_smoothing": 0.0},
+    "train": {
+        "schedule": "none",
+        "warmup_epochs": 0.0,
+        "label_smoothing": 0.0,
+        "class_weights": "none",
+    },  # fmt: skip
 }
 
 

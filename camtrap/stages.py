@@ -180,7 +180,8 @@ def train_here(
 
 
 def record_training(run_dir: Path, result: FitResult) -> None:
-    """Note the best epochs in run.json (plots and summaries read them from there)."""
+    """Note the best epochs and the class balance in run.json (plots and summaries read them
+    from there)."""
     info = read_run_json(run_dir)
     info.update(
         best_epoch=result.best_epoch,
@@ -188,6 +189,8 @@ def record_training(run_dir: Path, result: FitResult) -> None:
         best_logloss_epoch=result.best_logloss_epoch,
         best_logloss_value=result.best_logloss_value,
     )
+    if result.balance:
+        info["balance"] = result.balance
     write_run_json(run_dir, info)
 
 

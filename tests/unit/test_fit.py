@@ -134,8 +134,14 @@ def test_rerun_of_a_finished_run_is_up_to_date(finished_run, demo_root):
     assert again.status == "up-to-date" and again.run_dir == summary.run_dir
 
 
-def test_resume_after_a_crash_gives_the_uninterrupted_numbers(tmp_path, demo_root, tiny_config):
-    config = tiny_config()
+BALANCED = {"data.sampler": "balanced", "train.class_weights": "effective"}
+
+
+@pytest.mark.parametrize("balance", [{}, BALANCED], ids=["shuffle", "balanced"])
+def test_resume_after_a_crash_gives_the_uninterrupted_numbers(
+    tmp_path, demo_root, tiny_config, balance
+):
+    config = tiny_config(**balance)
     straight = _run(config, demo_root, tmp_path / "a")
 
     class Crash(Exception):
@@ -159,6 +165,12 @@ def test_resume_after_a_crash_gives_the_uninterrupted_numbers(tmp_path, demo_roo
     final_a = load_torch(next(straight.run_dir.glob("*_smoke.pth")))["model"]
     final_b = load_torch(next(run_dir.glob("*_smoke.pth")))["model"]
     assert all(torch.equal(final_a[k], final_b[k]) for k in final_a)
+    info = runfolder.read_run_json(straight.run_dir)
+    recorded = info["balance"]
+    assert (recorded["sampler"], recorded["class_weights"]) == (
+        config.data.sampler, config.train.class_weights)  # fmt: skip
+    assert sum(recorded["train_counts"].values()) == info["counts"]["train"]
+    assert ("weights" in recorded) == bool(balance)
 
 
 def test_ena24_mini_real_photos_train_end_to_end(tmp_path, ena24_root, tiny_config):

@@ -6,6 +6,7 @@ import pandas as pd
 from fixtures.run_json import RETRAIN_A, RETRAIN_B, TRAINING_C
 
 from camtrap.report import (
+    balance_lines,
     best_models_lines,
     calibration_lines,
     event_lines,
@@ -223,3 +224,16 @@ def test_val_by_event_table_follows_run_json():
         "| max-animal | 4 | 11 | 1.0000 | 0.2500 |",
     ]
     assert event_lines({}) == []
+
+
+def test_class_balance_table_follows_run_json():
+    info = {"balance": {"sampler": "balanced", "class_weights": "inverse",
+                        "train_counts": {"cat": 3, "dog": 1},
+                        "weights": {"cat": 0.666667, "dog": 2.0}}}  # fmt: skip
+    lines = balance_lines(info)
+    assert lines[0] == "## Class balance (data.sampler balanced, train.class_weights inverse)"
+    assert lines[4:6] == ["| cat | 3 | 0.6667 |", "| dog | 1 | 2.0000 |"]
+    unweighted = {"balance": {"sampler": "shuffle", "class_weights": "none",
+                              "train_counts": {"cat": 3}}}  # fmt: skip
+    assert balance_lines(unweighted)[4] == "| cat | 3 | 1 |"
+    assert balance_lines({}) == []
