@@ -138,6 +138,42 @@ def test_predict_reads_and_writes_s3(trained, photos, s3_server, tmp_path, monke
     assert not storage.exists(again)
 
 
+@pytest.mark.slow
+def test_predict_labels_a_coco_file_and_a_folder_from_s3(
+    trained, s3_server, ena24_root, tmp_path, monkeypatch
+):
+    """The CLI on the field's formats from moto's S3, out to S3: a COCO file's images (with
+    events per seq_id) and a card's folder, one of its photos cut short (a failure listed)."""
+    from fixtures.formats import to_coco
+
+    from camtrap.outputs.megadetector import read_megadetector
+
+    monkeypatch.setenv("CAMTRAP_CACHE_DIR", str(tmp_path / "cache"))
+    model = str(trained / "final_mobilenet_v3_small_model_smoke_best.pth")
+    runs = f"s3://{s3_server.new_bucket('runs')}/out"
+    coco = to_coco(ena24_root, tmp_path / "coco", name="cct.json")
+    coco_uri = s3_server.upload_tree(coco, s3_server.new_bucket("coco"), "lila")
+    args = ["predict", "--model", model, "--data", coco_uri, "--input", "coco",
+            "--annotations", "cct.json", "--out", f"{runs}/coco.csv"]  # fmt: skip
+    assert main(args) == 0
+    predicted = pd.read_csv(io.BytesIO(storage.read_bytes(f"{runs}/coco.csv")), dtype=str)
+    assert len(predicted) == 21 and "failure" not in predicted.columns
+    assert storage.exists(f"{runs}/coco.events.csv")
+
+    card = tmp_path / "card"
+    shutil.copytree(ena24_root / "train_features", card / "100CAMERA")
+    broken = sorted((card / "100CAMERA").glob("*.jpg"))[0]
+    broken.write_bytes(broken.read_bytes()[:400])
+    card_uri = s3_server.upload_tree(card, s3_server.new_bucket("card"), "sd")
+    args = ["predict", "--model", model, "--data", card_uri, "--format", "megadetector",
+            "--out", f"{runs}/card.json"]  # fmt: skip
+    assert main(args) == 0  # auto: no features CSV, no package: the folder
+    (tmp_path / "card.json").write_bytes(storage.read_bytes(f"{runs}/card.json"))
+    images = read_megadetector(tmp_path / "card.json")
+    assert len(images) == 21
+    assert [i.file for i in images if i.failure] == [f"100CAMERA/{broken.name}"]
+
+
 # --- Prefect -------------------------------------------------------------------------------------
 
 
