@@ -124,7 +124,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         annotations=args.annotations,
         format=args.format, taxonomy=args.taxonomy, event_gap_s=args.event_gap_s,
         event_rule=args.event_rule, allow_http=args.allow_http, deployments=args.deployments,
-        utc_offset=args.utc_offset,
+        utc_offset=args.utc_offset, detections=args.detections,
     )  # fmt: skip
     result = predict(
         args.model,
@@ -221,6 +221,11 @@ def build_parser(add_commands: AddCommands | None = None) -> argparse.ArgumentPa
         f"{TEST_FEATURES_CSV}; naming it means --input conservision)",
     )
     p.add_argument("--annotations", help="the COCO Camera Traps JSON in --data (--input coco)")
+    p.add_argument(
+        "--detections",
+        help="the MegaDetector output for the photos, in --data: needed by a model trained on "
+        "crops (data.crop=best)",
+    )
     p.add_argument(
         "--format",
         default="csv",

@@ -104,6 +104,14 @@ class DataConfig(_Section):
     # The train order each epoch: shuffle (every image once) or balanced (each class equally
     # likely per draw, with replacement; seeded by train.seed and the epoch, so resumable).
     sampler: Literal["shuffle", "balanced"] = "shuffle"
+    # Train on the animal, not the frame (camtrap.dataset.detections): a MegaDetector batch
+    # output file (relative to the data root) and data.crop=best: each image's most confident
+    # animal box with conf >= detection_threshold, squared with crop_margin context on each
+    # side, clipped to the image; an image with no such box keeps its whole frame (blanks).
+    detections: str | None = None
+    crop: Literal["none", "best"] = "none"
+    detection_threshold: float = Field(0.1, ge=0.0, le=1.0)
+    crop_margin: float = Field(0.15, ge=0.0, le=1.0)
     val_fraction: float = Field(0.25, gt=0.0, lt=1.0)
     split_seed: int = 42
     image_size: int = Field(224, ge=16, le=1024)
@@ -242,6 +250,9 @@ class PredictOptions(_Section):
     # A CSV (class, scientificName) naming the classes in Camtrap DP output; None: the class names
     taxonomy: str | None = None
     allow_http: bool = False  # fetch Camtrap DP media named by http(s) URL (data.allow_http)
+    # The MegaDetector output for the photos (relative to the data root): a model trained on
+    # crops (data.crop=best) labels the same crops of new photos
+    detections: str | None = None
     # A new Camtrap DP package from photos that are not one (camtrap.outputs.newpackage): the
     # deployments CSV (deploymentID = each photo's site, latitude, longitude), and the UTC
     # offset of capture times written without one.
@@ -277,6 +288,12 @@ class RunConfig(_Section):
                 f"data.train_cache_size={cache} without augment.enabled: without random crops "
                 "the model would train at another size than it is validated at — fix: set "
                 "augment.enabled=true, or drop data.train_cache_size"
+            )
+        if (self.data.crop == "best") != (self.data.detections is not None):
+            raise ValueError(
+                "data.crop=best and data.detections go together: the crops come from the "
+                "detections — fix: set both (data.detections=FILE.json relative to the data "
+                "root, data.crop=best), or neither"
             )
         if self.model.init_from is not None and self.model.weights.lower() != "none":
             raise ValueError(

@@ -43,7 +43,7 @@ import PIL
 from PIL import Image
 
 from camtrap.errors import DataError, Problem, StorageError
-from camtrap.images import open_rgb
+from camtrap.images import crop_pixels, open_rgb
 from camtrap.storage.files import atomic_write_text, file_sha256
 from camtrap.storage.uris import default_cache_root
 
@@ -58,11 +58,22 @@ STALE_TMP_SECONDS = 6 * 3600  # temp files older than this were left by a killed
 
 
 class CacheEntry(NamedTuple):
-    """One image of a dataset: its id, its file, and the sha256 of the file's bytes."""
+    """One image of a dataset: its id, its file, the sha256 of its bytes (a crop's: crop_entry)."""
 
     id: str
     path: str
     sha256: str
+    crop: tuple[float, float, float, float, float] | None = None  # x, y, w, h (0..1), margin
+
+
+def crop_entry(entry: CacheEntry, box: tuple[float, ...] | None, margin: float) -> CacheEntry:
+    """`entry` cropped to `box` (x, y, w, h in 0..1) with `margin`: its key covers both, so each
+    crop is decoded once and another box is another row. None: the whole frame."""
+    if box is None:
+        return entry
+    crop = (*(round(float(v), 6) for v in box), float(margin))
+    key = hashlib.sha256(f"{entry.sha256}|crop|{crop}".encode()).hexdigest()
+    return entry._replace(sha256=key, crop=crop)  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
@@ -101,10 +112,13 @@ def store_dir(size: int, root: str | Path | None = None) -> Path:
     return base / f"{size}px-{METHOD}-pillow{PIL.__version__}"
 
 
-def decode_resized(source: str | Path | bytes, size: int, name: str | None = None) -> np.ndarray:
-    """The (size, size, 3) uint8 pixels the recipe's transform starts from; DataError naming
-    the file if it cannot be decoded."""
+def decode_resized(source: str | Path | bytes, size: int, name: str | None = None,
+                   crop: tuple[float, ...] | None = None) -> np.ndarray:  # fmt: skip
+    """The (size, size, 3) uint8 pixels the recipe's transform starts from (of the `crop`
+    square, see crop_pixels, when given); DataError naming the file if it cannot be decoded."""
     image = open_rgb(source, name)
+    if crop is not None:
+        image = image.crop(crop_pixels(image.width, image.height, crop))
     return np.asarray(image.resize((size, size), Image.BILINEAR), dtype=np.uint8)
 
 
@@ -419,7 +433,7 @@ def _decode_rows(
 
     def one(i: int) -> Problem | None:
         try:
-            pixels = decode_resized(entries[i].path, size, entries[i].path)
+            pixels = decode_resized(entries[i].path, size, entries[i].path, entries[i].crop)
         except DataError as err:
             return err.problems[0]
         os.pwrite(fd, pixels.tobytes(), i * size * size * 3)

@@ -76,6 +76,19 @@ def check_image(
     return None
 
 
+def crop_pixels(width: int, height: int, crop: tuple[float, ...]) -> tuple[int, int, int, int]:
+    """(left, top, right, bottom) of the square around the box with `margin` of its longer side
+    on each side, centred on the box, moved inside the image where it fits, else clipped."""
+    x, y, w, h, margin = crop
+    side = max(w * width, h * height) * (1 + 2 * margin)
+    side = max(1.0, min(side, max(width, height)))
+    cx, cy = (x + w / 2) * width, (y + h / 2) * height
+    left = min(max(cx - side / 2, 0.0), max(width - side, 0.0))
+    top = min(max(cy - side / 2, 0.0), max(height - side, 0.0))
+    box = round(left), round(top), round(min(left + side, width)), round(min(top + side, height))
+    return box[0], box[1], max(box[2], box[0] + 1), max(box[3], box[1] + 1)  # at least 1 px
+
+
 # EXIF: the Exif IFD, and in it when the shutter fired (and that clock's UTC offset); the main
 # IFD's DateTime (when the file was written) is the fallback cameras without the IFD give.
 _EXIF_IFD, _DATETIME_ORIGINAL, _OFFSET_ORIGINAL, _DATETIME = 0x8769, 0x9003, 0x9011, 0x0132

@@ -17,6 +17,8 @@ time (`validate_photos`, `predict_features`, `write_outputs`)."""
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -31,11 +33,12 @@ from camtrap import events, imagecache, outputs, storage
 from camtrap.calibration import apply_temperature
 from camtrap.config import TTA_CHOICES, PredictConfig, PredictOptions
 from camtrap.dataset import FeatureData, ImageLimits, fetch_dataset, load_features
+from camtrap.dataset.detections import crop_of, read_detections, with_crops
 from camtrap.dataset.fetch import fetch_photos
 from camtrap.dataset.photos import load_photos, resolve_input
 from camtrap.device import precision_for, resolve_device
 from camtrap.engine import infer
-from camtrap.errors import ConfigError
+from camtrap.errors import ConfigError, DataError
 from camtrap.latest import resolve_model_uri
 from camtrap.loader import CachedBatches, DeviceNormalize, make_loader
 from camtrap.modelfile import ModelMeta
@@ -168,22 +171,63 @@ def _decoding(image_size: int, image_cache: Path | None) -> Iterator[imagecache.
         decoder.commit()
 
 
+@dataclass(frozen=True)
+class Crops:
+    """How the model's run cropped its images (data.crop=best): predict crops alike."""
+
+    threshold: float
+    margin: float
+
+
+def model_crops(meta: ModelMeta) -> Crops | None:
+    """The model's run's crop settings, None for a model trained on whole frames."""
+    data = meta.config.get("data", {}) if isinstance(meta.config, dict) else {}
+    if data.get("crop", "none") == "none":
+        return None
+    return Crops(float(data.get("detection_threshold", 0.1)), float(data.get("crop_margin", 0.15)))
+
+
 def validate_photos(
     root: Path,
     options: PredictOptions,
     image_size: int,
     limits: ImageLimits | None = None,
     image_cache: Path | None = None,
+    crops: Crops | None = None,
 ) -> FeatureData:
     """The photos of `options.input` (resolved) checked as for training: a DataError with every
     problem of the listing; an image that cannot be read is a `failure` the outputs list (a
-    features CSV has no place for one: there it is a problem, as before)."""
+    features CSV has no place for one: there it is a problem, as before). With `crops` (a model
+    trained on crops), each photo's crop from `options.detections`."""
     if options.input == "conservision":
-        return validate(root, options.features_csv, image_size, limits, image_cache)
-    with _decoding(image_size, image_cache) as decoder:
-        return load_photos(root, options.input, options.annotations, check=decoder,
-                           limits=limits or ImageLimits(),
-                           allow_http=options.allow_http)  # fmt: skip
+        data = validate(root, options.features_csv, image_size, limits, image_cache)
+    else:
+        with _decoding(image_size, image_cache) as decoder:
+            data = load_photos(root, options.input, options.annotations, check=decoder,
+                               limits=limits or ImageLimits(),
+                               allow_http=options.allow_http)  # fmt: skip
+    return _with_crops(root, data, options.detections, crops)
+
+
+def _with_crops(root: Path, data: FeatureData, detections: str | None,
+                crops: Crops | None) -> FeatureData:  # fmt: skip
+    if crops is None:
+        if detections:
+            log.info("the model was trained on whole frames: --detections %s not used", detections)
+        return data
+    if not detections:
+        raise ConfigError(
+            "the model was trained on MegaDetector crops (data.crop=best), so its photos need "
+            "their detections too — fix: give --detections FILE.json (the MegaDetector output "
+            "for these photos, relative to --data)"
+        )
+    listed = [*data.frame["filepath"], *data.failed["filepath"]]
+    found, problems = read_detections(root, detections, listed)
+    if found is None:
+        raise DataError(problems, root=str(root))
+    frame = with_crops(data.frame, found, crops.threshold)
+    digest = hashlib.sha256(f"{data.fingerprint}+{found.sha256}".encode()).hexdigest()
+    return dataclasses.replace(data, frame=frame, fingerprint=digest)
 
 
 # --- the model on the images ---------------------------------------------------------------------
@@ -213,7 +257,7 @@ def predict_features(
     if tta not in TTA_CHOICES:
         raise ConfigError(f"tta {tta!r} is not one of {', '.join(TTA_CHOICES)}")
     device = next(model.parameters()).device
-    pack = _pack(data, meta.image_size, image_cache)
+    pack = _pack(data, meta.image_size, image_cache, model_crops(meta))
     probs = _probabilities(model, meta, pack, tta, batch_size, device, progress)
     temperature = meta.temperature if calibration else 1.0
     probs = _normalised(apply_temperature(probs, temperature))
@@ -225,9 +269,14 @@ def predict_features(
     return result
 
 
-def _pack(data: FeatureData, image_size: int, image_cache: Path | None) -> imagecache.Pack:
+def _pack(data: FeatureData, image_size: int, image_cache: Path | None,
+          crops: Crops | None = None) -> imagecache.Pack:  # fmt: skip
+    margin = crops.margin if crops is not None else 0.0
     entries = [
-        imagecache.CacheEntry(row.id, row.path, row.sha256) for row in data.frame.itertuples()
+        imagecache.crop_entry(
+            imagecache.CacheEntry(row.id, row.path, row.sha256), crop_of(row), margin
+        )  # fmt: skip
+        for row in data.frame.itertuples()
     ]
     store = imagecache.store_dir(image_size, image_cache)
     return imagecache.ensure_pack(entries, image_size, store).pack
@@ -365,7 +414,8 @@ def predict(
     model, meta = load(model_file, device)
     root = fetch_input(data_uri, options, cache_root)
     image_cache = _cache_root(cache_root) / "images" if cache_root is not None else None
-    data = validate_photos(root, options, meta.image_size, image_limits(meta), image_cache)
+    data = validate_photos(root, options, meta.image_size, image_limits(meta), image_cache,
+                           model_crops(meta))  # fmt: skip
     result = predict_features(
         model,
         meta,

@@ -259,6 +259,10 @@ ADDED_LATER: dict[str, dict[str, Any]] = {
         "multi_label": "refuse",
         "allow_http": False,
         "sampler": "shuffle",
+        "detections": None,
+        "crop": "none",
+        "detection_threshold": 0.1,
+        "crop_margin": 0.15,
     },  # fmt: skip
     "model": {"init_from": None},
     "train": {

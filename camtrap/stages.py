@@ -26,6 +26,7 @@ from camtrap import __version__, imagecache, latest, lease, ranks, runfolder
 from camtrap.config import RunConfig
 from camtrap.dataset import ImageLimits, LabelledData, load_data
 from camtrap.dataset.contract import image_path
+from camtrap.dataset.detections import CROP_COLUMNS, crop_of
 from camtrap.device import log_memory, resolve_device
 from camtrap.errors import StorageError
 from camtrap.evaluate import evaluate_on_val
@@ -82,7 +83,7 @@ def cache_images(
 ) -> imagecache.BuildReport:
     """The run's images as one uint8 pack, in split.csv order: reused if intact, else built from
     the rows the cache holds, decoding only images it has not seen."""
-    entries = cache_entries(run_dir, data_root)
+    entries = cache_entries(run_dir, data_root, margin=config.data.crop_margin)
     cache_train_images(config, run_dir, data_root, cache_root)
     return imagecache.ensure_pack(entries, config.data.image_size, _store(config, cache_root))
 
@@ -96,20 +97,26 @@ def cache_train_images(
     size = config.train_size()
     if size == config.data.image_size:
         return None
-    entries = cache_entries(run_dir, data_root, split="train")
+    entries = cache_entries(run_dir, data_root, split="train", margin=config.data.crop_margin)
     return imagecache.ensure_pack(entries, size, imagecache.store_dir(size, cache_root))
 
 
 def cache_entries(
-    run_dir: Path, data_root: Path, split: str | None = None
+    run_dir: Path, data_root: Path, split: str | None = None, margin: float = 0.0
 ) -> list[imagecache.CacheEntry]:
     """The run's images (split.csv order; only `split`'s if given): id, file under
-    `data_root`, sha256 of its bytes."""
+    `data_root`, sha256 of its bytes, and its crop with `margin` where split.csv has one."""
     items = pd.read_csv(Path(run_dir) / runfolder.SPLIT_CSV, dtype=str, keep_default_na=False)
     if split is not None:
         items = items[items["split"] == split]
     return [
-        imagecache.CacheEntry(row.id, str(image_path(Path(data_root), row.filepath)), row.sha256)
+        imagecache.crop_entry(
+            imagecache.CacheEntry(
+                row.id, str(image_path(Path(data_root), row.filepath)), row.sha256
+            ),
+            crop_of(row),
+            margin,
+        )  # fmt: skip
         for row in items.itertuples()
     ]
 
@@ -125,6 +132,8 @@ def prepare(config: RunConfig, data: LabelledData, run_dir: Path) -> Path:
     columns = ["id", "filepath", "site", "label", "split", "sha256"]
     # the formats with events (COCO seq_id, Camtrap DP eventID) or timestamps: val per event
     columns += [c for c in ("event", "timestamp") if c in frame and (frame[c] != "").any()]
+    # data.crop=best: each image's box (camtrap.dataset.detections), what cache_entries crops
+    columns += [c for c in CROP_COLUMNS if c in frame]
     atomic_write_text(files.split_csv, frame[columns].to_csv(index=False))
     info = read_run_json(run_dir) or {"started": utc_now()}
     info.update(

@@ -55,6 +55,7 @@ def predict_swin(
     deployments: str | None = None,
     utc_offset: str | None = None,
     allow_http: bool = False,
+    detections: str | None = None,
 ) -> str:
     """Class probabilities for every photo at `data_uri` (`input`: the features CSV
     `features_csv`, every image under it, the COCO file `annotations` or a Camtrap DP package;
@@ -70,6 +71,7 @@ def predict_swin(
         features_csv=features_csv or TEST_FEATURES_CSV, annotations=annotations, format=format,
         taxonomy=taxonomy, event_gap_s=event_gap_s, event_rule=event_rule,
         deployments=deployments, utc_offset=utc_offset, allow_http=allow_http,
+        detections=detections,
     )  # fmt: skip
     model = resolve_model(model_uri or latest_location(output_uri, stage))
     options = options.model_copy(update={"input": resolve_input(data_uri, options)})
@@ -81,8 +83,9 @@ def predict_swin(
     else:
         snapshot = fetch_photos(data_uri, options)
     features = validate_features(
-        snapshot, options, model.image_size, model.max_image_bytes, model.max_image_pixels
-    )
+        snapshot, options, model.image_size, model.max_image_bytes, model.max_image_pixels,
+        model.crop_threshold, model.crop_margin,
+    )  # fmt: skip
     logger.info("%d photos (data %s), model %s", features.images, features.fingerprint[:12],
                 model.model_uri)  # fmt: skip
     with gpu_slot():  # one user of the GPU at a time, training runs included
@@ -119,6 +122,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--deployments", help="deployments CSV: a new Camtrap DP package")
     parser.add_argument("--utc-offset", help="e.g. +02:00, for capture times without one")
     parser.add_argument("--allow-http", action="store_true", help="fetch http(s) media URLs")
+    parser.add_argument("--detections", help="MegaDetector output in --data (crop models)")
     parser.add_argument("--tta", default="none", choices=TTA_CHOICES)
     parser.add_argument("--no-calibration", action="store_true")
     parser.add_argument("--stage", default="part1", help="whose latest.json (without --model)")
@@ -135,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
             args.data, args.out, args.model, args.features, args.tta, not args.no_calibration,
             args.stage, args.input, args.annotations, args.format, args.taxonomy,
             args.event_gap_s, args.event_rule, args.deployments, args.utc_offset,
-            args.allow_http, return_state=True,
+            args.allow_http, args.detections, return_state=True,
         )  # fmt: skip
 
     return run_main(prepare)

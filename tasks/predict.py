@@ -56,6 +56,10 @@ def resolve_model(model_uri: str) -> ModelRef:
             epoch=meta.epoch,
             temperature=meta.temperature,
         )
+        crops = library.model_crops(meta)
+        if crops is not None:
+            ref = ref.model_copy(update={"crop_threshold": crops.threshold,
+                                         "crop_margin": crops.margin})  # fmt: skip
         log.info("model %s: run %s, epoch %s, temperature %.4g", redact_uri(uri), ref.run_id,
                  ref.epoch, ref.temperature)  # fmt: skip
     return ref
@@ -84,6 +88,8 @@ def validate_features(
     image_size: int,
     max_image_bytes: int,
     max_image_pixels: int,
+    crop_threshold: float | None = None,
+    crop_margin: float | None = None,
 ) -> FeaturesRef:
     """The photos (a features CSV, a folder, a COCO file or a Camtrap DP package: the
     snapshot's input) checked as for training (every problem at once: DataError, not retried);
@@ -93,7 +99,8 @@ def validate_features(
     limits = ImageLimits(max_image_bytes, max_image_pixels)
     options = options.model_copy(update={"input": snapshot.input or "conservision"})
     with library_logs():
-        data = library.validate_photos(Path(snapshot.root), options, image_size, limits)
+        data = library.validate_photos(Path(snapshot.root), options, image_size, limits,
+                                       crops=_crops(crop_threshold, crop_margin))  # fmt: skip
     return FeaturesRef(
         root=snapshot.root,
         features_csv=options.features_csv,
@@ -101,6 +108,7 @@ def validate_features(
         images=len(data.frame),
         input=options.input,
         annotations=options.annotations,
+        detections=options.detections,
         failed=len(data.failed),
     )
 
@@ -134,7 +142,7 @@ def predict(
 
     options = (options or PredictOptions()).model_copy(
         update={"input": features.input, "annotations": features.annotations,
-                "features_csv": features.features_csv}
+                "features_csv": features.features_csv, "detections": features.detections}
     )  # fmt: skip
     target = predictions_uri(output_uri, model, features, tta, calibration)
     extra = predictions_uri(output_uri, model, features, tta, calibration, options.format)
@@ -147,7 +155,9 @@ def predict(
             log.info("%s exists (same run, data and options): reused", written[-1])
             return ref
         limits = ImageLimits(model.max_image_bytes, model.max_image_pixels)
-        data = library.validate_photos(Path(features.root), options, model.image_size, limits)
+        crops = _crops(model.crop_threshold, model.crop_margin)
+        data = library.validate_photos(Path(features.root), options, model.image_size, limits,
+                                       crops=crops)  # fmt: skip
         if data.fingerprint != features.fingerprint:
             raise StorageError(
                 f"the photos in {features.root} changed since they were validated — fix: run "
@@ -166,6 +176,15 @@ def predict(
         for uri in written:
             log.info("predictions written to %s", uri)
     return ref.model_copy(update={"reused": False, "rows": len(result.frame), "written": written})
+
+
+def _crops(threshold: float | None, margin: float | None):  # noqa: ANN202 - library.Crops
+    """The library's crop settings of a ModelRef's fields (None: whole frames)."""
+    if threshold is None or margin is None:
+        return None
+    from camtrap.predict import Crops
+
+    return Crops(threshold, margin)
 
 
 def _written(uri: str, fmt: str) -> bool:

@@ -64,6 +64,9 @@ class ModelRef(_Model):
     max_image_pixels: int
     epoch: int | None
     temperature: float
+    # a model trained on crops (data.crop=best): its run's threshold and margin; None: frames
+    crop_threshold: float | None = None
+    crop_margin: float | None = None
 
 
 class FeaturesRef(_Model):
@@ -75,6 +78,7 @@ class FeaturesRef(_Model):
     images: int
     input: str = "conservision"  # how the photos are listed (PredictOptions.input, resolved)
     annotations: str | None = None
+    detections: str | None = None  # the MegaDetector output the crops came from
     failed: int = 0  # photos that could not be read: listed in the outputs
 
 

@@ -5,7 +5,10 @@ last class folders."""
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
+import logging
 from pathlib import Path
 
 from camtrap import storage
@@ -17,7 +20,10 @@ from camtrap.dataset.contract import (
     LabelledData,
     decode_check,
 )
+from camtrap.dataset.detections import read_detections, with_crops
 from camtrap.errors import DataError, Problem
+
+log = logging.getLogger("camtrap")
 
 FORMAT_FIX = (
     "put train_features.csv + train_labels.csv (conservision), datapackage.json (camtrap-dp), a "
@@ -96,17 +102,37 @@ def validate_data(
     checked = check if check_images else None
     fmt = resolve_format(root, data)
     if fmt == "conservision":
-        return validate_dataset(root, data.features_csv, data.labels_csv, check_images,
-                                workers, check, limits)  # fmt: skip
-    if fmt == "coco":
+        found = validate_dataset(root, data.features_csv, data.labels_csv, check_images,
+                                 workers, check, limits)  # fmt: skip
+    elif fmt == "coco":
         try:
             annotations = annotations_file(root, data)
         except DataError as err:
             return None, err.problems
-        return read_coco(root, annotations, data.multi_label, checked, workers, limits)
-    if fmt == "camtrap-dp":
-        return read_package(root, data.multi_label, checked, workers, limits, data.allow_http)
-    return read_folders(root, data.multi_label, checked, workers, limits)
+        found = read_coco(root, annotations, data.multi_label, checked, workers, limits)
+    elif fmt == "camtrap-dp":
+        found = read_package(root, data.multi_label, checked, workers, limits, data.allow_http)
+    else:
+        found = read_folders(root, data.multi_label, checked, workers, limits)
+    return _with_detections(root, data, *found)
+
+
+def _with_detections(
+    root: Path, data: DataConfig, found: LabelledData | None, problems: list[Problem]
+) -> tuple[LabelledData | None, list[Problem]]:
+    """data.detections checked against the dataset's images; each image's crop in the frame
+    and the file in the fingerprint (other detections, other crops: another run)."""
+    if found is None or data.detections is None:
+        return found, problems
+    detections, wrong = read_detections(root, data.detections, found.frame["filepath"].tolist())
+    if detections is None:
+        return None, wrong
+    if detections.missing:
+        log.info("%s lists no detection for %d of the %d images: they keep their whole frame",
+                 data.detections, len(detections.missing), len(found.frame))  # fmt: skip
+    frame = with_crops(found.frame, detections, data.detection_threshold)
+    digest = hashlib.sha256(f"{found.fingerprint}+{detections.sha256}".encode()).hexdigest()
+    return dataclasses.replace(found, frame=frame, fingerprint=digest), []
 
 
 def load_data(

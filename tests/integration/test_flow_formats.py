@@ -45,3 +45,22 @@ def test_the_flow_trains_on_each_format_from_s3(
     assert again.result() == state.result()
     tasks = read_run(again.state_details.flow_run_id).tasks
     assert tasks["fetch-metadata"] == ["Cached"] and tasks["fetch-images"] == ["Cached"]
+
+
+def test_the_flow_trains_on_megadetector_crops_from_s3(
+    ena24_root, s3_server, cache_dir, tiny, read_run
+):
+    """ena24_mini with its real MegaDetector v5 output (annotations/megadetector.json) on S3:
+    the detections are fetched with the CSVs, and the run trains on each image's best box."""
+    data_uri = s3_server.upload_tree(ena24_root, s3_server.new_bucket("data"), "ena24")
+    output_uri = f"s3://{s3_server.new_bucket('runs')}/runs"
+    config = {**tiny, "train.epochs": 1, "data.split": "stratified",
+              "data.detections": "annotations/megadetector.json", "data.crop": "best"}  # fmt: skip
+    state = train_swin(data_uri, output_uri, "smoke", config, return_state=True)
+    assert state.is_completed(), state.message
+    split = storage.read_text(f"{state.result()}/split.csv").splitlines()
+    assert split[0].endswith("crop_x,crop_y,crop_w,crop_h")
+    info = json.loads(storage.read_text(f"{state.result()}/run.json"))
+    assert info["config"]["data"]["crop"] == "best"
+    again = train_swin(data_uri, output_uri, "smoke", config, return_state=True)
+    assert read_run(again.state_details.flow_run_id).tasks["fetch-metadata"] == ["Cached"]

@@ -146,7 +146,7 @@ def test_predict_labels_a_coco_file_and_a_folder_from_s3(
     events per seq_id) and a card's folder, one of its photos cut short (a failure listed)."""
     from fixtures.formats import to_coco
 
-    from camtrap.outputs.megadetector import read_megadetector
+    from camtrap.dataset.megadetector import read_megadetector
 
     monkeypatch.setenv("CAMTRAP_CACHE_DIR", str(tmp_path / "cache"))
     model = str(trained / "final_mobilenet_v3_small_model_smoke_best.pth")
@@ -268,7 +268,7 @@ def test_the_flow_labels_a_package_and_a_cards_folder_from_s3(
 
     from camtrap.dataset.camtrapdp import resource_paths
     from camtrap.dataset.dpschema import schema_problems
-    from camtrap.outputs.megadetector import read_megadetector
+    from camtrap.dataset.megadetector import read_megadetector
 
     output_uri = f"s3://{s3_server.new_bucket('runs')}/runs"
     model_uri = str(trained / "final_mobilenet_v3_small_model_smoke_best.pth")

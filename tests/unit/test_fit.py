@@ -173,6 +173,52 @@ def test_resume_after_a_crash_gives_the_uninterrupted_numbers(
     assert ("weights" in recorded) == bool(balance)
 
 
+def test_ena24_mini_trains_and_predicts_on_megadetector_crops(
+    tmp_path, ena24_root, tiny_config, capsys
+):
+    """The real MegaDetector v5 output of ena24_mini: the run trains on each image's best box,
+    split.csv records the boxes, and predict on the same photos needs the detections and then
+    gives the probabilities of the crops (computed here without the cache)."""
+    from camtrap import imagecache
+    from camtrap.cli import main
+    from camtrap.dataset.detections import CROP_COLUMNS
+
+    md = "annotations/megadetector.json"
+    config = tiny_config(**{"train.epochs": 1, "data.split": "stratified",
+                            "data.detections": md, "data.crop": "best"})  # fmt: skip
+    summary = _run(config, ena24_root, tmp_path / "runs")
+    split = pd.read_csv(summary.run_dir / "split.csv", dtype={"id": str})
+    first = split.set_index("filepath").loc["train_features/ENA24_02480.jpg"]
+    assert [first[c] for c in CROP_COLUMNS] == [0.35, 0.35, 0.3, 0.3]
+    frames = config.model_copy(update={"data": config.data.model_copy(
+        update={"detections": None, "crop": "none"})})  # fmt: skip
+    data = load_dataset(ena24_root)
+    assert summary.run_dir.name != runfolder.run_id_for(frames, data.fingerprint)  # another run
+
+    photos = tmp_path / "photos"
+    shutil.copytree(ena24_root, photos)
+    features = pd.read_csv(photos / "train_features.csv", dtype=str)
+    features.to_csv(photos / "test_features.csv", index=False)
+    out = tmp_path / "preds.csv"
+    args = ["predict", "--model", str(summary.run_dir), "--data", str(photos), "--out", str(out),
+            "--no-calibration"]  # fmt: skip
+    assert main(args) == 2
+    assert "--detections FILE.json" in capsys.readouterr().err and not out.exists()
+    assert main([*args, "--detections", md]) == 0
+    predicted = pd.read_csv(out, dtype={"id": str})
+    model, meta = load_model(next(summary.run_dir.glob("*_best.pth")))
+    boxes = split.set_index("filepath")
+    pixels = np.stack([
+        imagecache.decode_resized(photos / f, 32, crop=(*boxes.loc[f, list(CROP_COLUMNS)], 0.15))
+        for f in features["filepath"]
+    ])  # fmt: skip
+    x = torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255
+    x = (x - torch.tensor(meta.mean).view(1, 3, 1, 1)) / torch.tensor(meta.std).view(1, 3, 1, 1)
+    with torch.no_grad():
+        expected = torch.softmax(model(x).double(), dim=1).numpy()
+    np.testing.assert_allclose(predicted[meta.classes].to_numpy(), expected, atol=1e-5)
+
+
 def test_ena24_mini_real_photos_train_end_to_end(tmp_path, ena24_root, tiny_config):
     config = tiny_config(**{"train.epochs": 2, "data.split": "stratified"})
     summary = _run(config, ena24_root, tmp_path)

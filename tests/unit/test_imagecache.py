@@ -271,3 +271,25 @@ def test_cpu_batches_reuse_two_buffers_and_autograd_catches_misuse():
     normalize(pixels)  # overwrites it: backward must refuse, not use wrong values
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         loss.backward()
+
+
+def test_a_crop_is_its_own_row_decoded_once_and_keyed_by_box_and_margin(tmp_path, ena24_root):
+    from PIL import Image
+
+    path = str(ena24_root / "train_features" / "ENA24_02480.jpg")
+    whole = imagecache.CacheEntry("a", path, "f" * 64)
+    box = (0.35, 0.35, 0.3, 0.3)
+    crop = imagecache.crop_entry(whole, box, 0.15)
+    assert crop.sha256 != whole.sha256 and crop.crop == (*box, 0.15)
+    assert imagecache.crop_entry(whole, box, 0.2).sha256 != crop.sha256  # margin in the key
+    assert imagecache.crop_entry(whole, None, 0.15) == whole
+    store = tmp_path / "store"
+    pack = imagecache.ensure_pack([crop, whole], 32, store).pack
+    rows = np.memmap(pack.path, np.uint8, "r", shape=(2, 32, 32, 3))
+    image = Image.open(path).convert("RGB")
+    left, top, right, bottom = imagecache.crop_pixels(image.width, image.height, (*box, 0.15))
+    by_hand = image.crop((left, top, right, bottom)).resize((32, 32), Image.BILINEAR)
+    assert np.array_equal(rows[0], np.asarray(by_hand))
+    assert np.array_equal(rows[1], imagecache.decode_resized(path, 32))
+    again = imagecache.ensure_pack([whole, crop], 32, store)
+    assert (again.copied, again.decoded) == (2, 0)  # both rows reused, the crop not decoded again

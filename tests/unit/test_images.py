@@ -382,3 +382,15 @@ def test_capture_time_from_exif(tmp_path, ena24_root):
     unset = _jpeg_with_exif(tmp_path / "c.jpg", {}, {0x9003: "    :  :     :  :  "})
     assert capture_time(unset) == ""
     assert capture_time(tmp_path / "missing.jpg") == ""
+
+
+def test_crop_pixels_squares_the_box_with_its_margin_inside_the_image():
+    from camtrap.images import crop_pixels
+
+    # 960x540, box 96x54 px at (480, 270): longer side 96, +15% each side: 124.8 px square
+    # centred on (528, 297)
+    assert crop_pixels(960, 540, (0.5, 0.5, 0.1, 0.1, 0.15)) == (466, 235, 590, 359)
+    # at the left edge: moved inside rather than cut
+    assert crop_pixels(960, 540, (0.0, 0.4, 0.05, 0.1, 0.0)) == (0, 216, 54, 270)
+    # larger than the image's short side: as tall as the image, clipped
+    assert crop_pixels(960, 540, (0.1, 0.0, 0.8, 1.0, 0.5)) == (0, 0, 960, 540)

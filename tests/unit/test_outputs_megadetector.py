@@ -10,9 +10,10 @@ from datetime import UTC, datetime
 import pandas as pd
 import pytest
 
+from camtrap.dataset.megadetector import read_megadetector
 from camtrap.errors import DataError
 from camtrap.outputs import Labelled, write
-from camtrap.outputs.megadetector import megadetector_doc, read_megadetector
+from camtrap.outputs.megadetector import megadetector_doc
 
 CLASSES = ["blank", "deer", "fox", "human", "owl", "vehicle", "wolf"]
 WHEN = datetime(2026, 12, 3, 12, 0, 0, tzinfo=UTC)

@@ -20,11 +20,11 @@ from fixtures.formats import to_camtrap_dp, to_coco
 from camtrap import imagecache, latest, runfolder
 from camtrap.cli import main
 from camtrap.dataset import load_features, validate_features
+from camtrap.dataset.megadetector import read_megadetector
 from camtrap.demo import SEED_CLASSES
 from camtrap.errors import DataError
 from camtrap.modelfile import ModelMeta, model_file_dict
 from camtrap.models import build_model, load_model
-from camtrap.outputs.megadetector import read_megadetector
 from camtrap.predict import prediction_name
 from camtrap.report import class_counts, least_confident
 
