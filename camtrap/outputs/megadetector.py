@@ -1,10 +1,11 @@
 """MegaDetector batch output (format 1.4: github.com/agentmorris/MegaDetector, "MegaDetector
 batch output format"), the file Timelapse and AddaxAI open for review.
 
-camtrap classifies whole photos, so each readable photo gets one whole-image detection (bbox
-[0, 0, 1, 1]): its `conf` is the probability that something is there (1 - P(blank)), its
-category animal, person or vehicle after the most probable non-blank class, and its
-`classifications` the five most probable classes, best first, as [class id, probability]. A
+camtrap classifies whole photos (or, for a model trained on crops, each photo's best
+MegaDetector box), so each readable photo gets one detection: bbox [0, 0, 1, 1] (or that
+box); its `conf` is the probability that something is there (1 - P(blank)), its category
+animal, person or vehicle after the most probable non-blank class, and its `classifications`
+the five most probable classes, best first, as [class id, probability]. A
 photo that could not be read has `failure` and `detections: null`, as the format says.
 camtrap.dataset.megadetector reads such a file back (camtrap's own files and MegaDetector's)."""
 
@@ -15,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from camtrap.dataset.detections import crop_of
 from camtrap.outputs.labelled import Labelled, animal_confidence, kind_of
 
 FORMAT_VERSION = "1.4"
@@ -34,9 +36,12 @@ def megadetector_doc(labelled: Labelled) -> dict[str, Any]:
     classes = labelled.classes
     probs = labelled.probs[classes].to_numpy(dtype=np.float64)
     confidence = animal_confidence(probs, classes)
+    boxes = [crop_of(photo) or WHOLE_IMAGE for photo in labelled.photos.itertuples()]
     images = [
-        {"file": path, "detections": [_detection(row, conf, classes)]}
-        for path, row, conf in zip(labelled.photos["filepath"], probs, confidence, strict=True)
+        {"file": path, "detections": [_detection(row, conf, classes, box)]}
+        for path, row, conf, box in zip(
+            labelled.photos["filepath"], probs, confidence, boxes, strict=True
+        )  # fmt: skip
     ]
     images += [
         {"file": path, "failure": message, "detections": None}
@@ -64,14 +69,14 @@ def megadetector_doc(labelled: Labelled) -> dict[str, Any]:
     }
 
 
-def _detection(row: np.ndarray, conf: float, classes: list[str]) -> dict[str, Any]:
+def _detection(row: np.ndarray, conf: float, classes: list[str], box: Any) -> dict[str, Any]:
     order = np.argsort(-row, kind="stable")
     animal = [i for i in order if kind_of(classes[i]) != "blank"]
     category = CATEGORY_OF_KIND[kind_of(classes[animal[0]])] if animal else "1"
     return {
         "category": category,
         "conf": round(float(conf), DIGITS),
-        "bbox": list(WHOLE_IMAGE),
+        "bbox": [float(v) for v in box],
         "classifications": [[str(i), round(float(row[i]), DIGITS)] for i in order[:TOP_K]],
     }
 

@@ -217,6 +217,12 @@ def test_ena24_mini_trains_and_predicts_on_megadetector_crops(
     with torch.no_grad():
         expected = torch.softmax(model(x).double(), dim=1).numpy()
     np.testing.assert_allclose(predicted[meta.classes].to_numpy(), expected, atol=1e-5)
+    md_out = tmp_path / "md.json"  # the review file shows the box the model saw
+    assert main([*args[:-3], "--out", str(md_out), "--format", "megadetector",
+                 "--detections", md]) == 0  # fmt: skip
+    (image,) = [i for i in json.loads(md_out.read_text())["images"]
+                if i["file"] == "train_features/ENA24_02480.jpg"]  # fmt: skip
+    assert image["detections"][0]["bbox"] == [0.35, 0.35, 0.3, 0.3]
 
 
 def test_ena24_mini_real_photos_train_end_to_end(tmp_path, ena24_root, tiny_config):
