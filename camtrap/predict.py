@@ -18,7 +18,6 @@ time (`validate_photos`, `predict_features`, `write_outputs`)."""
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -33,7 +32,7 @@ from camtrap import events, imagecache, outputs, storage
 from camtrap.calibration import apply_temperature
 from camtrap.config import TTA_CHOICES, PredictConfig, PredictOptions
 from camtrap.dataset import FeatureData, ImageLimits, fetch_dataset, load_features
-from camtrap.dataset.detections import crop_of, read_detections, with_crops
+from camtrap.dataset.detections import apply_detections, crop_of
 from camtrap.dataset.fetch import fetch_photos
 from camtrap.dataset.photos import load_photos, resolve_input
 from camtrap.device import precision_for, resolve_device
@@ -222,12 +221,12 @@ def _with_crops(root: Path, data: FeatureData, detections: str | None,
             "for these photos, relative to --data)"
         )
     listed = [*data.frame["filepath"], *data.failed["filepath"]]
-    found, problems = read_detections(root, detections, listed)
-    if found is None:
+    frame, fingerprint, problems = apply_detections(
+        root, detections, data.frame, data.fingerprint, crops.threshold, listed
+    )
+    if problems:
         raise DataError(problems, root=str(root))
-    frame = with_crops(data.frame, found, crops.threshold)
-    digest = hashlib.sha256(f"{data.fingerprint}+{found.sha256}".encode()).hexdigest()
-    return dataclasses.replace(data, frame=frame, fingerprint=digest)
+    return dataclasses.replace(data, frame=frame, fingerprint=fingerprint)
 
 
 # --- the model on the images ---------------------------------------------------------------------
@@ -362,11 +361,6 @@ def write_outputs(result: Predictions, output_uri: str, options: PredictOptions,
                          new)  # fmt: skip
 
 
-def check_output(output_uri: str, fmt: str = "csv") -> None:
-    """ConfigError for an output that cannot be written as `fmt`, before minutes of work."""
-    outputs.check_output(output_uri, fmt)
-
-
 OUTPUT_SUFFIX = {"csv": ".csv", "megadetector": ".json", "camtrap-dp": "-camtrap-dp"}
 
 
@@ -406,7 +400,7 @@ def predict(
     `output_uri`. Nothing is written unless every step succeeded."""
     options = options or PredictOptions()
     check_options(tta, device, batch_size)
-    check_output(output_uri, options.format)
+    outputs.check_output(output_uri, options.format)  # before minutes of work
     options = resolved(data_uri, options)
     check_format(options)
     model_uri = resolve_model_uri(model_uri)

@@ -14,6 +14,7 @@ data.crop_margin context and clips it to the image when it decodes it, once."""
 from __future__ import annotations
 
 import hashlib
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +22,8 @@ import pandas as pd
 
 from camtrap.dataset.megadetector import DetectionImage, read_megadetector
 from camtrap.errors import DataError, Problem
+
+log = logging.getLogger("camtrap")
 
 CROP_COLUMNS = ("crop_x", "crop_y", "crop_w", "crop_h")
 UNKNOWN_FIX = (
@@ -92,3 +95,21 @@ def crop_of(row: object) -> tuple[float, float, float, float] | None:
     if any(v != v or v == "" for v in values):  # NaN or an empty CSV cell: the whole frame
         return None
     return tuple(float(v) for v in values)  # type: ignore[return-value]
+
+
+def apply_detections(
+    root: Path, name: str, frame: pd.DataFrame, fingerprint: str, threshold: float,
+    listed: list[str] | None = None,
+) -> tuple[pd.DataFrame, str, list[Problem]]:  # fmt: skip
+    """`frame` with each image's crop from the detections file `name` and `fingerprint` with
+    the file in it (other detections, other crops: other data); or the file's problems.
+    `listed`: every image the file may name (default: the frame's)."""
+    listed = frame["filepath"].tolist() if listed is None else listed
+    found, problems = read_detections(root, name, listed)
+    if found is None:
+        return frame, fingerprint, problems
+    if found.missing:
+        log.info("%s lists no detection for %d of the %d images: they keep their whole frame",
+                 name, len(found.missing), len(listed))  # fmt: skip
+    digest = hashlib.sha256(f"{fingerprint}+{found.sha256}".encode()).hexdigest()
+    return with_crops(frame, found, threshold), digest, []

@@ -118,7 +118,7 @@ def fetch_data(data_uri: str, cache_dir: str | Path, data: DataConfig) -> Path:
     return root
 
 
-def photo_listing_names(data_uri: str, options: PredictOptions) -> list[str]:
+def photo_listing_names(options: PredictOptions) -> list[str]:
     """The files that list the photos of `options.input` (resolved): the features CSV, the COCO
     file, datapackage.json (its tables follow), none for a folder (the listing is the list)."""
     if options.input == "conservision":
@@ -137,7 +137,7 @@ def fetch_photos(data_uri: str, cache_dir: str | Path, options: PredictOptions) 
         _fetch_named(data_uri, [options.detections], cache_dir)
     if options.input == "conservision":
         return fetch_dataset(data_uri, cache_dir, options.features_csv, labels_csv=None)
-    names = photo_listing_names(data_uri, options)
+    names = photo_listing_names(options)
     report = mirror.fetch_files(data_uri, names, cache_dir)
     if report.missing:
         raise StorageNotFound(

@@ -6,7 +6,6 @@ last class folders."""
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 from pathlib import Path
@@ -20,7 +19,7 @@ from camtrap.dataset.contract import (
     LabelledData,
     decode_check,
 )
-from camtrap.dataset.detections import read_detections, with_crops
+from camtrap.dataset.detections import apply_detections
 from camtrap.errors import DataError, Problem
 
 log = logging.getLogger("camtrap")
@@ -120,19 +119,15 @@ def validate_data(
 def _with_detections(
     root: Path, data: DataConfig, found: LabelledData | None, problems: list[Problem]
 ) -> tuple[LabelledData | None, list[Problem]]:
-    """data.detections checked against the dataset's images; each image's crop in the frame
-    and the file in the fingerprint (other detections, other crops: another run)."""
+    """data.detections checked against the dataset's images (camtrap.dataset.detections)."""
     if found is None or data.detections is None:
         return found, problems
-    detections, wrong = read_detections(root, data.detections, found.frame["filepath"].tolist())
-    if detections is None:
+    frame, fingerprint, wrong = apply_detections(
+        root, data.detections, found.frame, found.fingerprint, data.detection_threshold
+    )
+    if wrong:
         return None, wrong
-    if detections.missing:
-        log.info("%s lists no detection for %d of the %d images: they keep their whole frame",
-                 data.detections, len(detections.missing), len(found.frame))  # fmt: skip
-    frame = with_crops(found.frame, detections, data.detection_threshold)
-    digest = hashlib.sha256(f"{found.fingerprint}+{detections.sha256}".encode()).hexdigest()
-    return dataclasses.replace(found, frame=frame, fingerprint=digest), []
+    return dataclasses.replace(found, frame=frame, fingerprint=fingerprint), []
 
 
 def load_data(

@@ -67,7 +67,7 @@ def load_photos(
     allow_http: bool = False,
 ) -> FeatureData:
     """The photos of `input` at `root` (not conservision: see load_features), images that
-    cannot be read listed in `failures`."""
+    cannot be read listed in `failed`."""
     problems: list[Problem] = []
     file, items, raw = _items(root, input, annotations, problems, allow_http, limits.max_bytes)
     rows: list[Row] = [(item.line or 0, {"id": item.id, "filepath": item.filepath,

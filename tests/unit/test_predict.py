@@ -415,6 +415,11 @@ def test_a_bad_taxonomy_is_refused_before_any_photo_is_read(model_file, card, tm
     assert _predict(model_file, card, out, "--input", "folder", "--taxonomy", str(taxa)) == 2
     assert "has no column 'class'" in capsys.readouterr().err
     assert not out.exists()
+    # a --data that is not there at all: the taxonomy is still what is reported, so it was
+    # checked before anything tried to list or read a photo
+    args = ["--input", "folder", "--taxonomy", str(taxa)]
+    assert _predict(model_file, tmp_path / "nowhere", out, *args) == 2
+    assert "has no column 'class'" in capsys.readouterr().err
 
 
 def test_a_coco_files_photos_become_a_new_camtrap_dp_package(
