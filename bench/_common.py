@@ -32,7 +32,7 @@ from PIL import Image
 from camtrap import runfolder, stages
 from camtrap.config import FEATURES_CSV, LABELS_CSV
 from camtrap.demo import SEED_CLASSES
-from camtrap.images import open_rgb
+from camtrap.images import crop_pixels, open_rgb
 
 # The competition's two main frame sizes (width, height); the demo's 360x240 is left out.
 FRAME_SIZES: tuple[tuple[int, int], ...] = ((960, 540), (640, 360))
@@ -270,18 +270,30 @@ def split_items(run_dir: Path, pack: Any, classes: Sequence[str]) -> pd.DataFram
 
 class ReferenceImages(torch.utils.data.Dataset):
     """The seed's dataset: item i = (transform(images.open_rgb(path i)), target i): every image
-    decoded, resized and normalised again in every epoch."""
+    decoded, resized and normalised again in every epoch. With `crops` (x, y, w, h, margin or
+    None per item, as camtrap.imagecache.CacheEntry.crop), the image is cropped first, as a
+    per-epoch crop loader would."""
 
-    def __init__(self, paths: Sequence[str], targets: Sequence[int], transform: Any) -> None:
+    def __init__(
+        self,
+        paths: Sequence[str],
+        targets: Sequence[int],
+        transform: Any,
+        crops: Sequence[tuple[float, ...] | None] | None = None,
+    ) -> None:
         self.paths = list(paths)
         self.targets = list(targets)
         self.transform = transform
+        self.crops = list(crops) if crops is not None else [None] * len(self.paths)
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> tuple[Any, int]:
-        return self.transform(open_rgb(self.paths[i])), self.targets[i]
+        image, crop = open_rgb(self.paths[i]), self.crops[i]
+        if crop is not None:
+            image = image.crop(crop_pixels(image.width, image.height, crop))
+        return self.transform(image), self.targets[i]
 
 
 # --- memory ----------------------------------------------------------------------------------

@@ -12,6 +12,11 @@ cores, producing the same tensors (normalised float32, (B, 3, s, s)):
              prepare -> cache_images, cold cache): a one-time cost, reported in the table as
              its own images/s, not part of the loader's speed.
 
+With --crop best|all (data.crop) both paths read MegaDetector crops instead: a detections.json
+is written with one box per image (best) or two (all: each box a sample), 1 image in 10
+without one (its whole frame); the reference crops each image in every epoch
+(images.crop_pixels, as the cache does once).
+
 One batch of each path is checked to be equal (within 1e-6) before anything is timed. The
 reference is timed over --ref-epochs full epochs, the cached loader over --cached-epochs full
 epochs; each figure is the mean images/s. ratio = camtrap images/s / reference images/s
@@ -19,12 +24,16 @@ epochs; each figure is the mean images/s. ratio = camtrap images/s / reference i
 
     .venv/bin/python bench/data_path.py                 # 400 images, ~35 s on 2 cores
     .venv/bin/python bench/data_path.py --n 1000 --cached-epochs 10       # ~1 minute
+    .venv/bin/python bench/data_path.py --crop all                        # crops, 2 per image
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
 
+import numpy as np
 import torch
 from _common import (
     ReferenceImages,
@@ -54,6 +63,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--cached-workers", type=int, default=0, help="cached loader workers")
     parser.add_argument("--ref-epochs", type=int, default=1)
     parser.add_argument("--cached-epochs", type=int, default=5)
+    parser.add_argument("--crop", choices=["none", "best", "all"], default="none",
+                        help="data.crop: whole frames, or MegaDetector crops")  # fmt: skip
     parser.add_argument(
         "--keep", help="work in this new folder and keep it (default: a temp dir, removed)"
     )
@@ -69,12 +80,39 @@ def time_epochs(epochs: int, one_epoch) -> list[float]:
     return seconds
 
 
+DETECTIONS = "detections.json"
+
+
+def write_detections(root: Path, boxes_per_image: int, seed: int = 0) -> None:
+    """A MegaDetector file for the dataset at `root`: `boxes_per_image` animal boxes (10-40% of
+    the frame's side) per image, none for 1 image in 10."""
+    rng = np.random.default_rng(seed)
+    files = [line.split(",")[1] for line in (root / "train_features.csv").read_text()
+             .splitlines()[1:]]  # fmt: skip
+    images = []
+    for file in files:
+        detections = []
+        for k in range(boxes_per_image if rng.random() >= 0.1 else 0):
+            w, h = rng.uniform(0.1, 0.4, size=2)
+            x, y = rng.uniform(0, 1 - w), rng.uniform(0, 1 - h)
+            box = [round(float(v), 4) for v in (x, y, w, h)]
+            detections.append({"category": "1", "conf": 0.9 - 0.3 * k, "bbox": box})
+        images.append({"file": file, "detections": detections})
+    doc = {"info": {"format_version": "1.4"}, "detection_categories": {"1": "animal"},
+           "images": images}  # fmt: skip
+    (root / DETECTIONS).write_text(json.dumps(doc))
+
+
 def main() -> None:
     args = parse_args()
     with temp_dir("camtrap-bench-data-path-", args.keep) as base:
         cold_cache_dir(base)
         written = write_dataset(base / "data", args.n, sizes=((960, 540),))
-        config = build_config("part1", overrides={"data.image_size": args.size})
+        overrides = {"data.image_size": args.size}
+        if args.crop != "none":
+            write_detections(base / "data", 2 if args.crop == "all" else 1)
+            overrides |= {"data.detections": DETECTIONS, "data.crop": args.crop}
+        config = build_config("part1", overrides=overrides)
         stages = data_stages(config, base / "data", base / "runs")
         pack = stages.report.pack
         items = split_items(stages.run_dir, pack, stages.data.classes)
@@ -85,6 +123,7 @@ def main() -> None:
                 [str(base / "data" / f) for f in items["filepath"]],
                 items["label_idx"].tolist(),
                 seed_transform(args.size, mean, std),
+                [None if b is None else (*b, config.data.crop_margin) for b in items["box"]],
             ),
             batch_size=args.batch,
             shuffle=False,
@@ -126,7 +165,8 @@ def main() -> None:
     build_s = stages.seconds
     ratio = cached_ips / ref_ips
     print_table(
-        f"data path: {n} images of 960x540 -> {args.size}px, batch {args.batch}, {cores()} cores",
+        f"data path: {n} samples (crop {args.crop}) of 960x540 -> {args.size}px, batch "
+        f"{args.batch}, {cores()} cores",
         [
             ("JPEG size (mean, KB)", written["mean_kb"]),
             ("max |reference - cached| on batch 1", difference),
@@ -154,6 +194,7 @@ def main() -> None:
             "ratio": ratio,
             "target": ">= 20",
             "images": n,
+            "crop": args.crop,
             "image_size": args.size,
             "batch": args.batch,
             "reference_images_per_s": ref_ips,

@@ -49,6 +49,12 @@ def setup_logging(verbose: bool) -> None:
 
 
 def _cmd_demo_data(args: argparse.Namespace) -> int:
+    if args.small_animals:
+        from camtrap.demo_small import DETECTIONS_JSON, write_small_animals_dataset
+
+        root = write_small_animals_dataset(args.dir, per_class=args.per_class, seed=args.seed)
+        print(f"wrote a demo dataset with small animals and {DETECTIONS_JSON} to {root}")
+        return 0
     from camtrap.demo import write_demo_dataset
 
     root = write_demo_dataset(args.dir, per_class=args.per_class, seed=args.seed)
@@ -58,6 +64,7 @@ def _cmd_demo_data(args: argparse.Namespace) -> int:
 
 def _cmd_validate(args: argparse.Namespace) -> int:
     from camtrap.dataset import fetch_data, validate_data
+    from camtrap.dataset.detections import crop_summary
 
     overrides = [f"data.features_csv={args.features_csv}", f"data.labels_csv={args.labels_csv}"]
     data_config = build_config("part1", overrides=[*overrides, *args.set]).data
@@ -78,6 +85,8 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         print(f"  {name:<24} {count}")
     for reason, count in data.left_out.items():
         print(f"  left out: {count} image(s) with {reason}")
+    if (crops := crop_summary(data.frame)) is not None:
+        print(f"  crops ({data_config.detections}): {crops}")
     return 0
 
 
@@ -173,6 +182,13 @@ def build_parser(add_commands: AddCommands | None = None) -> argparse.ArgumentPa
     p.add_argument("dir")
     p.add_argument("--per-class", type=int, default=40)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--small-animals",
+        action="store_true",
+        help="960x540 frames whose animal covers ~2%% of the frame, and detections.json (a "
+        "MegaDetector batch output file) for them: train with --set data.detections="
+        "detections.json --set data.crop=best",
+    )
     p.set_defaults(func=_cmd_demo_data)
 
     p = sub.add_parser("validate", help="check a dataset against the data contract")

@@ -105,11 +105,12 @@ class DataConfig(_Section):
     # likely per draw, with replacement; seeded by train.seed and the epoch, so resumable).
     sampler: Literal["shuffle", "balanced"] = "shuffle"
     # Train on the animal, not the frame (camtrap.dataset.detections): a MegaDetector batch
-    # output file (relative to the data root) and data.crop=best: each image's most confident
-    # animal box with conf >= detection_threshold, squared with crop_margin context on each
-    # side, clipped to the image; an image with no such box keeps its whole frame (blanks).
+    # output file (relative to the data root) and data.crop: best (each image's most confident
+    # animal box with conf >= detection_threshold) or all (every such box its own sample,
+    # labelled with its image's label), squared with crop_margin context on each side, clipped
+    # to the image; an image with no such box keeps its whole frame (blanks).
     detections: str | None = None
-    crop: Literal["none", "best"] = "none"
+    crop: Literal["none", "best", "all"] = "none"
     detection_threshold: float = Field(0.1, ge=0.0, le=1.0)
     crop_margin: float = Field(0.15, ge=0.0, le=1.0)
     val_fraction: float = Field(0.25, gt=0.0, lt=1.0)
@@ -251,7 +252,7 @@ class PredictOptions(_Section):
     taxonomy: str | None = None
     allow_http: bool = False  # fetch Camtrap DP media named by http(s) URL (data.allow_http)
     # The MegaDetector output for the photos (relative to the data root): a model trained on
-    # crops (data.crop=best) labels the same crops of new photos
+    # crops (data.crop=best or all) labels the same crops of new photos
     detections: str | None = None
     # A new Camtrap DP package from photos that are not one (camtrap.outputs.newpackage): the
     # deployments CSV (deploymentID = each photo's site, latitude, longitude), and the UTC
@@ -289,11 +290,12 @@ class RunConfig(_Section):
                 "the model would train at another size than it is validated at — fix: set "
                 "augment.enabled=true, or drop data.train_cache_size"
             )
-        if (self.data.crop == "best") != (self.data.detections is not None):
+        if (self.data.crop != "none") != (self.data.detections is not None):
             raise ValueError(
-                "data.crop=best and data.detections go together: the crops come from the "
-                "detections — fix: set both (data.detections=FILE.json relative to the data "
-                "root, data.crop=best), or neither"
+                f"data.crop={self.data.crop} and data.detections="
+                f"{self.data.detections or 'none'}: crops and detections go together (the "
+                "crops come from the detections) — fix: set both (data.detections=FILE.json "
+                "relative to the data root, data.crop=best or all), or neither"
             )
         if self.model.init_from is not None and self.model.weights.lower() != "none":
             raise ValueError(

@@ -248,7 +248,7 @@ DRAWERS: dict[str, Drawer | None] = {
 }
 
 
-def _paint_site(rng: np.random.Generator, index: int) -> Site:
+def paint_site(rng: np.random.Generator, index: int) -> Site:
     """A site's background at _BACKGROUND_SIZE: sky/canopy above a horizon, ground below, with
     site-specific tones, tree trunks and leaf blotches."""
     width, height = _BACKGROUND_SIZE
@@ -269,7 +269,7 @@ def _paint_site(rng: np.random.Generator, index: int) -> Site:
     return Site(f"S{index + 1:04d}", sky, ground, horizon, np.clip(image, 0, 255))
 
 
-def _background(site: Site, size: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+def site_background(site: Site, size: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
     """The site's background at `size`, with this shot's light level and sensor noise."""
     small = Image.fromarray(site.background.astype(np.uint8))
     image = np.asarray(small.resize(size, Image.BILINEAR), dtype=np.float32)
@@ -282,7 +282,7 @@ def _background(site: Site, size: tuple[int, int], rng: np.random.Generator) -> 
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 
-def _night(
+def night_shot(
     background: np.ndarray, animal: np.ndarray | None, rng: np.random.Generator
 ) -> np.ndarray:
     """Infrared look: grey, the animal lit up by the flash (fur reflects IR), bright centre with
@@ -300,7 +300,7 @@ def _night(
     return np.repeat(grey[:, :, None], 3, axis=2)
 
 
-def _day(background: np.ndarray, animal: np.ndarray | None) -> np.ndarray:
+def day_shot(background: np.ndarray, animal: np.ndarray | None) -> np.ndarray:
     if animal is None:
         return background
     alpha = animal[:, :, 3:] / 255.0
@@ -331,13 +331,13 @@ def _render(label: str, site: Site, rng: np.random.Generator) -> Image.Image:
     """One camera-trap shot of `label` at `site`."""
     size = IMAGE_SIZES[int(rng.choice(len(IMAGE_SIZES), p=IMAGE_SIZE_WEIGHTS))]
     is_night = bool(rng.random() < NIGHT_FRACTION)
-    background = _background(site, size, rng)
+    background = site_background(site, size, rng)
     animal = _animal(label, size, rng)
-    pixels = _night(background, animal, rng) if is_night else _day(background, animal)
+    pixels = night_shot(background, animal, rng) if is_night else day_shot(background, animal)
     return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
 
 
-def _csv_bytes(header: Sequence[str], rows: Sequence[Sequence[str]]) -> bytes:
+def csv_bytes(header: Sequence[str], rows: Sequence[Sequence[str]]) -> bytes:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(header)
@@ -345,13 +345,13 @@ def _csv_bytes(header: Sequence[str], rows: Sequence[Sequence[str]]) -> bytes:
     return buffer.getvalue().encode("utf-8")
 
 
-def _jpeg_bytes(image: Image.Image) -> bytes:
+def jpeg_bytes(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="JPEG", quality=JPEG_QUALITY)
     return buffer.getvalue()
 
 
-def _check_arguments(per_class: int, classes: Sequence[str], n_sites: int) -> list[str]:
+def check_arguments(per_class: int, classes: Sequence[str], n_sites: int) -> list[str]:
     names = [str(c) for c in classes]
     unknown = [c for c in names if c not in DRAWERS]
     if unknown:
@@ -372,22 +372,37 @@ def write_demo_dataset(
 ) -> Path:
     """Write `per_class` images of each class (shuffled, ids "ZJ000000"...) under `root` in the
     Conser-vision layout and return `root`. Same arguments, same bytes."""
-    names = _check_arguments(per_class, classes, n_sites)
+    return write_shots(root, per_class, seed, classes, n_sites,
+                       lambda name, site, rng, _: _render(name, site, rng))  # fmt: skip
+
+
+# A class name, its site, the dataset's RNG and the image's filepath -> the image
+Shoot = Callable[[str, Site, np.random.Generator, str], Image.Image]
+
+
+def write_shots(
+    root: str | Path, per_class: int, seed: int, classes: Sequence[str], n_sites: int, shoot: Shoot
+) -> Path:
+    """The Conser-vision layout under `root`, each image drawn by `shoot` (camtrap.demo_small
+    draws small animals and notes their boxes)."""
+    names = check_arguments(per_class, classes, n_sites)
     root = Path(root)
     (root / IMAGE_DIR).mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    sites = [_paint_site(rng, i) for i in range(n_sites)]
+    sites = [paint_site(rng, i) for i in range(n_sites)]
     labels = rng.permutation(np.repeat(np.arange(len(names)), per_class))
     feature_rows, label_rows = [], []
     for number, label_idx in enumerate(labels):
         image_id = f"ZJ{number:06d}"
         site = sites[int(rng.integers(n_sites))]
         filepath = f"{IMAGE_DIR}/{image_id}.jpg"
-        atomic_write_bytes(root / filepath, _jpeg_bytes(_render(names[label_idx], site, rng)))
+        atomic_write_bytes(
+            root / filepath, jpeg_bytes(shoot(names[label_idx], site, rng, filepath))
+        )
         feature_rows.append([image_id, filepath, site.name])
         label_rows.append(
             [image_id, *("1.0" if i == label_idx else "0.0" for i in range(len(names)))]
         )
-    atomic_write_bytes(root / LABELS_CSV, _csv_bytes(["id", *names], label_rows))
-    atomic_write_bytes(root / FEATURES_CSV, _csv_bytes(["id", "filepath", "site"], feature_rows))
+    atomic_write_bytes(root / LABELS_CSV, csv_bytes(["id", *names], label_rows))
+    atomic_write_bytes(root / FEATURES_CSV, csv_bytes(["id", "filepath", "site"], feature_rows))
     return root

@@ -52,6 +52,7 @@ from camtrap.plots import (
     figure_to_png_bytes,
 )
 from camtrap.runfolder import RunFiles, read_run_json, write_run_json
+from camtrap.samples import image_outputs
 from camtrap.storage.files import atomic_write_bytes, atomic_write_text
 
 log = logging.getLogger("camtrap")
@@ -61,7 +62,8 @@ log = logging.getLogger("camtrap")
 class _ValSplit:
     """The val split, ready for model files to run on."""
 
-    items: pd.DataFrame  # split.csv's val rows, in order: id, filepath, site, label, ...
+    items: pd.DataFrame  # split.csv's val rows (images), in order: id, filepath, site, label, ...
+    image: np.ndarray  # the image of each sample the loader yields (camtrap.samples)
     classes: list[str]
     loader: DataLoader
     device: torch.device
@@ -69,7 +71,8 @@ class _ValSplit:
 
 
 def _val_split(config: RunConfig, items: pd.DataFrame, classes: list[str], pack: Pack) -> _ValSplit:
-    val = items[items["split"] == "val"].reset_index(drop=True)
+    val = items[items["split"] == "val"].reset_index(drop=True)  # samples
+    images = val.drop_duplicates("image").reset_index(drop=True)
     device = resolve_device(config.train.device)
     dataset = CachedBatches(pack, val["row"].tolist(), val["label_idx"].tolist())
     loader = make_loader(
@@ -77,14 +80,14 @@ def _val_split(config: RunConfig, items: pd.DataFrame, classes: list[str], pack:
         pin_memory=device.type == "cuda",
     )  # fmt: skip
     precision = precision_for(device, config.train.amp, config.train.amp_dtype)
-    return _ValSplit(val, classes, loader, device, precision)
+    return _ValSplit(images, val["image"].to_numpy(), classes, loader, device, precision)
 
 
 def _run_on_val(model: torch.nn.Module, meta: ModelMeta, val: _ValSplit) -> EpochOutputs:
-    """A model's raw (uncalibrated) probabilities on val: evaluation preprocessing, the file's
-    mean and std."""
+    """A model's raw (uncalibrated) probabilities on val, per image: evaluation preprocessing,
+    the file's mean and std."""
     to_input = DeviceNormalize(meta.mean, meta.std, val.device)
-    return infer(model, val.loader, to_input, val.precision)
+    return image_outputs(infer(model, val.loader, to_input, val.precision), val.image, val.classes)
 
 
 @dataclass
@@ -162,9 +165,9 @@ def evaluate_on_val(
     and after (run.json `calibration`, plots/calibration.png). The best model (train.best_metric)
     also gives predictions/val.csv (calibrated probabilities, as `camtrap predict` returns),
     metrics/confusion_matrix.csv, metrics/per_site.csv, the TTA effect (run.json `tta`) and the
-    plots. `items`: split.csv with each image's row in `pack` and class index
-    (camtrap.stages.split_items). Returns the best model's val metrics, calibrated log loss and
-    ECE included."""
+    plots. `items`: split.csv's samples with their rows in `pack` and class index
+    (camtrap.stages.split_items); every figure is per image. Returns the best model's val
+    metrics, calibrated log loss and ECE included."""
     run_dir = Path(run_dir)
     files = RunFiles.for_config(run_dir, config)
     val = _val_split(config, items, classes, pack)

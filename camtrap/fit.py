@@ -42,6 +42,7 @@ from camtrap.modelfile import ModelMeta, model_file_dict
 from camtrap.models import build_model, warm_start
 from camtrap.ranks import Group
 from camtrap.runfolder import RunFiles
+from camtrap.samples import image_outputs
 from camtrap.schedule import make_schedule
 from camtrap.torchfile import load_torch
 
@@ -131,8 +132,10 @@ class _Trainer:
             if rows.empty:
                 raise ConfigError(f"the {split} split is empty; check data.val_fraction")
             source = train_pack if split == "train" and train_pack is not None else pack
-            where = rows["row"] if source is pack else rows["id"].map(source.row_of())
+            where = rows["row"] if source is pack else rows["sample"].map(source.row_of())
             sets[split] = CachedBatches(source, where.tolist(), rows["label_idx"].tolist())
+        # data.crop=all trains on each box; val is measured per image (camtrap.samples)
+        self.val_image = items.loc[items["split"] == "val", "image"].to_numpy()
         n = len(sets["train"])
         targets = items.loc[items["split"] == "train", "label_idx"].tolist()
         self.class_weight = self._class_weight(targets)
@@ -143,7 +146,8 @@ class _Trainer:
             self.shuffle = (EpochShuffle(n, cfg.train.seed) if self.group is None
                             else ranks.shard_sampler(n, cfg.train.seed, self.group))  # fmt: skip
         options = {"num_workers": cfg.data.num_workers, "pin_memory": self.device.type == "cuda"}
-        train = make_loader(sets["train"], cfg.train.batch_size, order=self.shuffle, **options)
+        train = make_loader(sets["train"], cfg.train.batch_size, order=self.shuffle, train=True,
+                            **options)  # fmt: skip
         val = make_loader(sets["val"], cfg.train.eval_batch(), **options)
         return train, val
 
@@ -291,6 +295,7 @@ class _Trainer:
             self.eval_model, self.val_loader, self.to_input, self.precision, self.progress,
             desc=f"epoch {epoch}/{epochs} val",
         )  # fmt: skip
+        val_out = image_outputs(val_out, self.val_image, self.classes)
         _check_finite(epoch, train_out, val_out, self.config.train.lr)
         train_m, val_m = _epoch_metrics(train_out), _epoch_metrics(val_out)
         counts = {name: getattr(train_out, name) for name in STEP_COUNTS}
@@ -374,10 +379,11 @@ def fit(
     train_pack: Pack | None = None,
     group: Group | None = None,
 ) -> FitResult:
-    """Train `config` on `items` (columns row: the image's row in `pack`, label_idx, split) into
-    `run_dir`, resuming if a previous attempt left state/last.pt there. `on_epoch_end` runs on
-    a background thread once the epoch's files are written. `train_pack`: the train images at
-    data.train_cache_size (augmentation; rows found by the items' `id`). `group`: this
+    """Train `config` on `items` (camtrap.stages.split_items: a row per sample, with row: its
+    row in `pack`, label_idx, split, image, sample) into `run_dir`, resuming if a previous
+    attempt left state/last.pt there. `on_epoch_end` runs on a background thread once the
+    epoch's files are written. `train_pack`: the train samples at data.train_cache_size
+    (augmentation; rows found by the items' `sample`). `group`: this
     process's rank when several train (camtrap.launch; rank 0 alone writes)."""
     devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
     # The global RNG (weight init, dropout, stochastic depth) is seeded here, at the edge, and

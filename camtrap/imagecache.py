@@ -58,22 +58,13 @@ STALE_TMP_SECONDS = 6 * 3600  # temp files older than this were left by a killed
 
 
 class CacheEntry(NamedTuple):
-    """One image of a dataset: its id, its file, the sha256 of its bytes (a crop's: crop_entry)."""
+    """One image of a dataset: its id, its file, the sha256 of its bytes (a crop's key:
+    camtrap.samples.crop_entry)."""
 
     id: str
     path: str
     sha256: str
     crop: tuple[float, float, float, float, float] | None = None  # x, y, w, h (0..1), margin
-
-
-def crop_entry(entry: CacheEntry, box: tuple[float, ...] | None, margin: float) -> CacheEntry:
-    """`entry` cropped to `box` (x, y, w, h in 0..1) with `margin`: its key covers both, so each
-    crop is decoded once and another box is another row. None: the whole frame."""
-    if box is None:
-        return entry
-    crop = (*(round(float(v), 6) for v in box), float(margin))
-    key = hashlib.sha256(f"{entry.sha256}|crop|{crop}".encode()).hexdigest()
-    return entry._replace(sha256=key, crop=crop)  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
@@ -116,7 +107,10 @@ def decode_resized(source: str | Path | bytes, size: int, name: str | None = Non
                    crop: tuple[float, ...] | None = None) -> np.ndarray:  # fmt: skip
     """The (size, size, 3) uint8 pixels the recipe's transform starts from (of the `crop`
     square, see crop_pixels, when given); DataError naming the file if it cannot be decoded."""
-    image = open_rgb(source, name)
+    return _resized(open_rgb(source, name), size, crop)
+
+
+def _resized(image: Image.Image, size: int, crop: tuple[float, ...] | None) -> np.ndarray:
     if crop is not None:
         image = image.crop(crop_pixels(image.width, image.height, crop))
     return np.asarray(image.resize((size, size), Image.BILINEAR), dtype=np.uint8)
@@ -429,20 +423,24 @@ def _decode_rows(
     fd: int, entries: Sequence[CacheEntry], indices: Sequence[int], size: int, workers: int
 ) -> list[Problem]:
     """Decode the images at `indices` (threads: PIL releases the GIL while decoding and
-    resizing) and write each row in place; returns the images that failed."""
+    resizing), each file once for all its crops (data.crop=all), and write each row in place;
+    returns the images that failed."""
 
-    def one(i: int) -> Problem | None:
+    def one(rows: list[int]) -> Problem | None:
+        path = entries[rows[0]].path
         try:
-            pixels = decode_resized(entries[i].path, size, entries[i].path, entries[i].crop)
+            image = open_rgb(path, path)
         except DataError as err:
             return err.problems[0]
-        os.pwrite(fd, pixels.tobytes(), i * size * size * 3)
+        for i in rows:
+            os.pwrite(fd, _resized(image, size, entries[i].crop).tobytes(), i * size * size * 3)
         return None
 
-    if not indices:
-        return []
-    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(indices)))) as pool:
-        return [p for p in pool.map(one, indices) if p is not None]
+    by_file: dict[str, list[int]] = {}
+    for i in indices:
+        by_file.setdefault(entries[i].path, []).append(i)
+    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(by_file) or 1))) as pool:
+        return [p for p in pool.map(one, by_file.values()) if p is not None]
 
 
 def _prune(store: Path, keep: Pack) -> None:

@@ -80,6 +80,25 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 100_003 + epoch)
 
 
+class TrainBatches(BatchSampler):
+    """Batches of `order` without a last batch of a single sample: BatchNorm cannot train on
+    one (and the sample is in another batch next epoch, the order being new each epoch). A
+    split of one sample keeps it."""
+
+    def __init__(self, order: Sampler[int], batch_size: int) -> None:
+        super().__init__(order, batch_size, drop_last=False)
+        n = len(order)  # type: ignore[arg-type]
+        self.drop_single = batch_size > 1 and n > 1 and n % batch_size == 1
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for batch in super().__iter__():
+            if len(batch) > 1 or not self.drop_single:
+                yield batch
+
+    def __len__(self) -> int:
+        return super().__len__() - int(self.drop_single)
+
+
 def make_loader(
     dataset: CachedBatches,
     batch_size: int,
@@ -87,13 +106,17 @@ def make_loader(
     order: Sampler[int] | None = None,
     num_workers: int = 0,
     pin_memory: bool = False,
+    train: bool = False,
 ) -> DataLoader:
-    """Batches of `dataset` in `order` (default: as stored). Workers are started once and kept
-    across epochs; with the cache a batch is a few row reads, so 0 or 1 worker is plenty."""
+    """Batches of `dataset` in `order` (default: as stored; `train`: TrainBatches). Workers are
+    started once and kept across epochs; with the cache a batch is a few row reads, so 0 or 1
+    worker is plenty."""
     order = order if order is not None else SequentialSampler(range(len(dataset)))
+    batches = (TrainBatches(order, batch_size) if train
+               else BatchSampler(order, batch_size, drop_last=False))  # fmt: skip
     return DataLoader(
         dataset,
-        sampler=BatchSampler(order, batch_size, drop_last=False),
+        sampler=batches,
         batch_size=None,  # the dataset returns whole batches
         num_workers=num_workers,
         pin_memory=pin_memory,

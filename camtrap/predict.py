@@ -28,12 +28,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from camtrap import events, imagecache, outputs, storage
+from camtrap import events, imagecache, outputs, samples, storage
 from camtrap.calibration import apply_temperature
 from camtrap.config import TTA_CHOICES, PredictConfig, PredictOptions
 from camtrap.dataset import FeatureData, ImageLimits, fetch_dataset, load_features
-from camtrap.dataset.detections import apply_detections, crop_of
-from camtrap.dataset.fetch import fetch_photos
+from camtrap.dataset.detections import apply_detections
+from camtrap.dataset.fetch import fetch_detections, fetch_photos
 from camtrap.dataset.photos import load_photos, resolve_input
 from camtrap.device import precision_for, resolve_device
 from camtrap.engine import infer
@@ -71,6 +71,8 @@ class Predictions:
         default_factory=lambda: pd.DataFrame(columns=outputs.FAILED_COLUMNS)
     )
     model_sha256: str = ""
+    # data.crop=all: id, x, y, w, h, then one probability per class, for each box of a photo
+    boxes: pd.DataFrame | None = None
 
     def describe(self) -> str:
         calibration = (
@@ -122,9 +124,13 @@ def fetch_features(data_uri: str, features_csv: str, cache_root: Path | None = N
 
 
 def fetch_input(data_uri: str, options: PredictOptions, cache_root: Path | None = None) -> Path:
-    """The local root holding the photos of `options.input` (resolved) and what lists them."""
+    """The local root holding the photos of `options.input` (resolved), what lists them and
+    their detections (--detections)."""
     cache = local_copy(data_uri, "data", cache_root)
-    return fetch_photos(data_uri, cache, options)
+    root = fetch_photos(data_uri, cache, options)
+    if options.detections:
+        fetch_detections(data_uri, cache, options.detections)
+    return root
 
 
 def resolved(data_uri: str, options: PredictOptions) -> PredictOptions:
@@ -172,18 +178,21 @@ def _decoding(image_size: int, image_cache: Path | None) -> Iterator[imagecache.
 
 @dataclass(frozen=True)
 class Crops:
-    """How the model's run cropped its images (data.crop=best): predict crops alike."""
+    """How the model's run cropped its images (data.crop): predict crops alike."""
 
     threshold: float
     margin: float
+    mode: str = "best"  # data.crop: best (one box per photo) or all (each box its own)
 
 
 def model_crops(meta: ModelMeta) -> Crops | None:
     """The model's run's crop settings, None for a model trained on whole frames."""
     data = meta.config.get("data", {}) if isinstance(meta.config, dict) else {}
-    if data.get("crop", "none") == "none":
+    mode = data.get("crop", "none")
+    if mode == "none":
         return None
-    return Crops(float(data.get("detection_threshold", 0.1)), float(data.get("crop_margin", 0.15)))
+    threshold, margin = data.get("detection_threshold", 0.1), data.get("crop_margin", 0.15)
+    return Crops(float(threshold), float(margin), str(mode))
 
 
 def validate_photos(
@@ -216,13 +225,14 @@ def _with_crops(root: Path, data: FeatureData, detections: str | None,
         return data
     if not detections:
         raise ConfigError(
-            "the model was trained on MegaDetector crops (data.crop=best), so its photos need "
+            f"the model was trained on MegaDetector crops (data.crop={crops.mode}), so its "
+            "photos need "
             "their detections too — fix: give --detections FILE.json (the MegaDetector output "
             "for these photos, relative to --data)"
         )
     listed = [*data.frame["filepath"], *data.failed["filepath"]]
     frame, fingerprint, problems = apply_detections(
-        root, detections, data.frame, data.fingerprint, crops.threshold, listed
+        root, detections, data.frame, data.fingerprint, crops.threshold, listed, crops.mode
     )
     if problems:
         raise DataError(problems, root=str(root))
@@ -256,27 +266,42 @@ def predict_features(
     if tta not in TTA_CHOICES:
         raise ConfigError(f"tta {tta!r} is not one of {', '.join(TTA_CHOICES)}")
     device = next(model.parameters()).device
-    pack = _pack(data, meta.image_size, image_cache, model_crops(meta))
-    probs = _probabilities(model, meta, pack, tta, batch_size, device, progress)
+    crops = model_crops(meta)
+    found = samples.sample_table(data.frame)  # a photo, or each of its boxes (data.crop=all)
+    pack = _pack(found, meta.image_size, image_cache, crops)
+    raw = _probabilities(model, meta, pack, tta, batch_size, device, progress)
+    classes = list(meta.classes)
     temperature = meta.temperature if calibration else 1.0
-    probs = _normalised(apply_temperature(probs, temperature))
-    frame = pd.DataFrame(probs, columns=list(meta.classes))
+    per_photo = samples.image_probabilities(raw, found["image"].to_numpy(), classes)
+    frame = pd.DataFrame(_calibrated(per_photo, temperature), columns=classes)
     frame.insert(0, "id", data.frame["id"].to_numpy())
+    boxes = None
+    if crops is not None and crops.mode == "all":
+        boxes = _box_table(found, _calibrated(raw, temperature), classes)
     result = Predictions(frame, model_uri, meta, temperature, tta, data.fingerprint,
-                         data.frame, data.failed, model_sha256)  # fmt: skip
+                         data.frame, data.failed, model_sha256, boxes)  # fmt: skip
     log.info("predict: %s", result.describe())
     return result
 
 
-def _pack(data: FeatureData, image_size: int, image_cache: Path | None,
+def _calibrated(probs: np.ndarray, temperature: float) -> np.ndarray:
+    return _normalised(apply_temperature(probs, temperature))
+
+
+def _box_table(found: pd.DataFrame, probs: np.ndarray, classes: list[str]) -> pd.DataFrame:
+    """id, x, y, w, h and the class probabilities of every sample that is a box (a photo
+    without one is its whole frame: not a box)."""
+    is_box = found["box"].notna().to_numpy()
+    table = pd.DataFrame(probs[is_box], columns=classes)
+    coords = pd.DataFrame(found.loc[is_box, "box"].tolist(), columns=["x", "y", "w", "h"])
+    return pd.concat([found.loc[is_box, ["id"]].reset_index(drop=True), coords, table], axis=1)
+
+
+def _pack(found: pd.DataFrame, image_size: int, image_cache: Path | None,
           crops: Crops | None = None) -> imagecache.Pack:  # fmt: skip
+    """The image cache's pack of the samples `found` (camtrap.samples.sample_table)."""
     margin = crops.margin if crops is not None else 0.0
-    entries = [
-        imagecache.crop_entry(
-            imagecache.CacheEntry(row.id, row.path, row.sha256), crop_of(row), margin
-        )  # fmt: skip
-        for row in data.frame.itertuples()
-    ]
+    entries = samples.cache_entries(found, found["path"], margin)
     store = imagecache.store_dir(image_size, image_cache)
     return imagecache.ensure_pack(entries, image_size, store).pack
 
@@ -332,7 +357,7 @@ def labelled(result: Predictions, options: PredictOptions) -> outputs.Labelled:
     return outputs.Labelled(
         probs=result.frame, photos=photos, classes=classes,
         model_name=Path(result.model_uri).name, model_sha256=result.model_sha256,
-        failed=result.failed, events=table,
+        failed=result.failed, events=table, boxes=result.boxes,
     )  # fmt: skip
 
 

@@ -218,6 +218,7 @@ def summary_markdown(run_uri: str, info: dict[str, Any], run_dir: Path) -> str:
         *per_site_lines(info),
         *event_lines(info),
         *balance_lines(info),
+        *crop_lines(info),
         f"## Generalisation gap at epoch {best}",
         "",
         "| metric | train | val | train - val |",
@@ -333,12 +334,38 @@ def balance_lines(info: dict[str, Any]) -> list[str]:
         f"## Class balance (data.sampler {balance.get('sampler')}, train.class_weights "
         f"{balance.get('class_weights')})",
         "",
-        "| class | train images | loss weight |",
+        f"| class | train {'samples' if _crop(info) == 'all' else 'images'} | loss weight |",
         "| --- | --- | --- |",
         *[
             f"| {c} | {n} | {weights[c]:.4f} |" if c in weights else f"| {c} | {n} | 1 |"
             for c, n in counts.items()
         ],  # fmt: skip
+        "",
+    ]
+
+
+def _crop(info: dict[str, Any]) -> str:
+    return str(info.get("config", {}).get("data", {}).get("crop", "none"))
+
+
+def crop_lines(info: dict[str, Any]) -> list[str]:
+    """What the model saw (run.json `crops`, data.crop): the samples of each split and the
+    images without an animal box above the threshold, which keep their whole frame."""
+    crops = info.get("crops")
+    if not crops:
+        return []
+    data = info.get("config", {}).get("data", {})
+    images = info.get("counts", {})
+    return [
+        f"## Crops (data.crop {_crop(info)}, detection_threshold "
+        f"{data.get('detection_threshold')}, {data.get('detections')})",
+        "",
+        "| split | images | samples | whole frames |",
+        "| --- | --- | --- | --- |",
+        *[
+            f"| {s} | {images.get(s, '?')} | {c['samples']} | {c['whole_frames']} |"
+            for s, c in crops.items()
+        ],
         "",
     ]
 

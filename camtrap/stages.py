@@ -22,11 +22,11 @@ import pandas as pd
 import torch
 import torchvision
 
-from camtrap import __version__, imagecache, latest, lease, ranks, runfolder
+from camtrap import __version__, imagecache, latest, lease, ranks, runfolder, samples
 from camtrap.config import RunConfig
 from camtrap.dataset import ImageLimits, LabelledData, load_data
 from camtrap.dataset.contract import image_path
-from camtrap.dataset.detections import CROP_COLUMNS, crop_of
+from camtrap.dataset.detections import BOXES_COLUMN, CROP_COLUMNS
 from camtrap.device import log_memory, resolve_device
 from camtrap.errors import StorageError
 from camtrap.evaluate import evaluate_on_val
@@ -104,21 +104,18 @@ def cache_train_images(
 def cache_entries(
     run_dir: Path, data_root: Path, split: str | None = None, margin: float = 0.0
 ) -> list[imagecache.CacheEntry]:
-    """The run's images (split.csv order; only `split`'s if given): id, file under
-    `data_root`, sha256 of its bytes, and its crop with `margin` where split.csv has one."""
-    items = pd.read_csv(Path(run_dir) / runfolder.SPLIT_CSV, dtype=str, keep_default_na=False)
+    """The run's samples (split.csv order; only `split`'s if given; camtrap.samples: an image,
+    or each of its boxes): id, file under `data_root`, sha256, and the crop with `margin`."""
+    items = _read_split(run_dir)
     if split is not None:
         items = items[items["split"] == split]
-    return [
-        imagecache.crop_entry(
-            imagecache.CacheEntry(
-                row.id, str(image_path(Path(data_root), row.filepath)), row.sha256
-            ),
-            crop_of(row),
-            margin,
-        )  # fmt: skip
-        for row in items.itertuples()
-    ]
+    found = samples.sample_table(items)
+    paths = [image_path(Path(data_root), f) for f in found["filepath"]]
+    return samples.cache_entries(found, paths, margin)
+
+
+def _read_split(run_dir: Path) -> pd.DataFrame:
+    return pd.read_csv(Path(run_dir) / runfolder.SPLIT_CSV, dtype=str, keep_default_na=False)
 
 
 def prepare(config: RunConfig, data: LabelledData, run_dir: Path) -> Path:
@@ -132,8 +129,8 @@ def prepare(config: RunConfig, data: LabelledData, run_dir: Path) -> Path:
     columns = ["id", "filepath", "site", "label", "split", "sha256"]
     # the formats with events (COCO seq_id, Camtrap DP eventID) or timestamps: val per event
     columns += [c for c in ("event", "timestamp") if c in frame and (frame[c] != "").any()]
-    # data.crop=best: each image's box (camtrap.dataset.detections), what cache_entries crops
-    columns += [c for c in CROP_COLUMNS if c in frame]
+    # data.crop: each image's box or boxes (camtrap.dataset.detections), what cache_entries crops
+    columns += [c for c in (*CROP_COLUMNS, BOXES_COLUMN) if c in frame]
     atomic_write_text(files.split_csv, frame[columns].to_csv(index=False))
     info = read_run_json(run_dir) or {"started": utc_now()}
     info.update(
@@ -144,17 +141,32 @@ def prepare(config: RunConfig, data: LabelledData, run_dir: Path) -> Path:
         data_fingerprint=data.fingerprint,
         counts={s: int((frame["split"] == s).sum()) for s in ("train", "val")},
     )
+    if config.data.crop != "none":
+        info["crops"] = crop_counts(frame[columns])
     write_run_json(run_dir, info)
     return files.split_csv
 
 
+def crop_counts(items: pd.DataFrame) -> dict[str, Any]:
+    """run.json `crops`: per split, the samples (boxes, and frames of images without one) and
+    the images that keep their whole frame."""
+    found = samples.sample_table(items)
+    whole = found["box"].isna()
+    return {
+        s: {"samples": int((found["split"] == s).sum()),
+            "whole_frames": int((whole & (found["split"] == s)).sum())}
+        for s in ("train", "val")
+    }  # fmt: skip
+
+
 def split_items(run_dir: Path, pack: imagecache.Pack) -> tuple[pd.DataFrame, list[str]]:
-    """split.csv with each image's class index and its row in the image cache's `pack`."""
+    """split.csv as samples (camtrap.samples.sample_table: a row per image, or per box under
+    data.crop=all), with the class index and the row in the image cache's `pack` of each."""
     classes = read_run_json(run_dir).get("classes")
     if not classes:
         raise StorageError(f"{run_dir}/run.json has no classes; run `prepare` first")
-    items = pd.read_csv(Path(run_dir) / runfolder.SPLIT_CSV, dtype=str, keep_default_na=False)
-    items["row"] = items["id"].map(pack.row_of()).astype(int)
+    items = samples.sample_table(_read_split(run_dir))
+    items["row"] = items["sample"].map(pack.row_of()).astype(int)
     items["label_idx"] = items["label"].map({c: i for i, c in enumerate(classes)}).astype(int)
     return items, classes
 

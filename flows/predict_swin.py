@@ -32,7 +32,13 @@ from camtrap.latest import latest_location
 from camtrap.runfolder import check_run_id
 from camtrap.storage.mirror import check_data_folder
 from flows.local_prefect import run_main
-from tasks.data import fetch_features, fetch_images, fetch_photos, resolve_input
+from tasks.data import (
+    fetch_detections,
+    fetch_features,
+    fetch_images,
+    fetch_photos,
+    resolve_input,
+)
 from tasks.gpu import gpu_slot
 from tasks.predict import predict, report_predictions, resolve_model, validate_features
 
@@ -82,9 +88,11 @@ def predict_swin(
         snapshot = fetch_images(snapshot, data).model_copy(update={"input": "conservision"})
     else:
         snapshot = fetch_photos(data_uri, options)
+    if options.detections:  # a model trained on crops: the photos' MegaDetector output
+        snapshot = fetch_detections(snapshot, options.detections)
     features = validate_features(
         snapshot, options, model.image_size, model.max_image_bytes, model.max_image_pixels,
-        model.crop_threshold, model.crop_margin,
+        model.crop_threshold, model.crop_margin, model.crop,
     )  # fmt: skip
     logger.info("%d photos (data %s), model %s", features.images, features.fingerprint[:12],
                 model.model_uri)  # fmt: skip

@@ -27,6 +27,7 @@ from flows.hooks import restart_after_crash
 from flows.local_prefect import run_main
 from tasks.data import (
     cache_images,
+    fetch_detections,
     fetch_images,
     fetch_metadata,
     run_status,
@@ -78,6 +79,8 @@ def train_swin(
     if run_id is not None:
         check_run_id(run_id)  # it becomes a path: `../x` must not write outside output_uri
     snapshot = fetch_metadata(data_uri, config.data)
+    if config.data.detections:  # data.crop: the boxes come from MegaDetector's output
+        snapshot = fetch_detections(snapshot, config.data.detections)
     snapshot = fetch_images(snapshot, config.data)
     split = validate_and_split.with_options(refresh_cache=force or None)
     run = split(snapshot, config, output_uri, run_id, force)

@@ -34,6 +34,11 @@ def _metadata_state(inputs: dict[str, Any]) -> str | None:
     return mirror.fetch_state(uri, fetch.state_names(uri, inputs["data"]), data_cache_dir(uri))
 
 
+def _detections_state(inputs: dict[str, Any]) -> str | None:
+    uri = inputs["snapshot"].data_uri
+    return mirror.fetch_state(uri, [inputs["detections"]], data_cache_dir(uri))
+
+
 def _images_state(inputs: dict[str, Any]) -> str | None:
     snapshot: DataSnapshot = inputs["snapshot"]
     if not storage.is_remote(snapshot.data_uri):
@@ -54,6 +59,21 @@ def fetch_metadata(data_uri: str, data: DataConfig) -> DataSnapshot:
     with library_logs():
         report = fetch.fetch_metadata(data_uri, data_cache_dir(data_uri), data)
     return DataSnapshot(data_uri=data_uri, root=str(report.root), csv_digest=report.digest)
+
+
+@task(
+    name="fetch-detections",
+    cache_policy=RemoteState(state_fn=_detections_state),
+    timeout_seconds=600,  # one JSON: MegaDetector's output for a large dataset is 100s of MB
+    **IO_TASK,
+)
+def fetch_detections(snapshot: DataSnapshot, detections: str) -> DataSnapshot:
+    """The MegaDetector output the crops come from (data.detections, --detections) beside the
+    metadata, ETag-keyed; its digest goes into the snapshot, so a changed file is new data."""
+    with library_logs():
+        report = fetch.fetch_detections(snapshot.data_uri, data_cache_dir(snapshot.data_uri),
+                                        detections)  # fmt: skip
+    return snapshot.model_copy(update={"detections_digest": report.digest})
 
 
 def _features_csv_state(inputs: dict[str, Any]) -> str | None:

@@ -58,8 +58,9 @@ def resolve_model(model_uri: str) -> ModelRef:
         )
         crops = library.model_crops(meta)
         if crops is not None:
-            ref = ref.model_copy(update={"crop_threshold": crops.threshold,
-                                         "crop_margin": crops.margin})  # fmt: skip
+            ref = ref.model_copy(update={
+                "crop_threshold": crops.threshold, "crop_margin": crops.margin, "crop": crops.mode,
+            })  # fmt: skip
         log.info("model %s: run %s, epoch %s, temperature %.4g", redact_uri(uri), ref.run_id,
                  ref.epoch, ref.temperature)  # fmt: skip
     return ref
@@ -90,6 +91,7 @@ def validate_features(
     max_image_pixels: int,
     crop_threshold: float | None = None,
     crop_margin: float | None = None,
+    crop: str = "none",
 ) -> FeaturesRef:
     """The photos (a features CSV, a folder, a COCO file or a Camtrap DP package: the
     snapshot's input) checked as for training (every problem at once: DataError, not retried);
@@ -100,7 +102,7 @@ def validate_features(
     options = options.model_copy(update={"input": snapshot.input or "conservision"})
     with library_logs():
         data = library.validate_photos(Path(snapshot.root), options, image_size, limits,
-                                       crops=_crops(crop_threshold, crop_margin))  # fmt: skip
+                                       crops=_crops(crop_threshold, crop_margin, crop))  # fmt: skip
     return FeaturesRef(
         root=snapshot.root,
         features_csv=options.features_csv,
@@ -155,7 +157,7 @@ def predict(
             log.info("%s exists (same run, data and options): reused", written[-1])
             return ref
         limits = ImageLimits(model.max_image_bytes, model.max_image_pixels)
-        crops = _crops(model.crop_threshold, model.crop_margin)
+        crops = _crops(model.crop_threshold, model.crop_margin, model.crop)
         data = library.validate_photos(Path(features.root), options, model.image_size, limits,
                                        crops=crops)  # fmt: skip
         if data.fingerprint != features.fingerprint:
@@ -178,13 +180,13 @@ def predict(
     return ref.model_copy(update={"reused": False, "rows": len(result.frame), "written": written})
 
 
-def _crops(threshold: float | None, margin: float | None):  # noqa: ANN202 - library.Crops
+def _crops(threshold: float | None, margin: float | None, mode: str):  # noqa: ANN202 - library.Crops
     """The library's crop settings of a ModelRef's fields (None: whole frames)."""
-    if threshold is None or margin is None:
+    if threshold is None or margin is None or mode == "none":
         return None
     from camtrap.predict import Crops
 
-    return Crops(threshold, margin)
+    return Crops(threshold, margin, mode)
 
 
 def _written(uri: str, fmt: str) -> bool:

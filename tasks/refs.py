@@ -18,6 +18,7 @@ class DataSnapshot(_Model):
     root: str  # local folder: the CSVs, and the images once fetch_images ran
     csv_digest: str
     images_digest: str = ""
+    detections_digest: str = ""  # the MegaDetector output's (data.detections, --detections)
     input: str = ""  # photos to label: how they are listed (PredictOptions.input, resolved)
 
 
@@ -64,9 +65,11 @@ class ModelRef(_Model):
     max_image_pixels: int
     epoch: int | None
     temperature: float
-    # a model trained on crops (data.crop=best): its run's threshold and margin; None: frames
+    # a model trained on crops (data.crop best or all): its run's threshold, margin and crop;
+    # None: frames
     crop_threshold: float | None = None
     crop_margin: float | None = None
+    crop: str = "none"
 
 
 class FeaturesRef(_Model):

@@ -32,14 +32,11 @@ def metadata_names(data_uri: str, data: DataConfig) -> list[str]:
     from camtrap.dataset.formats import annotations_file, resolve_format
 
     fmt = resolve_format(data_uri, data)
-    extra = [data.detections] if data.detections else []  # data.crop's MegaDetector output
     if fmt == "conservision":
-        return [data.features_csv, data.labels_csv, *extra]
+        return [data.features_csv, data.labels_csv]
     if fmt == "coco":
-        return [annotations_file(data_uri, data), *extra]
-    if fmt == "camtrap-dp":
-        return [DATAPACKAGE_JSON, *extra]
-    return extra
+        return [annotations_file(data_uri, data)]
+    return [DATAPACKAGE_JSON] if fmt == "camtrap-dp" else []
 
 
 def state_names(data_uri: str, data: DataConfig) -> list[str] | None:
@@ -47,8 +44,7 @@ def state_names(data_uri: str, data: DataConfig) -> list[str] | None:
     (every file at the URI) where the metadata names more files than it is (Camtrap DP's
     tables) or is the listing itself (class folders)."""
     names = metadata_names(data_uri, data)
-    own = [n for n in names if n != data.detections]
-    return None if own in ([], [DATAPACKAGE_JSON]) else names
+    return None if names in ([], [DATAPACKAGE_JSON]) else names
 
 
 def table_names(root: Path) -> list[str]:
@@ -111,9 +107,25 @@ def fetch_metadata(data_uri: str, cache_dir: str | Path, data: DataConfig) -> Fe
     return report
 
 
+def fetch_detections(data_uri: str, cache_dir: str | Path, name: str) -> FetchReport:
+    """The MegaDetector output `name` (data.detections, --detections) under `cache_dir`, as
+    the metadata is (ETag-keyed); StorageNotFound with the fix when it is not there."""
+    report = mirror.fetch_files(data_uri, [name], cache_dir)
+    if report.missing:
+        raise StorageNotFound(
+            f"{join(data_uri, name)} does not exist — fix: put the MegaDetector output for "
+            "these images there (README: Train on the animal), or correct data.detections / "
+            "--detections (relative to the data)"
+        )
+    return report
+
+
 def fetch_data(data_uri: str, cache_dir: str | Path, data: DataConfig) -> Path:
-    """The local root of the labelled dataset at `data_uri`, in any format."""
+    """The local root of the labelled dataset at `data_uri`, in any format (and its
+    detections, with data.detections)."""
     root = fetch_metadata(data_uri, cache_dir, data).root
+    if data.detections:
+        fetch_detections(data_uri, cache_dir, data.detections)
     mirror.fetch_files(data_uri, listed_images(root, data_uri, data), cache_dir)
     return root
 
@@ -133,8 +145,6 @@ def fetch_photos(data_uri: str, cache_dir: str | Path, options: PredictOptions) 
     (for a folder: every image under it, hidden ones left out)."""
     from camtrap.dataset.folders import is_image_name
 
-    if options.detections:  # the MegaDetector output for the photos, beside them
-        _fetch_named(data_uri, [options.detections], cache_dir)
     if options.input == "conservision":
         return fetch_dataset(data_uri, cache_dir, options.features_csv, labels_csv=None)
     names = photo_listing_names(options)
@@ -156,14 +166,6 @@ def fetch_photos(data_uri: str, cache_dir: str | Path, options: PredictOptions) 
                         and not any(part.startswith(".") for part in n.split("/")))  # fmt: skip
     mirror.fetch_files(data_uri, [p for p in photos if not is_uri(p)], cache_dir)
     return root
-
-
-def _fetch_named(data_uri: str, names: list[str], cache_dir: str | Path) -> FetchReport:
-    report = mirror.fetch_files(data_uri, names, cache_dir)
-    if report.missing:
-        raise StorageNotFound(f"{join(data_uri, report.missing[0])} does not exist — fix: put "
-                              "it there, or correct the option that names it")  # fmt: skip
-    return report
 
 
 def fetch_dataset(

@@ -123,8 +123,9 @@ def _with_detections(
     if found is None or data.detections is None:
         return found, problems
     frame, fingerprint, wrong = apply_detections(
-        root, data.detections, found.frame, found.fingerprint, data.detection_threshold
-    )
+        root, data.detections, found.frame, found.fingerprint, data.detection_threshold,
+        crop=data.crop,
+    )  # fmt: skip
     if wrong:
         return None, wrong
     return dataclasses.replace(found, frame=frame, fingerprint=fingerprint), []

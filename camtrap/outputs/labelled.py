@@ -31,6 +31,9 @@ class Labelled:
     # id, filepath, site, event, timestamp, failure: the photos that could not be read
     failed: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=FAILED_COLUMNS))
     events: pd.DataFrame | None = None  # camtrap.events.events_table, when there are events
+    # a model trained on every box (data.crop=all): id, x, y, w, h, one probability per class,
+    # a row per box a photo has (a photo without one was classified on its whole frame)
+    boxes: pd.DataFrame | None = None
     when: datetime = field(default_factory=lambda: datetime.now(UTC))
 
     @property

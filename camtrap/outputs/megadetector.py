@@ -3,9 +3,11 @@ batch output format"), the file Timelapse and AddaxAI open for review.
 
 camtrap classifies whole photos (or, for a model trained on crops, each photo's best
 MegaDetector box), so each readable photo gets one detection: bbox [0, 0, 1, 1] (or that
-box); its `conf` is the probability that something is there (1 - P(blank)), its category
-animal, person or vehicle after the most probable non-blank class, and its `classifications`
-the five most probable classes, best first, as [class id, probability]. A
+box); a model trained on every box (data.crop=all) gives each of a photo's boxes its own
+detection and classification. A detection's `conf` is the probability that something is there
+(1 - P(blank)), its category animal, person or vehicle after the most probable non-blank class,
+and its `classifications` the five most probable classes, best first, as [class id,
+probability]. A
 photo that could not be read has `failure` and `detections: null`, as the format says.
 camtrap.dataset.megadetector reads such a file back (camtrap's own files and MegaDetector's)."""
 
@@ -35,14 +37,13 @@ def megadetector_doc(labelled: Labelled) -> dict[str, Any]:
     """The whole file as a dict, images in the photos' order, failed photos after them."""
     classes = labelled.classes
     probs = labelled.probs[classes].to_numpy(dtype=np.float64)
-    confidence = animal_confidence(probs, classes)
     boxes = [crop_of(photo) or WHOLE_IMAGE for photo in labelled.photos.itertuples()]
+    per_box = _box_detections(labelled)
     images = [
-        {"file": path, "detections": [_detection(row, conf, classes, box)]}
-        for path, row, conf, box in zip(
-            labelled.photos["filepath"], probs, confidence, boxes, strict=True
-        )  # fmt: skip
-    ]
+        {"file": photo.filepath,
+         "detections": per_box.get(photo.id) or _detections(row[None], [box], classes)}
+        for photo, row, box in zip(labelled.photos.itertuples(), probs, boxes, strict=True)
+    ]  # fmt: skip
     images += [
         {"file": path, "failure": message, "detections": None}
         for path, message in zip(
@@ -67,6 +68,24 @@ def megadetector_doc(labelled: Labelled) -> dict[str, Any]:
         "classification_categories": {str(i): name for i, name in enumerate(classes)},
         "images": images,
     }
+
+
+def _box_detections(labelled: Labelled) -> dict[str, list[dict[str, Any]]]:
+    """Each photo's detections, one per box it was classified on (data.crop=all), by id."""
+    if labelled.boxes is None or labelled.boxes.empty:
+        return {}
+    found = {}
+    for photo_id, part in labelled.boxes.groupby("id", sort=False):
+        probs = part[labelled.classes].to_numpy(dtype=np.float64)
+        found[str(photo_id)] = _detections(probs, part[["x", "y", "w", "h"]].to_numpy(),
+                                           labelled.classes)  # fmt: skip
+    return found
+
+
+def _detections(probs: np.ndarray, boxes: Any, classes: list[str]) -> list[dict[str, Any]]:
+    confidence = animal_confidence(probs, classes)
+    return [_detection(row, conf, classes, box)
+            for row, conf, box in zip(probs, confidence, boxes, strict=True)]  # fmt: skip
 
 
 def _detection(row: np.ndarray, conf: float, classes: list[str], box: Any) -> dict[str, Any]:

@@ -28,6 +28,17 @@ def test_validate_clean_dataset_exits_0(demo_root, capsys):
     assert "32 images, 8 classes, no problems" in capsys.readouterr().out
 
 
+def test_validate_with_detections_says_what_the_model_will_see(ena24_root, capsys):
+    """ena24_mini's real MegaDetector output: 13 of its 21 boxes are above 0.9."""
+    md = ["--set", "data.detections=annotations/megadetector.json"]
+    assert main(["validate", "--data", str(ena24_root), *md, "--set", "data.crop=best",
+                 "--set", "data.detection_threshold=0.9"]) == 0  # fmt: skip
+    assert ("crops (annotations/megadetector.json): 13 animal boxes on 13 images; 8 keep their "
+            "whole frame") in capsys.readouterr().out  # fmt: skip
+    assert main(["validate", "--data", str(ena24_root), *md, "--set", "data.crop=all"]) == 0
+    assert "21 animal boxes on 21 images; 0 keep" in capsys.readouterr().out
+
+
 @pytest.mark.slow  # a second Python process: several seconds
 def test_train_on_bad_data_prints_a_report_not_a_traceback(tmp_path, demo_root):
     bad = tmp_path / "bad"

@@ -284,3 +284,11 @@ def test_every_train_deployment_builds_its_config():
         build_config(params["preset"], overrides=dict(params["overrides"]))
     init = train["part2"]["parameters"]["overrides"]["model.init_from"]
     assert init == f"{train['part2']['parameters']['output_uri']}/part1/latest.json"
+    # a crop model has a stage of its own (a frames model's predict never picks it), and the
+    # predict deployment of that stage gives the photos' detections
+    crops = build_config("part1", overrides=dict(train["part1-crops"]["parameters"]["overrides"]))
+    assert crops.data.crop == "best" and crops.output.stage == "part1-crops"
+    predict = {d["parameters"]["stage"]: d["parameters"] for d in spec["deployments"]
+               if "predict_swin" in d["entrypoint"]}  # fmt: skip
+    assert predict["part1-crops"]["detections"] == crops.data.detections
+    assert "detections" not in predict["part1"]

@@ -12,7 +12,13 @@ import pytest
 
 from camtrap.config import DataConfig, build_config
 from camtrap.dataset import load_data, validate_data
-from camtrap.dataset.detections import best_box, read_detections
+from camtrap.dataset.detections import (
+    BOXES_COLUMN,
+    CROP_COLUMNS,
+    best_box,
+    parse_boxes,
+    read_detections,
+)
 from camtrap.dataset.megadetector import Detection, DetectionImage
 from camtrap.errors import ConfigError
 
@@ -82,8 +88,33 @@ def test_images_the_file_does_not_list_keep_their_whole_frame(data_root, caplog)
 
 
 def test_crop_and_detections_go_together():
-    with pytest.raises(ConfigError, match="data.crop=best and data.detections go together"):
+    with pytest.raises(ConfigError, match="data.crop=best and data.detections=none: crops and"):
         build_config("smoke", overrides={"data.crop": "best"})
+    with pytest.raises(ConfigError, match="data.crop=all and data.detections=none"):
+        build_config("smoke", overrides={"data.crop": "all"})
     with pytest.raises(ConfigError, match="go together"):
         build_config("smoke", overrides={"data.detections": MD})
     assert build_config("smoke", overrides={"data.detections": MD, "data.crop": "best"})
+    assert build_config("smoke", overrides={"data.detections": MD, "data.crop": "all"})
+
+
+def test_crop_all_keeps_every_animal_box_above_the_threshold_most_confident_first(data_root):
+    doc = _md(data_root)
+    doc["images"][0]["detections"] = [
+        {"category": "1", "conf": 0.4, "bbox": [0.1, 0.1, 0.2, 0.2]},
+        {"category": "2", "conf": 0.95, "bbox": [0.5, 0.5, 0.1, 0.1]},  # a person: not a crop
+        {"category": "1", "conf": 0.7, "bbox": [0.6, 0.2, 0.25, 0.3]},
+        {"category": "1", "conf": 0.05, "bbox": [0.0, 0.0, 0.1, 0.1]},  # below 0.1
+    ]
+    doc["images"][1]["detections"] = []  # no animal: its whole frame
+    (data_root / MD).write_text(json.dumps(doc))
+    data = load_data(data_root, CROPS.model_copy(update={"crop": "all"}))
+    cells = data.frame.set_index("filepath")[BOXES_COLUMN]
+    assert cells[doc["images"][0]["file"]] == "0.6 0.2 0.25 0.3;0.1 0.1 0.2 0.2"
+    assert cells[doc["images"][1]["file"]] == ""
+    assert parse_boxes(cells[doc["images"][0]["file"]]) == [(0.6, 0.2, 0.25, 0.3),
+                                                            (0.1, 0.1, 0.2, 0.2)]  # fmt: skip
+    assert parse_boxes("") == [] and parse_boxes(float("nan")) == []
+    assert CROP_COLUMNS[0] not in data.frame  # one representation per mode
+    best = load_data(data_root, CROPS).frame.set_index("filepath")
+    assert best.loc[doc["images"][0]["file"], list(CROP_COLUMNS)].tolist() == [0.6, 0.2, 0.25, 0.3]

@@ -20,6 +20,7 @@ from camtrap.errors import DataError, StorageError
 from camtrap.imagecache import CacheEntry, Decoder, ensure_pack
 from camtrap.images import open_rgb
 from camtrap.loader import CachedBatches, DeviceNormalize, EpochShuffle, make_loader, seed_transform
+from camtrap.samples import crop_entry
 
 SIZE = 32
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -279,10 +280,10 @@ def test_a_crop_is_its_own_row_decoded_once_and_keyed_by_box_and_margin(tmp_path
     path = str(ena24_root / "train_features" / "ENA24_02480.jpg")
     whole = imagecache.CacheEntry("a", path, "f" * 64)
     box = (0.35, 0.35, 0.3, 0.3)
-    crop = imagecache.crop_entry(whole, box, 0.15)
+    crop = crop_entry(whole, box, 0.15)
     assert crop.sha256 != whole.sha256 and crop.crop == (*box, 0.15)
-    assert imagecache.crop_entry(whole, box, 0.2).sha256 != crop.sha256  # margin in the key
-    assert imagecache.crop_entry(whole, None, 0.15) == whole
+    assert crop_entry(whole, box, 0.2).sha256 != crop.sha256  # margin in the key
+    assert crop_entry(whole, None, 0.15) == whole
     store = tmp_path / "store"
     pack = imagecache.ensure_pack([crop, whole], 32, store).pack
     rows = np.memmap(pack.path, np.uint8, "r", shape=(2, 32, 32, 3))
@@ -293,3 +294,21 @@ def test_a_crop_is_its_own_row_decoded_once_and_keyed_by_box_and_margin(tmp_path
     assert np.array_equal(rows[1], imagecache.decode_resized(path, 32))
     again = imagecache.ensure_pack([whole, crop], 32, store)
     assert (again.copied, again.decoded) == (2, 0)  # both rows reused, the crop not decoded again
+
+
+def test_the_crops_of_one_photo_are_cut_from_one_decode(tmp_path, ena24_root, monkeypatch):
+    """data.crop=all: a photo with three boxes is read and decoded once, not three times."""
+    path = str(ena24_root / "train_features" / "ENA24_02480.jpg")
+    other = str(ena24_root / "train_features" / "ENA24_02595.jpg")
+    boxes = [(0.35, 0.35, 0.3, 0.3), (0.0, 0.5, 0.3, 0.5), (0.6, 0.0, 0.4, 0.4)]
+    entries = [crop_entry(imagecache.CacheEntry(f"a#{k}", path, "f" * 64), b, 0.15)
+               for k, b in enumerate(boxes)]  # fmt: skip
+    entries.append(imagecache.CacheEntry("b", other, "e" * 64))
+    opened = []
+    real = imagecache.open_rgb
+    monkeypatch.setattr(imagecache, "open_rgb", lambda p, *a: opened.append(p) or real(p, *a))
+    pack = imagecache.ensure_pack(entries, 32, tmp_path / "store").pack
+    assert sorted(opened) == [path, other]
+    rows = np.memmap(pack.path, np.uint8, "r", shape=(4, 32, 32, 3))
+    for k, box in enumerate(boxes):  # each row its own crop
+        assert np.array_equal(rows[k], imagecache.decode_resized(path, 32, crop=(*box, 0.15)))

@@ -57,6 +57,24 @@ def test_every_documented_field_from_hand_made_probabilities():
     assert c == {"file": "cam1/c.jpg", "failure": "is truncated", "detections": None}
 
 
+def test_a_model_of_every_box_gives_each_box_its_detection_and_classification():
+    """data.crop=all: photo a had two boxes (a fox, then a person, by the boxes' own
+    probabilities); photo b none, so its whole frame."""
+    result = labelled()
+    result.boxes = pd.DataFrame(
+        [["a", 0.1, 0.2, 0.3, 0.4, 0.10, 0.05, 0.80, 0.02, 0.01, 0.01, 0.01],
+         ["a", 0.5, 0.5, 0.2, 0.2, 0.50, 0.05, 0.05, 0.30, 0.04, 0.03, 0.03]],
+        columns=["id", "x", "y", "w", "h", *CLASSES],
+    )  # fmt: skip
+    a, b = megadetector_doc(result)["images"]
+    assert [d["bbox"] for d in a["detections"]] == [[0.1, 0.2, 0.3, 0.4], [0.5, 0.5, 0.2, 0.2]]
+    fox, person = a["detections"]
+    assert (fox["category"], fox["conf"], fox["classifications"][0]) == ("1", 0.9, ["2", 0.8])
+    assert (person["category"], person["conf"]) == ("2", 0.5)  # blank first, then human
+    assert person["classifications"][:2] == [["0", 0.5], ["3", 0.3]]
+    assert b["detections"][0]["bbox"] == [0.0, 0.0, 1.0, 1.0]
+
+
 def test_the_file_is_written_whole_and_reads_back(tmp_path):
     out = tmp_path / "md.json"
     assert write(labelled(failed=True), str(out), "megadetector") == [str(out)]

@@ -9,6 +9,7 @@ from camtrap.report import (
     balance_lines,
     best_models_lines,
     calibration_lines,
+    crop_lines,
     event_lines,
     per_site_lines,
     run_summary,
@@ -237,3 +238,18 @@ def test_class_balance_table_follows_run_json():
                               "train_counts": {"cat": 3}}}  # fmt: skip
     assert balance_lines(unweighted)[4] == "| cat | 3 | 1 |"
     assert balance_lines({}) == []
+
+
+def test_crops_table_counts_samples_and_whole_frames_per_split():
+    info = {
+        "config": {"data": {"crop": "all", "detection_threshold": 0.1, "detections": "md.json"}},
+        "counts": {"train": 15, "val": 6},
+        "crops": {"train": {"samples": 17, "whole_frames": 1},
+                  "val": {"samples": 6, "whole_frames": 0}},
+        "balance": {"sampler": "shuffle", "class_weights": "none", "train_counts": {"cat": 17}},
+    }  # fmt: skip
+    lines = crop_lines(info)
+    assert lines[0] == "## Crops (data.crop all, detection_threshold 0.1, md.json)"
+    assert lines[4:6] == ["| train | 15 | 17 | 1 |", "| val | 6 | 6 | 0 |"]
+    assert balance_lines(info)[2] == "| class | train samples | loss weight |"  # boxes, counted
+    assert crop_lines({"counts": {"train": 3}}) == []
