@@ -8,7 +8,11 @@
 # base is enough: the host needs only the NVIDIA driver (and, for Docker, the NVIDIA Container
 # Toolkit). For one CUDA build of torch: --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128
 # No Prefect settings are baked in: the worker gives each flow run PREFECT_API_URL (and key).
-FROM python:3.11-slim
+#
+# The base image is pinned by digest, so a rebuild gets the same Python and Debian: the
+# multi-arch index python:3.11-slim named in August 2026 (Python 3.11.16 on Debian trixie). To
+# move to a newer one: docker buildx imagetools inspect python:3.11-slim (its "Digest:").
+FROM python:3.11-slim@sha256:9c900dea9e8fb7e16277c179b555cc72d29a352dbc33cff48ad5a0412fd5bfc7
 
 ENV PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
@@ -39,10 +43,12 @@ COPY flows/ flows/
 RUN pip install . && rm -rf build camtrap.egg-info
 
 # A non-root user; its cache folder (decoded images, torch weights) is a volume in
-# deployments/docker.yaml. The flow's entrypoint (flows/train_swin.py) is read from /opt/camtrap,
-# the working directory set by the deployments' pull step; /home/camtrap is where git_clone
-# clones.
-RUN useradd --create-home --uid 1000 camtrap \
+# deployments/docker.yaml, an emptyDir in the Kubernetes template (with HOME and /tmp: its root
+# file system is read-only). The flow's entrypoint (flows/train_swin.py) is read from
+# /opt/camtrap, the working directory set by the deployments' pull step; /home/camtrap is where
+# git_clone clones.
+RUN groupadd --gid 1000 camtrap \
+    && useradd --create-home --uid 1000 --gid 1000 camtrap \
     && mkdir -p /var/cache/camtrap \
     && chown camtrap:camtrap /var/cache/camtrap
 ENV CAMTRAP_CACHE_DIR=/var/cache/camtrap \
@@ -52,7 +58,8 @@ LABEL org.opencontainers.image.title="camtrap" \
       org.opencontainers.image.revision="${GIT_COMMIT}"
 # run.json's git_commit (the image holds no .git)
 ENV CAMTRAP_GIT_COMMIT=${GIT_COMMIT}
-USER camtrap
+# By number: Kubernetes' runAsNonRoot can check a uid, not a user name
+USER 1000:1000
 WORKDIR /home/camtrap
 
 CMD ["camtrap", "--help"]

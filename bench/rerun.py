@@ -1,13 +1,14 @@
 """What a rerun costs: camtrap's data stages on a cold cache vs on unchanged data vs on 1% more.
 
 The data stages are those of `camtrap run` before training, on a local folder (no fetch):
-stages.validate (reads and hashes every image; decodes those the cache has not seen, into a
-delta pack), stages.prepare (split.csv, run.json) and stages.cache_images (the dataset's
+stages.validate (reads and hashes every image it has not read unchanged before: the image
+cache's file-hash index, camtrap.imagecache_hashes; decodes those the cache has not seen, into
+a delta pack), stages.prepare (split.csv, run.json) and stages.cache_images (the dataset's
 uint8 pack: reused if present and intact, else copied from other packs plus decoded). Three
 passes over one generated dataset (960x540 and 640x360 JPEGs), each timed in full:
 
   first        a cold image cache: every image is decoded once.
-  rerun        the same data again: nothing should be decoded, the pack is reused.
+  rerun        the same data again: no image should be read or decoded, the pack is reused.
   incremental  --add-fraction more images (new rows in both CSVs, new JPEGs): only those
                should be decoded; the rest of the new pack is copied from the cache.
 

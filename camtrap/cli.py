@@ -145,8 +145,10 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         device=args.device,
         progress=sys.stderr.isatty(),
+        out_inside_data=args.out_inside_data,
     )
-    print(f"{args.out}: {len(result.frame)} rows ({args.format})\n  {result.describe()}")
+    out = result.written[0]  # --out, or the file it names inside a folder (--out dir/)
+    print(f"{out}: {len(result.frame)} rows ({args.format})\n  {result.describe()}")
     return 0
 
 
@@ -250,7 +252,16 @@ def build_parser(add_commands: AddCommands | None = None) -> argparse.ArgumentPa
         "AddaxAI); camtrap-dp: the input package with camtrap's observations (--out a folder)",
     )
     p.add_argument(
-        "--out", required=True, help="the file (a folder for camtrap-dp) to write, local or s3://"
+        "--out",
+        required=True,
+        help="the file (a folder for camtrap-dp) to write, local or s3://; ending in /: the "
+        "folder to write predictions.csv, predictions.json or predictions-camtrap-dp into. Never "
+        "an input, nor inside --data (see --out-inside-data)",
+    )
+    p.add_argument(
+        "--out-inside-data",
+        action="store_true",
+        help="allow --out inside the --data folder (it still may not overwrite an input)",
     )
     p.add_argument("--taxonomy", help="CSV class,scientificName for Camtrap DP's scientificName")
     p.add_argument(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterator
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal
 
 import yaml
@@ -83,7 +83,26 @@ DEFAULT_EVENT_GAP_S = 60.0
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan: every float setting is finite (train.warmup_epochs=.inf passed validation
+    # and stopped training in an OverflowError).
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+
+def _inside_data_root(name: str | None) -> str | None:
+    """A dataset file's name (data.labels_csv, ...) if it is a relative path that stays inside
+    the data root: never a file elsewhere on the machine (data.labels_csv=/etc/passwd was read,
+    and a line of it quoted in the error). Links that lead out: csvtable.read_file."""
+    if name is None:
+        return name
+    path = PurePosixPath(name.replace("\\", "/"))  # a Windows path's backslashes too
+    parts = path.parts if name.strip() else ()
+    if not parts or path.is_absolute() or ".." in parts or ":" in parts[0]:  # C:, s3://
+        raise ValueError(
+            f"{name!r} is not a file inside the data root — fix: name it relative to the data "
+            "root, without '..' (e.g. meta/train_labels.csv); copy a file from elsewhere into "
+            "the data root first"
+        )
+    return name
 
 
 class DataConfig(_Section):
@@ -128,6 +147,10 @@ class DataConfig(_Section):
     cache_mirror: bool = False
     max_image_pixels: int = Field(DEFAULT_MAX_IMAGE_PIXELS, ge=1)  # width x height, per image
     max_image_bytes: int = Field(DEFAULT_MAX_IMAGE_BYTES, ge=1)  # file size, per image
+
+    _files_inside_root = field_validator("features_csv", "labels_csv", "annotations", "detections")(
+        _inside_data_root
+    )
 
 
 class ModelConfig(_Section):
@@ -262,6 +285,10 @@ class PredictOptions(_Section):
     # None: the model's run's predict.event_gap_s / predict.event_rule (PredictConfig)
     event_gap_s: float | None = Field(None, gt=0)
     event_rule: Literal["mean", "max-animal"] | None = None
+
+    _files_inside_root = field_validator("features_csv", "annotations", "detections")(
+        _inside_data_root
+    )
 
 
 class OutputConfig(_Section):

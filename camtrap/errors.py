@@ -30,6 +30,12 @@ class StorageError(CamtrapError):
     """A URI that cannot be read or written (missing, no permission, wrong bucket)."""
 
 
+class ModelFileError(CamtrapError):
+    """A model file camtrap cannot use: metadata that does not validate, weights that do not
+    fit its arch, or probabilities that are not numbers. Not a StorageError: retrying the read
+    gives the same file."""
+
+
 class TrainingDiverged(CamtrapError):
     """The loss became NaN or infinite and stayed so: lowering the learning rate is the fix."""
 

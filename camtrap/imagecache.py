@@ -4,26 +4,29 @@ The recipe has no augmentation, so an image's tensor is the same in every epoch:
 (EXIF orientation, RGB, `Resize((s, s))`, which on a PIL image is PIL's antialiased bilinear
 resize) and keeping the uint8 pixels is exact. Normalisation happens later, on the device.
 
-A store holds the packs of one image size and decode method:
+A store holds the packs of one image size and decode method (camtrap.imagecache_store keeps
+them on disk):
 
     $CAMTRAP_CACHE_DIR/images/{s}px-{METHOD}-pillow{version}/
         {key}.u8     uint8 rows, shape (N, s, s, 3), C order, no header:
                      np.memmap(path, np.uint8, "r", shape=(N, s, s, 3))
         {key}.json   the manifest: shape, method, library versions, per row the image id and the
                      sha256 of the image file, and the sha256 of {key}.u8; written last (commit)
+        hashes.index what validation found of each image file, by the file's identity
+                     (camtrap.imagecache_hashes): a rerun on unchanged files reads none of them
         .lock        held (flock) while packs are written or removed
 
 A dataset's pack is keyed by its content: the ids and image hashes in dataset order. Building a
 pack copies the rows any other pack already holds (by image hash) and decodes only the rest, so a
 retrain after 100 new photos decodes 100. Validation decodes each image it has not seen into a
 `delta` pack (`Decoder`), so one run decodes each image at most once. Every pack is checked
-against its manifest's sha256 before it is used (once per change of the file: see `_intact`):
-a truncated or altered file is rebuilt, never trained on.
+against its manifest's sha256 before it is used (once per change of the file: see `intact`):
+a truncated or altered file is rebuilt, never trained on. A full disk is one StorageError
+naming the store, with no temp file left behind.
 """
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import logging
@@ -31,76 +34,46 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, TypeVar
 
 import numpy as np
 import PIL
 from PIL import Image
 
 from camtrap.errors import DataError, Problem, StorageError
+from camtrap.imagecache_hashes import HashMemo
+from camtrap.imagecache_store import (
+    FORMAT,
+    METHOD,
+    CacheEntry,
+    Pack,
+    commit_pack,
+    fsync_file,
+    intact,
+    mtime,
+    new_temp,
+    packs,
+    parse_manifest,
+    read_manifest,
+    remove_pack,
+    store_dir,
+    store_lock,
+    temp_rows,
+    write_at,
+)
 from camtrap.images import crop_pixels, open_rgb
-from camtrap.storage.files import atomic_write_text, file_sha256
-from camtrap.storage.uris import default_cache_root
+from camtrap.storage.files import reporting_disk_full
 
 log = logging.getLogger("camtrap")
 
-FORMAT = 1
-# What a row holds: torchvision's Resize((s, s)) on a PIL image is `image.resize((s, s),
-# BILINEAR)`, antialiased by PIL; the image was EXIF-transposed and converted to RGB first.
-METHOD = "exif-rgb-pil-bilinear"
 KEEP_DATASET_PACKS = 3  # most recently used dataset packs kept per store; older ones are removed
 STALE_TMP_SECONDS = 6 * 3600  # temp files older than this were left by a killed process
-
-
-class CacheEntry(NamedTuple):
-    """One image of a dataset: its id, its file, the sha256 of its bytes (a crop's key:
-    camtrap.samples.crop_entry)."""
-
-    id: str
-    path: str
-    sha256: str
-    crop: tuple[float, float, float, float, float] | None = None  # x, y, w, h (0..1), margin
-
-
-@dataclass(frozen=True)
-class Pack:
-    """A committed pack: `rows` uint8 images of `size` x `size` x 3 in one file."""
-
-    path: Path  # the .u8 file
-    size: int
-    ids: tuple[str, ...]
-    hashes: tuple[str, ...]
-    checksum: str  # sha256 of the .u8 file
-
-    @property
-    def manifest_path(self) -> Path:
-        return self.path.with_suffix(".json")
-
-    @property
-    def row_bytes(self) -> int:
-        return self.size * self.size * 3
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def row_of(self) -> dict[str, int]:
-        """image id -> row."""
-        return {image_id: row for row, image_id in enumerate(self.ids)}
-
-    def array(self) -> np.memmap:
-        """The rows as a read-only memory map, shape (N, s, s, 3)."""
-        return np.memmap(self.path, np.uint8, "r", shape=(len(self), self.size, self.size, 3))
-
-
-def store_dir(size: int, root: str | Path | None = None) -> Path:
-    """The store of `size`-pixel rows: under `root`, else $CAMTRAP_CACHE_DIR/images."""
-    base = Path(root) if root is not None else default_cache_root() / "images"
-    return base / f"{size}px-{METHOD}-pillow{PIL.__version__}"
+T = TypeVar("T")
 
 
 def decode_resized(source: str | Path | bytes, size: int, name: str | None = None,
@@ -127,164 +100,35 @@ def pack_key(entries: Sequence[CacheEntry], size: int) -> str:
     return hashlib.sha256(json.dumps(content).encode()).hexdigest()[:24]
 
 
-# --- the store -----------------------------------------------------------------------------------
-
-
-@contextmanager
-def store_lock(store: Path) -> Iterator[None]:
-    """One writer per store at a time (across processes): flock on store/.lock."""
-    store.mkdir(parents=True, exist_ok=True)
-    with open(store / ".lock", "a+") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log.info("waiting for another process writing the image cache %s", store)
-            fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-def _read_manifest(path: Path) -> Pack | None:
-    try:
-        return _parse_manifest(path.read_text(), path.with_suffix(".u8"))
-    except OSError:
-        return None
-
-
-def _parse_manifest(text: str, data_path: Path) -> Pack | None:
-    """The pack a manifest describes (its rows in `data_path`); None if it is not one of ours."""
-    try:
-        info = json.loads(text)
-        pack = Pack(
-            data_path,
-            int(info["size"]),
-            tuple(info["ids"]),
-            tuple(info["sha256"]),
-            str(info["checksum"]),
-        )
-    except (ValueError, KeyError, TypeError):
-        return None
-    ok = info.get("format") == FORMAT and info.get("method") == METHOD
-    return pack if ok and len(pack.ids) == len(pack.hashes) else None
-
-
-def _intact(pack: Pack, seal: bool = True) -> bool:
-    """The file has the manifest's length and sha256. Hashing 2.5 GB takes seconds, so a
-    verified file is sealed: its identity (inode, size, modification and change times) is noted
-    beside it, and while that is unchanged, no write has touched it and it is not hashed
-    again. Any write, truncation or replacement changes the change time."""
-    try:
-        if pack.path.stat().st_size != len(pack) * pack.row_bytes:
-            return False
-        if seal and _seal_path(pack).exists() and _seal_path(pack).read_text() == _stamp(pack):
-            return True
-        if file_sha256(pack.path) != pack.checksum:
-            return False
-    except OSError:
-        return False
-    if seal:
-        atomic_write_text(_seal_path(pack), _stamp(pack))
-    return True
-
-
-def _seal_path(pack: Pack) -> Path:
-    return pack.path.with_suffix(".sealed")
-
-
-def _stamp(pack: Pack) -> str:
-    st = pack.path.stat()
-    return f"{st.st_ino} {st.st_size} {st.st_mtime_ns} {st.st_ctime_ns}\n"
-
-
-def _remove(pack: Pack) -> None:
-    pack.manifest_path.unlink(missing_ok=True)  # the manifest first: no manifest, no pack
-    _seal_path(pack).unlink(missing_ok=True)
-    pack.path.unlink(missing_ok=True)
-
-
-def _packs(store: Path) -> list[Pack]:
-    """The committed packs of a store, most recently used first."""
-    manifests = sorted(store.glob("*.json"), key=_mtime, reverse=True)
-    return [pack for pack in map(_read_manifest, manifests) if pack is not None]
-
-
-def _mtime(path: Path) -> float:
-    try:
-        return path.stat().st_mtime
-    except OSError:
-        return 0.0
-
-
-def _commit(tmp: Path, store: Path, name: str, size: int, entries: Sequence[CacheEntry]) -> Pack:
-    """Make the rows written to `tmp` the pack `name`: hash the file, move it in place, then
-    write the manifest (the commit point). Call with the store lock held."""
-    pack = Pack(
-        store / f"{name}.u8",
-        size,
-        tuple(e.id for e in entries),
-        tuple(e.sha256 for e in entries),
-        file_sha256(tmp),
-    )
-    _seal_path(pack).unlink(missing_ok=True)
-    os.replace(tmp, pack.path)
-    atomic_write_text(_seal_path(pack), _stamp(pack))  # just hashed: no need to hash it again
-    info: dict[str, Any] = {
-        "format": FORMAT,
-        "kind": "delta" if name.startswith("delta-") else "dataset",
-        "shape": [len(entries), size, size, 3],
-        "dtype": "uint8",
-        "size": size,
-        "method": METHOD,
-        "versions": {"pillow": PIL.__version__, "numpy": np.__version__},
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "checksum": pack.checksum,
-        "ids": list(pack.ids),
-        "sha256": list(pack.hashes),
-    }
-    atomic_write_text(pack.manifest_path, json.dumps(info) + "\n")
-    return pack
-
-
-def _new_tmp(store: Path, rows: int, row_bytes: int) -> Path:
-    store.mkdir(parents=True, exist_ok=True)
-    tmp = store / f".{uuid.uuid4().hex}.u8.tmp"
-    with tmp.open("wb") as fh:
-        fh.truncate(rows * row_bytes)
-    return tmp
-
-
-def _sync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 # --- validation's decode ------------------------------------------------------------------------
 
 
 class Decoder:
     """The image check validation runs (`validate_dataset(check=...)`), sharing its decode with
     the cache: an image whose bytes a pack already holds is known good and not decoded again; any
-    other is decoded in full (which checks it), resized, and kept for the cache. `commit()`
-    stores the kept rows as a delta pack. Safe to call from several threads."""
+    other is decoded in full (which checks it), resized, and kept for the cache. Its `memo`
+    (camtrap.imagecache_hashes) remembers what validation found of each file, so a rerun does not
+    read an unchanged one. `commit()` stores the kept rows as a delta pack, and the memo. Safe to
+    call from several threads. A failed write (a full disk: one StorageError naming the store)
+    drops the kept rows and their temp file at once; the images after it are not decoded."""
 
     def __init__(self, size: int, store: Path | None = None) -> None:
         self.size = size
         self.store = store if store is not None else store_dir(size)
-        self.known = {h for pack in _packs(self.store) for h in pack.hashes}
-        self.kept: list[CacheEntry] = []
+        self.known = {h for pack in packs(self.store) for h in pack.hashes}
+        self.memo = HashMemo(self.store)
+        self.kept: list[CacheEntry] = []  # the rows in the temp file, not committed yet
         self.decoded = 0
         self._lock = threading.Lock()
         self._tmp: Path | None = None
-        self._fh: Any = None
+        self._fd: int | None = None
+        self._failure: Exception | None = None
 
     def __call__(self, data: bytes, digest: str, name: str) -> Problem | None:
         if digest in self.known:
             return None
+        if self._failure is not None:  # this validation fails with it: decode no more
+            raise type(self._failure)(*self._failure.args)
         try:
             pixels = decode_resized(data, self.size, name)
         except DataError as err:
@@ -297,25 +141,51 @@ class Decoder:
             self.decoded += 1
             if entry.sha256 in self.known:  # the same bytes under another name
                 return
-            if self._fh is None:
-                self._tmp = _new_tmp(self.store, 0, 0)
-                self._fh = self._tmp.open("ab")
-            self._fh.write(pixels.tobytes())
+            with self._dropping_on_failure():
+                if self._fd is None:
+                    self._tmp = new_temp(self.store, 0, 0)
+                    self._fd = os.open(self._tmp, os.O_WRONLY)
+                write_at(self._fd, pixels.tobytes(), len(self.kept) * self.size * self.size * 3)
             self.known.add(entry.sha256)
             self.kept.append(entry)
 
     def commit(self) -> Pack | None:
-        """Store the rows decoded so far as a pack (None if there were none)."""
-        if self._fh is None or self._tmp is None:
+        """Store the rows decoded so far as a pack (None if there were none), and the memo;
+        nothing after a failed write."""
+        if self._failure is not None:
             return None
-        self._fh.close()
-        self._fh = None
-        _sync(self._tmp)
-        with store_lock(self.store):
-            pack = _commit(self._tmp, self.store, f"delta-{uuid.uuid4().hex[:16]}", self.size,
-                           self.kept)  # fmt: skip
-        log.info("image cache: decoded %d new images into %s", len(self.kept), pack.path.name)
+        with self._dropping_on_failure():
+            self.memo.save()
+            if self._fd is None or self._tmp is None:
+                return None
+            os.fsync(self._fd)  # outside the lock: other writers need not wait for it
+            os.close(self._fd)
+            self._fd = None
+            with store_lock(self.store):
+                name = f"delta-{uuid.uuid4().hex[:16]}"
+                pack = commit_pack(self._tmp, self.store, name, self.size, self.kept)
+            self._tmp, self.kept = None, []  # rows decoded after this go to a new temp file
+        log.info("image cache: decoded %d new images into %s", len(pack), pack.path.name)
         return pack
+
+    @contextmanager
+    def _dropping_on_failure(self) -> Iterator[None]:
+        try:
+            with reporting_disk_full(self.store):
+                yield
+        except Exception as err:
+            self._failure = err
+            self._drop()
+            raise
+
+    def _drop(self) -> None:
+        """The kept rows are lost: remove their temp file now (not hours later, by _prune)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        if self._tmp is not None:
+            self._tmp.unlink(missing_ok=True)
+        self.kept.clear()
 
 
 # --- building a dataset's pack ------------------------------------------------------------------
@@ -338,25 +208,23 @@ def ensure_pack(
 ) -> BuildReport:
     """The pack holding `entries` in order: reused when present and intact, else built by copying
     the rows other packs hold and decoding the rest on `workers` threads (default: every core).
-    Raises DataError listing every image that cannot be decoded."""
+    Raises DataError listing every image that cannot be decoded, StorageError if the disk is
+    full (no temp file left)."""
     started = time.perf_counter()
     store = store if store is not None else store_dir(size)
     key = pack_key(entries, size)
     with store_lock(store):
-        existing = _read_manifest(store / f"{key}.json")
-        if existing is not None and _intact(existing):
+        existing = read_manifest(store / f"{key}.json")
+        if existing is not None and intact(existing):
             os.utime(existing.manifest_path)  # most recently used
             return BuildReport(existing, True, 0, 0, time.perf_counter() - started)
         if existing is not None:
             log.warning("image cache %s is damaged; rebuilding it", existing.path)
-            _remove(existing)
-        tmp = _new_tmp(store, len(entries), size * size * 3)
-        try:
+            remove_pack(existing)
+        with temp_rows(store, len(entries), size * size * 3) as tmp:
             copied, decoded = _fill(tmp, entries, size, store, workers or os.cpu_count() or 1)
-            _sync(tmp)
-            pack = _commit(tmp, store, key, size, entries)
-        finally:
-            tmp.unlink(missing_ok=True)
+            fsync_file(tmp)
+            pack = commit_pack(tmp, store, key, size, entries)
         _prune(store, pack)
     seconds = time.perf_counter() - started
     log.info(
@@ -369,13 +237,13 @@ def ensure_pack(
 def _sources(store: Path, wanted: set[str]) -> dict[str, tuple[Pack, int]]:
     """image sha256 -> (pack, row) for the wanted hashes, from intact packs only."""
     found: dict[str, tuple[Pack, int]] = {}
-    for pack in _packs(store):
+    for pack in packs(store):
         rows = {h: r for r, h in enumerate(pack.hashes) if h in wanted and h not in found}
         if not rows:
             continue
-        if not _intact(pack):
+        if not intact(pack):
             log.warning("image cache %s is damaged; removing it", pack.path)
-            _remove(pack)
+            remove_pack(pack)
             continue
         found.update({h: (pack, r) for h, r in rows.items()})
     return found
@@ -413,7 +281,7 @@ def _copy_rows(
             data = os.pread(handles[pack.path], row_bytes, row * row_bytes)
             if len(data) != row_bytes:
                 raise StorageError(f"{pack.path} ended early; delete it to rebuild the cache")
-            os.pwrite(fd, data, i * row_bytes)
+            write_at(fd, data, i * row_bytes)
     finally:
         for handle in handles.values():
             os.close(handle)
@@ -433,14 +301,23 @@ def _decode_rows(
         except DataError as err:
             return err.problems[0]
         for i in rows:
-            os.pwrite(fd, _resized(image, size, entries[i].crop).tobytes(), i * size * size * 3)
+            write_at(fd, _resized(image, size, entries[i].crop).tobytes(), i * size * size * 3)
         return None
 
     by_file: dict[str, list[int]] = {}
     for i in indices:
         by_file.setdefault(entries[i].path, []).append(i)
-    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(by_file) or 1))) as pool:
-        return [p for p in pool.map(one, by_file.values()) if p is not None]
+    return _on_threads(one, list(by_file.values()), workers)
+
+
+def _on_threads(fn: Callable[[T], Problem | None], jobs: list[T], workers: int) -> list[Problem]:
+    """The problems fn finds in the jobs, on `workers` threads. A job that raises (a full disk)
+    cancels those not started: the build fails anyway."""
+    pool = ThreadPoolExecutor(max_workers=max(1, min(workers, len(jobs) or 1)))
+    try:
+        return [p for p in pool.map(fn, jobs) if p is not None]
+    finally:
+        pool.shutdown(cancel_futures=True)
 
 
 def _prune(store: Path, keep: Pack) -> None:
@@ -448,18 +325,18 @@ def _prune(store: Path, keep: Pack) -> None:
     KEEP_DATASET_PACKS most recently used, and temp files a killed process left behind."""
     covered = set(keep.hashes)
     datasets = 0
-    for pack in _packs(store):
+    for pack in packs(store):
         if pack.path == keep.path:
             continue
         if pack.path.name.startswith("delta-"):
             if covered.issuperset(pack.hashes):
-                _remove(pack)
+                remove_pack(pack)
             continue
         datasets += 1
         if datasets >= KEEP_DATASET_PACKS:
-            _remove(pack)
+            remove_pack(pack)
     for tmp in store.glob(".*.tmp"):
-        if time.time() - _mtime(tmp) > STALE_TMP_SECONDS:
+        if time.time() - mtime(tmp) > STALE_TMP_SECONDS:
             tmp.unlink(missing_ok=True)
 
 
@@ -467,18 +344,18 @@ def adopt(store: Path, key: str, manifest_text: str, data: Path) -> Pack | None:
     """Take a pack copied from elsewhere (a mirror) into the store: its manifest's text and its
     rows in the local file `data` (moved into the store). None, and `data` removed, if the two
     do not match."""
-    copied = _parse_manifest(manifest_text, data)
-    if copied is None or not _intact(copied, seal=False):
+    copied = parse_manifest(manifest_text, data)
+    if copied is None or not intact(copied, seal=False):
         data.unlink(missing_ok=True)
         return None
     with store_lock(store):
         entries = [CacheEntry(i, "", h) for i, h in zip(copied.ids, copied.hashes, strict=True)]
-        return _commit(data, store, key, copied.size, entries)
+        return commit_pack(data, store, key, copied.size, entries)
 
 
 def new_download_path(store: Path) -> Path:
     """A temp file in the store to download a pack into (same file system: moved, not copied)."""
-    return _new_tmp(store, 0, 0)
+    return new_temp(store, 0, 0)
 
 
 # --- reading rows -------------------------------------------------------------------------------

@@ -11,7 +11,15 @@ from typing import Any
 
 from camtrap import storage
 from camtrap.errors import StorageError
-from camtrap.runfolder import LATEST_JSON, RUN_ID_PATTERN, RUN_JSON, RunFiles, check_run_id
+from camtrap.runfolder import (
+    LATEST_JSON,
+    RUN_ID_PATTERN,
+    RUN_JSON,
+    RunFiles,
+    check_run_id,
+    damaged_run_json,
+    parse_run_json,
+)
 from camtrap.storage import StorageNotFound
 from camtrap.storage.uris import is_remote, join, name, parent
 
@@ -84,7 +92,10 @@ def resolve_model_uri(uri: str | Path) -> str:
 
 
 def _best_model_of_run(run_uri: str) -> str:
-    info = json.loads(storage.read_text(join(run_uri, RUN_JSON)))
+    location = join(run_uri, RUN_JSON)
+    info = parse_run_json(storage.read_bytes(location), location)
+    if not isinstance(info.get("status"), str):  # every run.json camtrap writes has one
+        raise damaged_run_json(location, 'has no "status"')
     if info.get("status") != "completed":
         raise StorageError(
             f"{run_uri} has not finished (status {info.get('status')!r}): its best model may "

@@ -1,13 +1,17 @@
 """One writer per run: a lease file beside the run folders ({output}/{stage}/.leases/{run_id}.json;
 local: created with O_EXCL, S3: a conditional put), renewed in the background while held,
-expiring on its own if its holder dies (at once when the holder was a process of this machine).
+expiring on its own if its holder dies (at once when the holder was a process of this machine):
+its length after its last write by the store's clock (S3's LastModified, the file's mtime), so a
+holder whose clock is off can neither end it early nor stretch it.
 Re-entrant for one owner: the tasks of one flow run (owner = the flow run id) each take it in
 turn."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import math
 import os
 import socket
 import threading
@@ -20,13 +24,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from camtrap import storage
-from camtrap.errors import CamtrapError, StorageError
+from camtrap.errors import CamtrapError, ConfigError, StorageError
 from camtrap.runfolder import LEASES, run_location
 
 log = logging.getLogger("camtrap")
 
 LEASE_SECONDS_ENV = "CAMTRAP_LEASE_SECONDS"
 DEFAULT_LEASE_SECONDS = 600.0  # a dead machine's lease frees itself after this
+# A lease is renewed every quarter of its length: much shorter, and one slow S3 call loses a live
+# lease; longer than a day, and a dead machine's run waits that long for another.
+MIN_LEASE_SECONDS, MAX_LEASE_SECONDS = 30.0, 86400.0
 
 
 class RunBusy(CamtrapError):
@@ -40,7 +47,20 @@ def lease_location(output: str | Path, stage: str, run_id: str) -> str:
 
 
 def lease_seconds() -> float:
-    return float(os.environ.get(LEASE_SECONDS_ENV) or DEFAULT_LEASE_SECONDS)
+    """$CAMTRAP_LEASE_SECONDS (default 600); ConfigError unless from 30 s to a day (0 or less
+    made every lease stale at once: a second writer took over a live run)."""
+    text = os.environ.get(LEASE_SECONDS_ENV, "").strip()
+    try:
+        seconds = float(text) if text else DEFAULT_LEASE_SECONDS
+    except ValueError:
+        seconds = math.nan
+    if not MIN_LEASE_SECONDS <= seconds <= MAX_LEASE_SECONDS:  # nan too
+        raise ConfigError(
+            f"{LEASE_SECONDS_ENV}={text!r} is not a number of seconds from "
+            f"{MIN_LEASE_SECONDS:.0f} to {MAX_LEASE_SECONDS:.0f} — fix: set it within those "
+            f"bounds, or unset it for the default ({DEFAULT_LEASE_SECONDS:.0f})"
+        )
+    return seconds
 
 
 def _pid_alive(pid: int) -> bool:
@@ -58,15 +78,25 @@ class _Record:
     owner: str
     host: str
     pid: int
-    expires: float  # unix time
+    expires: float  # unix time, by the holder's clock
+    seconds: float | None = None  # the lease's length (None: written by an older camtrap)
 
     @classmethod
     def parse(cls, data: bytes) -> _Record | None:
         try:
             raw = json.loads(data)
-            return cls(str(raw["owner"]), str(raw["host"]), int(raw["pid"]), float(raw["expires"]))
-        except (ValueError, KeyError, TypeError):
+            seconds = float(raw["seconds"]) if raw.get("seconds") is not None else None
+            return cls(str(raw["owner"]), str(raw["host"]), int(raw["pid"]), float(raw["expires"]),
+                       seconds)  # fmt: skip
+        except (ValueError, KeyError, TypeError, AttributeError):
             return None  # a torn or foreign lease file counts as free
+
+    def ending_by_the_store(self, written: float) -> _Record:
+        """This record with `expires` as the store's write time (S3's LastModified, the file's
+        mtime) plus its length: the holder's clock, hours off, would end it early or late."""
+        if self.seconds is None or not 0 < self.seconds < math.inf:
+            return self
+        return dataclasses.replace(self, expires=written + self.seconds)
 
     def dump(self) -> bytes:
         expires = datetime.fromtimestamp(self.expires, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -92,7 +122,8 @@ class RunLease:
         self.lost = threading.Event()
 
     def _record(self) -> _Record:
-        return _Record(self.owner, socket.gethostname(), os.getpid(), time.time() + self.seconds)
+        return _Record(self.owner, socket.gethostname(), os.getpid(), time.time() + self.seconds,
+                       self.seconds)  # fmt: skip
 
     def try_acquire(self) -> _Record | None:
         """Take the lease; returns None when taken, else the holder's record."""
@@ -101,16 +132,24 @@ class RunLease:
                 self._tag = storage.read_with_tag(self.location)[1]
                 return None
             try:
-                data, tag = storage.read_with_tag(self.location)
+                holder, tag = self._read_holder()
             except storage.StorageNotFound:
-                continue  # released between our two calls
-            holder = _Record.parse(data)
+                continue  # released between our calls
             if holder is not None and holder.owner != self.owner and not holder.stale(time.time()):
                 return holder
             if storage.replace_if_match(self.location, self._record().dump(), tag):
                 self._tag = storage.read_with_tag(self.location)[1]
                 return None
         raise StorageError(f"{self.location}: could not take the run's lease (contention)")
+
+    def _read_holder(self) -> tuple[_Record | None, str]:
+        """The lease's record, ending by the store's clock, and its tag. Read after the record,
+        the write time can only be as new or newer: a lease never looks older than it is."""
+        data, tag = storage.read_with_tag(self.location)
+        holder = _Record.parse(data)
+        if holder is not None and holder.owner != self.owner:
+            holder = holder.ending_by_the_store(storage.modified_at(self.location))
+        return holder, tag
 
     def acquire(self, wait_seconds: float = 0.0) -> RunLease:
         deadline = time.monotonic() + wait_seconds

@@ -9,6 +9,9 @@ with the same arithmetic as ToTensor + Normalize."""
 
 from __future__ import annotations
 
+import functools
+import logging
+import os
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -17,6 +20,8 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler, Sequent
 from torchvision import transforms
 
 from camtrap.imagecache import Pack, RowReader
+
+log = logging.getLogger("camtrap")
 
 
 def seed_transform(
@@ -99,6 +104,29 @@ class TrainBatches(BatchSampler):
         return super().__len__() - int(self.drop_single)
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity: a container's or taskset's share)."""
+    affinity = getattr(os, "sched_getaffinity", None)
+    return len(affinity(0)) if affinity is not None else os.cpu_count() or 1
+
+
+def capped_workers(requested: int) -> int:
+    """data.num_workers at most usable_cpus(): more loader processes than CPUs only fight for
+    them (24 on 2 cores started 32 processes). Applied where loaders are made, not in the config:
+    a run keeps what was asked, and resumed on a larger machine uses more."""
+    cpus = usable_cpus()
+    if requested > cpus:
+        _warn_capped(requested, cpus)
+    return min(requested, cpus)
+
+
+@functools.cache  # once per process: a run makes a train, a val and an evaluation loader
+def _warn_capped(requested: int, cpus: int) -> None:
+    log.warning("data.num_workers=%d is more than the %d CPUs this process may use: %d loader "
+                "workers instead — fix: set data.num_workers=%d or less", requested, cpus, cpus,
+                cpus)  # fmt: skip
+
+
 def make_loader(
     dataset: CachedBatches,
     batch_size: int,
@@ -111,6 +139,7 @@ def make_loader(
     """Batches of `dataset` in `order` (default: as stored; `train`: TrainBatches). Workers are
     started once and kept across epochs; with the cache a batch is a few row reads, so 0 or 1
     worker is plenty."""
+    num_workers = capped_workers(num_workers)
     order = order if order is not None else SequentialSampler(range(len(dataset)))
     batches = (TrainBatches(order, batch_size) if train
                else BatchSampler(order, batch_size, drop_last=False))  # fmt: skip

@@ -5,20 +5,28 @@ A model file (`final_*.pth`) is a plain dict loadable with `torch.load(path, wei
 `config` (URIs redacted) and `temperature` (1.0 until the run's evaluate stage fits one on val;
 camtrap.calibration). Calibration rewrites the file with its temperature and keeps the sha256 the
 file had as training wrote it in `calibrated_from`: state/last.pt records that sha256, so a
-resume still recognises the calibrated file as its best model (`is_recorded_file`)."""
+resume still recognises the calibrated file as its best model (`is_recorded_file`).
+
+A model file is not trusted when it is loaded (camtrap.models.load_model): its keys are validated
+(`FileFields`) and its weights must be its arch's with its classes; else one ModelFileError names
+the file and what is wrong."""
 
 from __future__ import annotations
 
 import io
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import fsspec
 import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from torch import nn
 
-from camtrap.errors import StorageError
+from camtrap.config import SUPPORTED_ARCHS
+from camtrap.dataset.contract import MIN_CLASSES, RESERVED_COLUMNS
+from camtrap.errors import ModelFileError, StorageError
 from camtrap.redact import redact_config, redact_text, redact_uri
 from camtrap.storage.files import file_sha256
 from camtrap.torchfile import load_torch, save_torch
@@ -45,19 +53,128 @@ class ModelMeta:
     temperature: float = 1.0
 
     @classmethod
-    def of(cls, blob: dict[str, Any]) -> ModelMeta:
-        """The metadata of a model file's dict (as read_model_file returns it)."""
+    def of(cls, blob: Any, shown: str = "") -> ModelMeta:
+        """The metadata of a model file's dict (as read_model_file returns it), validated
+        (FileFields): ModelFileError naming the file `shown` and each bad field."""
+        fields = validated_fields(blob, shown)
         return cls(
-            arch=blob["arch"],
-            classes=list(blob["classes"]),
-            image_size=int(blob["image_size"]),
-            mean=list(blob["mean"]),
-            std=list(blob["std"]),
-            epoch=blob.get("epoch"),
-            metrics=dict(blob.get("metrics") or {}),
-            config=dict(blob.get("config") or {}),
-            temperature=float(blob.get("temperature", 1.0)),
+            arch=fields.arch,
+            classes=list(fields.classes),
+            image_size=fields.image_size,
+            mean=list(fields.mean),
+            std=list(fields.std),
+            epoch=fields.epoch,
+            metrics=dict(fields.metrics or {}),
+            config=dict(fields.config or {}),
+            temperature=fields.temperature,
         )
+
+
+# Any fix for a model file is the same: the file as camtrap wrote it.
+MODEL_FILE_FIX = "use a model file camtrap wrote (a run's final_*_best.pth), unedited"
+# data.image_size's bounds (camtrap.config.DataConfig): every file training wrote is inside them
+MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 16, 1024
+
+
+class FileFields(BaseModel):
+    """A model file's keys besides the weights, checked when it is loaded: a file camtrap did
+    not write (or one edited by hand) is refused naming the field, instead of failing deep in
+    predict or, worse, writing a submission of empty probabilities. Strict: a string is not a
+    number. Optional keys are those older files lack."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    arch: str
+    classes: list[str]
+    image_size: int
+    mean: list[float]
+    std: list[float]
+    epoch: int | None = Field(None, ge=0)
+    metrics: dict[str, float] | None = None
+    config: dict[str, Any] | None = None
+    temperature: float = 1.0
+    calibrated_from: str | None = None  # CALIBRATED_FROM
+
+    @field_validator("arch")
+    @classmethod
+    def _known_arch(cls, arch: str) -> str:
+        if arch not in SUPPORTED_ARCHS:
+            raise ValueError(f"{arch!r} is not one of {', '.join(SUPPORTED_ARCHS)}")
+        return arch
+
+    @field_validator("classes")
+    @classmethod
+    def _usable_classes(cls, classes: list[str]) -> list[str]:
+        # one output column per class, beside the pipeline's own (id, site, ...)
+        if len(classes) < MIN_CLASSES:
+            raise ValueError(f"has {len(classes)} classes, needs at least {MIN_CLASSES}")
+        if any(not name.strip() for name in classes):
+            raise ValueError(": a class name is blank")
+        if repeated := next((c for c in classes if classes.count(c) > 1), None):
+            raise ValueError(f"lists {repeated!r} twice")
+        if reserved := next((c for c in classes if c in RESERVED_COLUMNS), None):
+            raise ValueError(f": {reserved!r} is a column name the outputs use for their own")
+        return classes
+
+    @field_validator("image_size")
+    @classmethod
+    def _image_size(cls, size: int) -> int:
+        if not MIN_IMAGE_SIZE <= size <= MAX_IMAGE_SIZE:
+            raise ValueError(
+                f"must be a whole number from {MIN_IMAGE_SIZE} to {MAX_IMAGE_SIZE} (got {size})"
+            )
+        return size
+
+    @field_validator("mean")
+    @classmethod
+    def _mean(cls, mean: list[float]) -> list[float]:
+        if len(mean) != 3 or not all(math.isfinite(x) for x in mean):
+            raise ValueError(f"must be 3 finite numbers (one per RGB channel), has {len(mean)}")
+        return mean
+
+    @field_validator("std")
+    @classmethod
+    def _std(cls, std: list[float]) -> list[float]:
+        if len(std) != 3 or not all(math.isfinite(x) and x > 0 for x in std):
+            raise ValueError("must be 3 positive finite numbers (one per RGB channel)")
+        return std
+
+    @field_validator("temperature")
+    @classmethod
+    def _temperature(cls, temperature: float) -> float:
+        if not (math.isfinite(temperature) and temperature > 0):
+            raise ValueError(f"must be a positive finite number (got {temperature})")
+        return temperature
+
+
+def validated_fields(blob: Any, shown: str) -> FileFields:
+    """`blob`'s metadata as FileFields, and its weights a state_dict; else one ModelFileError
+    naming the file and every bad field."""
+    if not isinstance(blob, dict) or not isinstance(blob.get("model"), dict):
+        raise ModelFileError(
+            f"model file {shown}: not a camtrap model file (a dict with the weights under "
+            f"'model' and arch, classes, ...) — fix: {MODEL_FILE_FIX}"
+        )
+    try:
+        return FileFields.model_validate({k: v for k, v in blob.items() if k != "model"})
+    except ValidationError as err:
+        problems = "; ".join(_field_problem(item) for item in err.errors())
+        raise ModelFileError(f"model file {shown}: {problems} — fix: {MODEL_FILE_FIX}") from None
+
+
+def _field_problem(item: Any) -> str:
+    """One pydantic error as `field what (got value)`, the value cut short (a config is big)."""
+    where = ".".join(str(p) for p in item["loc"])
+    if item["type"] == "missing":
+        return f"{where} is missing"
+    if item["type"] == "extra_forbidden":
+        return f"{where} is not a field of a camtrap model file"
+    message = item["msg"].removeprefix("Value error, ").replace("Input should", "should")
+    separator = "" if message.startswith(":") else " "
+    if item["type"] == "value_error":  # FileFields' own checks: their message says enough
+        return f"{where}{separator}{message}"
+    got = repr(item.get("input"))
+    return f"{where}{separator}{message} (got {got if len(got) <= 40 else got[:37] + '...'})"
 
 
 def model_file_dict(model: nn.Module, meta: ModelMeta) -> dict[str, Any]:

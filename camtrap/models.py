@@ -14,9 +14,9 @@ from torchvision.ops import StochasticDepth
 
 from camtrap import storage
 from camtrap.config import HEADS, SUPPORTED_ARCHS, RunConfig
-from camtrap.errors import ConfigError, StorageError
+from camtrap.errors import ConfigError, ModelFileError, StorageError
 from camtrap.latest import resolve_model_uri
-from camtrap.modelfile import ModelMeta, read_model_file
+from camtrap.modelfile import MODEL_FILE_FIX, ModelMeta, read_model_file
 from camtrap.redact import redact_text, redact_uri
 
 log = logging.getLogger("camtrap")
@@ -164,14 +164,38 @@ def _set_drop_path(model: nn.Module, arch: str, drop_path: float) -> None:
 
 
 def load_model(uri: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, ModelMeta]:
-    """A ready-to-use model (eval mode) from a camtrap model file, plus its metadata."""
+    """A ready-to-use model (eval mode) from a camtrap model file, plus its metadata. The file is
+    not trusted: its metadata is validated (camtrap.modelfile.FileFields) and its weights must
+    be its arch's with its number of classes; else one ModelFileError naming the file."""
+    shown = redact_uri(str(uri))
     blob = read_model_file(uri)
-    if not isinstance(blob, dict) or "arch" not in blob or "model" not in blob:
-        raise StorageError(f"{uri} is not a camtrap model file (no 'arch'/'model' keys)")
-    meta = ModelMeta.of(blob)
+    meta = ModelMeta.of(blob, shown)
     model = build_model(meta.arch, len(meta.classes), weights="none", image_size=meta.image_size)
-    model.load_state_dict(blob["model"])
+    _load_own_weights(model, blob["model"], meta, shown)
     return model.to(device).eval(), meta
+
+
+def _load_own_weights(model: nn.Module, state: dict, meta: ModelMeta, shown: str) -> None:
+    """`state` into `model` (strict), or a ModelFileError that counts what does not fit: torch's
+    own message lists every key, kilobytes of them."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [k for k in own if k in state and _shape(state[k]) != tuple(own[k].shape)]
+    if missing or unexpected or shapes:
+        found = {"missing": missing, "unexpected": unexpected, "wrong shape": shapes}
+        counts = [f"{name}: {len(keys)}" for name, keys in found.items() if keys]
+        if shapes:  # the classes' head, most often: the one a reader can check
+            counts[-1] += f", e.g. {shapes[0]}"
+        raise ModelFileError(
+            f"model file {shown}: its weights are not a {meta.arch} with {len(meta.classes)} "
+            f"classes ({', '.join(counts)}) — fix: {MODEL_FILE_FIX}"
+        )
+    model.load_state_dict(state)
+
+
+def _shape(value: object) -> tuple[int, ...] | None:
+    return tuple(value.shape) if isinstance(value, torch.Tensor) else None
 
 
 class MirrorAverage(nn.Module):

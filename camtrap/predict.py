@@ -37,7 +37,7 @@ from camtrap.dataset.fetch import fetch_detections, fetch_photos
 from camtrap.dataset.photos import load_photos, resolve_input
 from camtrap.device import precision_for, resolve_device
 from camtrap.engine import infer
-from camtrap.errors import ConfigError, DataError
+from camtrap.errors import ConfigError, DataError, ModelFileError
 from camtrap.latest import resolve_model_uri
 from camtrap.loader import CachedBatches, DeviceNormalize, make_loader
 from camtrap.modelfile import ModelMeta
@@ -73,6 +73,7 @@ class Predictions:
     model_sha256: str = ""
     # data.crop=all: id, x, y, w, h, then one probability per class, for each box of a photo
     boxes: pd.DataFrame | None = None
+    written: list[str] = field(default_factory=list)  # `predict`: the URIs it wrote
 
     def describe(self) -> str:
         calibration = (
@@ -275,6 +276,7 @@ def predict_features(
     per_photo = samples.image_probabilities(raw, found["image"].to_numpy(), classes)
     frame = pd.DataFrame(_calibrated(per_photo, temperature), columns=classes)
     frame.insert(0, "id", data.frame["id"].to_numpy())
+    check_finite(frame, classes, model_uri)
     boxes = None
     if crops is not None and crops.mode == "all":
         boxes = _box_table(found, _calibrated(raw, temperature), classes)
@@ -282,6 +284,19 @@ def predict_features(
                          data.frame, data.failed, model_sha256, boxes)  # fmt: skip
     log.info("predict: %s", result.describe())
     return result
+
+
+def check_finite(frame: pd.DataFrame, classes: list[str], model_uri: str) -> None:
+    """ModelFileError when a probability is NaN or infinite (weights that hold one): written,
+    it would be an empty cell a submission or a reviewer takes for an answer."""
+    bad = ~np.isfinite(frame[classes].to_numpy()).all(axis=1)
+    if bad.any():
+        raise ModelFileError(
+            f"model file {redact_uri(model_uri)} gives probabilities that are not numbers (NaN "
+            f"or infinite) for {bad.sum()} of {len(frame)} photos (first: "
+            f"{frame['id'].iloc[bad.argmax()]}): its weights hold NaN or infinite values — fix: "
+            "use another model file (e.g. one saved before its training diverged), or retrain"
+        )
 
 
 def _calibrated(probs: np.ndarray, temperature: float) -> np.ndarray:
@@ -420,15 +435,19 @@ def predict(
     device: str = "auto",
     progress: bool = False,
     cache_root: Path | None = None,
+    out_inside_data: bool = False,
 ) -> Predictions:
     """Resolve the model, fetch and validate the photos, predict, write `options.format` to
-    `output_uri`. Nothing is written unless every step succeeded."""
+    `output_uri` (checked first: camtrap.outputs.check_output; inside `data_uri` only with
+    `out_inside_data`). Nothing is written unless every step succeeded; `written` says where."""
     options = options or PredictOptions()
     check_options(tta, device, batch_size)
-    outputs.check_output(output_uri, options.format)  # before minutes of work
+    given, model_uri = model_uri, resolve_model_uri(model_uri)
+    output_uri = outputs.check_output(output_uri, options.format,  # before minutes of work
+                                      inputs_of(data_uri, options, given, model_uri), data_uri,
+                                      out_inside_data)  # fmt: skip
     options = resolved(data_uri, options)
     check_format(options)
-    model_uri = resolve_model_uri(model_uri)
     model_file = local_model_file(model_uri, cache_root)
     model, meta = load(model_file, device)
     root = fetch_input(data_uri, options, cache_root)
@@ -447,9 +466,21 @@ def predict(
         image_cache=image_cache,
         model_sha256=file_sha256(model_file),
     )
-    for uri in write_outputs(result, output_uri, options, root):
+    written = write_outputs(result, output_uri, options, root)
+    for uri in written:
         log.info("predictions written to %s", uri)
-    return result
+    return dataclasses.replace(result, written=written)
+
+
+def inputs_of(data_uri: str, options: PredictOptions, *models: str) -> dict[str, str]:
+    """What a predict reads, URI -> what it is: no --out may be one of them."""
+    named = {"the features CSV": options.features_csv, "the COCO file": options.annotations,
+             "the detections file": options.detections}  # fmt: skip
+    inputs = {storage.join(data_uri, rel): what for what, rel in named.items() if rel}
+    inputs.update({uri: "the model file" for uri in models})
+    given = {options.taxonomy: "the taxonomy CSV", options.deployments: "the deployments CSV"}
+    inputs.update({uri: what for uri, what in given.items() if uri})
+    return inputs
 
 
 def check_format(options: PredictOptions) -> None:

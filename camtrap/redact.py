@@ -17,6 +17,7 @@ _URL = re.compile(r"https?://\S+")
 _ACCESS_KEY = re.compile(r"\b(AKIA|ASIA)[A-Z0-9]{12,}\b")
 # The config settings that hold a URI of the user's (model.weights, model.init_from).
 URI_SETTINGS = ("weights", "init_from")
+EXCERPT_CHARS = 80  # the most an error quotes of a value from a user's file
 
 
 def redact_uri(uri: str) -> str:
@@ -50,6 +51,14 @@ def _redact_pairs(text: str) -> str:
 def redact_text(text: str) -> str:
     """`text` (an error message, a log line) with every URI in it redacted (`redact_uri`)."""
     return _URI_IN_TEXT.sub(lambda match: redact_uri(match.group(0)), text)
+
+
+def excerpt(text: str, limit: int = EXCERPT_CHARS) -> str:
+    """`text`, a value from a user's file quoted in an error, redacted (URIs' secrets, access key
+    ids) and cut to `limit` characters, the last one "…": an error never echoes a whole line of
+    a file, nor a credential in it."""
+    shown = _ACCESS_KEY.sub("<key>", redact_text(text))
+    return shown if len(shown) <= limit else shown[: limit - 1] + "…"
 
 
 def redact_endpoints(text: str) -> str:

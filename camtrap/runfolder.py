@@ -21,7 +21,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from camtrap import storage
-from camtrap.errors import ConfigError
+from camtrap.errors import ConfigError, StorageError
 from camtrap.storage.files import atomic_write_text, file_sha256, inside, safe_relative
 from camtrap.storage.mirror import sync_dir_to_uri, sync_uri_to_dir
 from camtrap.storage.uris import is_remote, join
@@ -195,9 +195,38 @@ def utc_now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+class RunJsonDamaged(StorageError):
+    """run.json is not what camtrap writes (torn by a copy, edited)."""
+
+
+def damaged_run_json(location: str | Path, what: str) -> RunJsonDamaged:
+    return RunJsonDamaged(
+        f"run.json is damaged: {location} {what} — fix: restore it from the run's copy in "
+        "output_uri, or delete it and rerun `camtrap train` with the same settings: the run "
+        "resumes from its last saved epoch and writes run.json again"
+    )
+
+
+def parse_run_json(data: bytes, where: str | Path) -> dict[str, Any]:
+    """The run.json `data` read from `where`; RunJsonDamaged unless it is a JSON object."""
+    try:
+        info = json.loads(data)
+    except json.JSONDecodeError as err:
+        at = len(err.doc[: err.pos].encode())  # the position in the file, not in the text
+        why = err.msg.removesuffix(" at").removesuffix(" starting").lower()
+        raise damaged_run_json(where, f"is not JSON at byte {at} of {len(data)} ({why})") from None
+    except (UnicodeDecodeError, RecursionError):  # json.loads decodes bytes itself
+        raise damaged_run_json(where, "is not JSON text") from None
+    if not isinstance(info, dict):
+        kind = {list: "a list", str: "a string", type(None): "null"}.get(type(info), "a value")
+        raise damaged_run_json(where, f"is not a JSON object (it holds {kind})")
+    return info
+
+
 def read_run_json(run_dir: str | Path) -> dict[str, Any]:
+    """run.json of a local run folder ({} before there is one), checked by parse_run_json."""
     path = Path(run_dir) / RUN_JSON
-    return json.loads(path.read_text()) if path.exists() else {}
+    return parse_run_json(path.read_bytes(), path) if path.exists() else {}
 
 
 def write_run_json(run_dir: str | Path, info: dict[str, Any]) -> None:
@@ -205,11 +234,11 @@ def write_run_json(run_dir: str | Path, info: dict[str, Any]) -> None:
 
 
 def remote_run_json(run_uri: str) -> dict[str, Any]:
-    """run.json at `run_uri` ({} when there is none yet, or it is not JSON)."""
+    """run.json at `run_uri`; {} when there is none yet or it is damaged (the state decides)."""
     uri = join(run_uri, RUN_JSON)
     try:
-        return json.loads(storage.read_text(uri)) if storage.exists(uri) else {}
-    except ValueError:
+        return parse_run_json(storage.read_bytes(uri), uri) if storage.exists(uri) else {}
+    except RunJsonDamaged:
         return {}
 
 
@@ -217,13 +246,7 @@ def remote_status(run_uri: str) -> str:
     """`completed` or `running` (run.json at `run_uri`), or `new`: no split.csv there yet."""
     if not storage.exists(join(run_uri, SPLIT_CSV)):
         return "new"
-    uri = join(run_uri, RUN_JSON)
-    if not storage.exists(uri):
-        return "running"
-    try:
-        return str(json.loads(storage.read_text(uri)).get("status", "running"))
-    except ValueError:
-        return "running"
+    return str(remote_run_json(run_uri).get("status", "running"))
 
 
 # --- what a run is -----------------------------------------------------------------------------
@@ -374,10 +397,8 @@ def remote_epochs_done(run_uri: str) -> int:
     state, so at worst it lags the remote state by one epoch: the comparison then keeps the
     local copy, which is consistent, one epoch less advanced."""
     uri = join(run_uri, STATE_INFO)
-    if not storage.exists(uri):
-        return 0
     try:
-        return int(json.loads(storage.read_text(uri))["epoch"])
+        return int(json.loads(storage.read_text(uri))["epoch"]) if storage.exists(uri) else 0
     except (ValueError, KeyError, TypeError):
         return 0
 
@@ -455,12 +476,31 @@ def verify(run_uri: str) -> list[str]:
     info_uri = join(run_uri, RUN_JSON)
     if not storage.exists(info_uri):
         return [f"{info_uri} does not exist: the run never finished (or this is not a run)"]
-    files = json.loads(storage.read_text(info_uri)).get("files", {})
-    if not files:
-        return [f"{info_uri} lists no files"]
+    try:  # a damaged run.json is the run's problem, reported as the others are
+        info = parse_run_json(storage.read_bytes(info_uri), info_uri)
+    except RunJsonDamaged as err:
+        return [str(err)]
+    if problem := _files_problem(info, info_uri):
+        return [problem]
     with tempfile.TemporaryDirectory(prefix="camtrap-verify-") as tmp:
-        found = (_check(run_uri, rel, entry, tmp) for rel, entry in sorted(files.items()))
+        found = (_check(run_uri, rel, entry, tmp) for rel, entry in sorted(info["files"].items()))
         return [problem for problem in found if problem]
+
+
+def _files_problem(info: dict[str, Any], info_uri: str) -> str | None:
+    """Why run.json's `files` can't be checked: a run that has not finished lists none yet; a
+    finished one lists each output with its size and sha256, else run.json is damaged."""
+    files, status = info.get("files"), info.get("status")
+    if files is None and status != "completed":
+        return (f"{info_uri}: the run has not finished (status {status!r}), so it lists no "
+                "files yet — fix: wait for it, or rerun `camtrap train` to resume it")  # fmt: skip
+    if not isinstance(files, dict) or not files:
+        return str(damaged_run_json(info_uri, 'has no "files" list (each output, its sha256)'))
+    for rel, entry in files.items():
+        size = entry.get("bytes") if isinstance(entry, dict) else None
+        if type(size) is not int or not isinstance(entry.get("sha256"), str):
+            return str(damaged_run_json(info_uri, f'lists {rel!r} without "bytes" and "sha256"'))
+    return None
 
 
 def _check(run_uri: str, rel: str, entry: dict[str, Any], tmp: str) -> str | None:

@@ -1,9 +1,13 @@
 """Flow `watch-data`: announce a changed dataset, so that train-swin/part1 retrains on it.
 
-    list the objects under data_uri -> fingerprint them (path, size, ETag) -> compare with the
-    fingerprint of the last check ({output_uri}/watch/<key>.json) -> on a change: send the
+    list the files under data_uri -> fingerprint them (path, size and, on S3, the ETag; in a
+    local folder the sha256, read only for files changed since the last check) -> compare with
+    the fingerprint of the last check ({output_uri}/watch/<key>.json) -> on a change: send the
     Prefect event `camtrap.dataset.changed` (resource camtrap.dataset.<data_uri>; payload
     data_uri, output_uri, fingerprint, previous_fingerprint, files), then record the fingerprint
+
+Files under output_uri, where it lies inside data_uri (/data and /data/runs), are no data: the
+runs and the watcher's own state are left out of the fingerprint.
 
 The first check of a dataset (nothing recorded yet) records its fingerprint and sends nothing,
 unless `emit_first`: the data a watch starts on is the data the last training used, or the
@@ -36,8 +40,8 @@ Outcome = Literal["changed", "unchanged", "recorded"]
 def watch_data(data_uri: str, output_uri: str, emit_first: bool = False) -> Outcome:
     """Compare the objects under `data_uri` with the last check (kept under `output_uri`) and send
     `camtrap.dataset.changed` when they differ. Returns "changed" (event sent, fingerprint
-    recorded), "unchanged" (nothing sent or written) or "recorded" (a first check: recorded,
-    nothing sent)."""
+    recorded), "unchanged" (nothing sent, no fingerprint written; a local folder's hash index
+    may be refreshed) or "recorded" (a first check: recorded, nothing sent)."""
     logger = get_run_logger()
     check = check_dataset(data_uri, output_uri)
     if not check.changed:

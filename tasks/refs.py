@@ -65,6 +65,9 @@ class ModelRef(_Model):
     max_image_pixels: int
     epoch: int | None
     temperature: float
+    # of the file's bytes as resolve-model fetched them: what a reused predictions file must have
+    # been computed from (its name is the run's and the data's, which a rewritten model keeps)
+    model_sha256: str
     # a model trained on crops (data.crop best or all): its run's threshold, margin and crop;
     # None: frames
     crop_threshold: float | None = None
@@ -88,7 +91,7 @@ class FeaturesRef(_Model):
 class PredictionsRef(_Model):
     output_uri: str
     rows: int
-    reused: bool  # the file was there already (same run, data and options)
+    reused: bool  # the file was there already (same model file's sha256, data and options)
     tta: str
     calibration: bool
     format: str = "csv"

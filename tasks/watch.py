@@ -1,10 +1,14 @@
 """Watch tasks: fingerprint a dataset's objects, compare with the last check, announce a change.
 
-The fingerprint is storage.etags_digest over every object under data_uri (path, size, ETag): one
-LIST request per 1000 objects, nothing downloaded. Any object added, removed or rewritten
-changes it. The last fingerprint seen is kept in {output_uri}/watch/<key>.json (see
-state_uri): beside the runs it triggers, written through camtrap.storage, so it survives
-machines, Prefect servers and a temporary server of `python -m flows.watch_data`.
+The fingerprint is storage.etags_digest over every file under data_uri (camtrap.storage.contents):
+on S3 (path, size, ETag), one LIST request per 1000 objects, nothing downloaded; in a local
+folder (path, size, sha256), each file read only when its (inode, size, mtime) changed since the
+last check (the digests are kept in {output_uri}/watch/<key>.hashes.json). Any file added,
+removed or rewritten changes it, whatever its size. Files under output_uri, when it lies inside
+data_uri (/data and /data/runs), are no data: the runs and this watcher's own state are left out.
+The last fingerprint seen is kept in {output_uri}/watch/<key>.json (see state_uri): beside the
+runs it triggers, written through camtrap.storage, so it survives machines, Prefect servers and
+a temporary server of `python -m flows.watch_data`.
 
 The event `camtrap.dataset.changed` is sent by an events client whose send raises on failure,
 before the new fingerprint is recorded: a check that could not send records nothing, and the
@@ -27,6 +31,7 @@ from prefect.utilities.asyncutils import run_coro_as_sync
 from pydantic import BaseModel, ConfigDict
 
 from camtrap import storage
+from camtrap.storage.contents import content_listing, inner_name
 from tasks.policies import IO_TASK
 
 log = logging.getLogger("camtrap")
@@ -34,6 +39,9 @@ log = logging.getLogger("camtrap")
 EVENT_CHANGED = "camtrap.dataset.changed"
 RESOURCE_PREFIX = "camtrap.dataset."
 STATE_FOLDER = "watch"
+# How a fingerprint was made: files by (size, ETag) on S3, by (size, sha256) in a local folder.
+# A record made another way (local ones before content hashes: sizes only) is not compared.
+BY_ETAG, BY_SHA256 = "etag", "sha256"
 
 
 class DatasetCheck(BaseModel):
@@ -46,6 +54,7 @@ class DatasetCheck(BaseModel):
     files: int
     previous: str | None  # None: never checked; "": the record was unreadable
     state_uri: str
+    method: str = BY_ETAG  # how `fingerprint` was made (BY_ETAG, BY_SHA256)
 
     @property
     def changed(self) -> bool:
@@ -65,22 +74,36 @@ def resource_id(data_uri: str) -> str:
 def state_uri(output_uri: str, data_uri: str) -> str:
     """{output_uri}/watch/<first 16 hex of sha256(data_uri)>.json: one file per dataset, a name
     that is safe whatever the URI holds (the URI itself is inside)."""
-    key = hashlib.sha256(normalized(data_uri).encode()).hexdigest()[:16]
-    return storage.join(output_uri, STATE_FOLDER, f"{key}.json")
+    return storage.join(output_uri, STATE_FOLDER, f"{_key(data_uri)}.json")
 
 
-def read_previous(uri: str) -> str | None:
-    """The fingerprint recorded at `uri`: None when nothing was recorded, "" when the record is
-    unreadable (so the next check counts as a change: a spare event is cheap, a missed one not)."""
+def index_uri(output_uri: str, data_uri: str) -> str:
+    """{output_uri}/watch/<key>.hashes.json: the local files' sha256 by (inode, size, mtime), so
+    that a check reads only what changed."""
+    return storage.join(output_uri, STATE_FOLDER, f"{_key(data_uri)}.hashes.json")
+
+
+def _key(data_uri: str) -> str:
+    return hashlib.sha256(normalized(data_uri).encode()).hexdigest()[:16]
+
+
+def read_previous(uri: str, method: str = BY_ETAG) -> str | None:
+    """The fingerprint recorded at `uri`: None when nothing was recorded, or it was made another
+    way than `method` (records without one: by ETag); "" when the record is unreadable (so the
+    next check counts as a change: a spare event is cheap, a missed one not)."""
     try:
         text = storage.read_text(uri)
     except storage.StorageNotFound:
         return None
     try:
-        fingerprint = json.loads(text)["fingerprint"]
+        record = json.loads(text)
+        fingerprint = record["fingerprint"]
     except (ValueError, KeyError, TypeError):
         log.warning("%s is unreadable; counting this check as a change", uri)
         return ""
+    if record.get("method", BY_ETAG) != method:
+        log.info("%s was fingerprinted another way; counting this check as the first", uri)
+        return None
     return fingerprint if isinstance(fingerprint, str) else ""
 
 
@@ -90,6 +113,7 @@ def state_record(check: DatasetCheck, now: datetime) -> str:
             "data_uri": check.data_uri,
             "fingerprint": check.fingerprint,
             "files": check.files,
+            "method": check.method,
             "recorded_at": now.isoformat(timespec="seconds"),
         },
         indent=1,
@@ -110,26 +134,43 @@ def event_payload(check: DatasetCheck, output_uri: str) -> dict[str, str | int |
 
 @task(name="check-dataset", cache_policy=NO_CACHE, **IO_TASK)  # every call looks again
 def check_dataset(data_uri: str, output_uri: str) -> DatasetCheck:
-    """List the objects under `data_uri`, fingerprint them and read the last recorded check.
-    A URI holding nothing (a typo, or the data deleted) fails: it must not start a training."""
+    """List the files under `data_uri` (less output_uri, where it lies inside), fingerprint them
+    and read the last recorded check. A URI holding nothing (a typo, or the data deleted) fails:
+    it must not start a training."""
     data_uri = normalized(data_uri)
-    files = storage.list_files(data_uri)
+    files = dataset_files(data_uri, output_uri)
     if not files:
         raise storage.StorageNotFound(
             f"{data_uri} holds no files — fix: give the dataset's folder or s3://bucket/prefix "
             "(the one train-swin reads)"
         )
     where = state_uri(output_uri, data_uri)
+    method = BY_ETAG if storage.is_remote(data_uri) else BY_SHA256
     check = DatasetCheck(
         data_uri=data_uri,
         fingerprint=storage.etags_digest(files),
         files=len(files),
-        previous=read_previous(where),
+        previous=read_previous(where, method),
         state_uri=where,
+        method=method,
     )
     log.info("%s: %d files, fingerprint %s (last check: %s)", data_uri, check.files,
              check.fingerprint[:12], (check.previous or "none")[:12])  # fmt: skip
     return check
+
+
+def dataset_files(data_uri: str, output_uri: str) -> dict[str, storage.RemoteFile]:
+    """The files under `data_uri` with a tag of their content, less those under output_uri (runs,
+    this watcher's state) when it lies inside. An output_uri that is data_uri itself leaves out
+    only the watcher's state: runs written there look like new data (warned)."""
+    if inner_name(data_uri, output_uri) == "":
+        log.warning(
+            "output_uri %s is data_uri itself: each run written there counts as a change of the "
+            "data — fix: give an output_uri outside %s or in a folder of it (%s)",
+            output_uri, data_uri, storage.join(data_uri, "runs"),
+        )  # fmt: skip
+    skip = (output_uri, storage.join(output_uri, STATE_FOLDER))
+    return content_listing(data_uri, index_uri(output_uri, data_uri), skip)
 
 
 @task(name="record-dataset-check", cache_policy=NO_CACHE, **IO_TASK)  # writes every time

@@ -34,6 +34,7 @@ from camtrap.dataset.contract import (
 )
 from camtrap.dataset.csvtable import Table, has_columns, read_table
 from camtrap.errors import DataError, Problem
+from camtrap.redact import excerpt
 
 FEATURE_COLUMNS = ("id", "filepath", "site")
 # A features CSV of photos to label needs no site: predictions do not use it.
@@ -179,7 +180,7 @@ def _label_row_problems(
         label, message = _one_hot_label(row, classes)
         if message is not None:
             fix = "put 1 (or 1.0) in exactly one class column and 0 in the others"
-            problems.append(Problem(labels.name, message, fix, line, row["id"] or None))
+            problems.append(Problem(labels.name, message, fix, line, excerpt(row["id"]) or None))
         elif label is not None:
             label_of.setdefault(row["id"], label)
     return problems
@@ -189,7 +190,7 @@ def _one_hot_label(row: dict[str, str], classes: list[str]) -> tuple[str | None,
     """(the class marked 1, None) or (None, what is wrong). `1.0`/`0.0` count as 1/0."""
     bad = [f"{name}={row[name]!r}" for name in classes if _as_binary(row[name]) is None]
     if bad:
-        return None, f"label values must be 0 or 1, got {', '.join(bad)}"
+        return None, f"label values must be 0 or 1, got {excerpt(', '.join(bad))}"
     ones = [name for name in classes if _as_binary(row[name]) == 1]
     if not ones:
         return None, "no class is marked 1 (every value is 0)"
@@ -214,9 +215,10 @@ def _id_mismatch_problems(features: Table, labels: Table) -> list[Problem]:
         known = {row["id"] for _, row in other.rows} | other.broken_ids
         for line, row in table.rows:
             if row["id"] and row["id"] not in known:
-                message = f"id {row['id']!r} has no {what} in {other.name}"
+                shown = excerpt(row["id"])
+                message = f"id {shown!r} has no {what} in {other.name}"
                 fix = f"add a row for it to {other.name} or remove it from {table.name}"
-                problems.append(Problem(table.name, message, fix, line, row["id"]))
+                problems.append(Problem(table.name, message, fix, line, shown))
     return problems
 
 

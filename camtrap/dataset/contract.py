@@ -14,6 +14,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 import pandas as pd
 
@@ -36,6 +37,19 @@ RESERVED_COLUMNS = ("id", "filepath", "path", "site", "label", "label_idx", "spl
 # with it, or None. The default decodes it (at reduced scale for JPEGs); the image cache's
 # `Decoder` decodes it in full and keeps the pixels, so a run decodes each image once.
 ImageCheck = Callable[[bytes, str, str], Problem | None]
+# What inspecting one image file found: (the sha256 of its bytes, the Problem with it).
+Inspection = tuple[str | None, Problem | None]
+
+
+@runtime_checkable
+class ImageMemo(Protocol):
+    """What a check may carry as its `memo` (the image cache's Decoder does:
+    camtrap.imagecache_hashes): what inspecting each file found, kept by the file's identity,
+    so that a rerun does not read, hash or check an unchanged file again."""
+
+    def inspected(
+        self, path: str, max_bytes: int, max_pixels: int, inspect: Callable[[], Inspection]
+    ) -> Inspection: ...
 
 
 def decode_check(data: bytes, digest: str, name: str) -> Problem | None:
@@ -185,14 +199,18 @@ def inspect_images(
     problems: list[Problem],
 ) -> dict[str, str]:
     """Read every image once (a thread pool); returns id -> sha256, appends the problems."""
-    usable = [(ln, r) for ln, r in rows if filepath_problem(root, r["filepath"]) is None]
-    paths = sorted({str(image_path(root, row["filepath"])) for _, row in usable})
+    usable = [
+        (ln, r, str(image_path(root, r["filepath"])))  # once per row: a rerun's main cost
+        for ln, r in rows
+        if filepath_problem(root, r["filepath"]) is None
+    ]
+    paths = sorted({path for _, _, path in usable})
     with ThreadPoolExecutor(max_workers=max(1, min(workers, len(paths) or 1))) as pool:
         found = list(pool.map(lambda path: _inspect_image(path, check, limits), paths))
     results = dict(zip(paths, found, strict=True))
     hashes: dict[str, str] = {}
-    for line, row in usable:
-        digest, problem = results[str(image_path(root, row["filepath"]))]
+    for line, row, path in usable:
+        digest, problem = results[path]
         if problem is not None:
             message = f"image {row['filepath']} {problem.message}"
             problems.append(Problem(file, message, problem.fix, line, row["id"] or None))
@@ -201,11 +219,19 @@ def inspect_images(
     return hashes
 
 
-def _inspect_image(
-    path: str, check: ImageCheck | None, limits: ImageLimits
-) -> tuple[str | None, Problem | None]:
-    """(sha256 of the file, the Problem with it or None), reading the file once. The size
-    limits come first, so an oversized file is neither read whole nor decoded."""
+def _inspect_image(path: str, check: ImageCheck | None, limits: ImageLimits) -> Inspection:
+    """(sha256 of the file, the Problem with it or None): what the check's memo remembers of
+    the file when it is unchanged, else `_read_image`'s."""
+    memo = getattr(check, "memo", None)
+    if not isinstance(memo, ImageMemo):
+        return _read_image(path, check, limits)
+    inspect = functools.partial(_read_image, path, check, limits)
+    return memo.inspected(path, limits.max_bytes, limits.max_pixels, inspect)
+
+
+def _read_image(path: str, check: ImageCheck | None, limits: ImageLimits) -> Inspection:
+    """Read the file once, hash it, check it. The size limits come first, so an oversized file
+    is neither read whole nor decoded."""
     try:
         data = read_image_bytes(path, max_bytes=limits.max_bytes)
     except DataError as err:

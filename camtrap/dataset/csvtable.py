@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from camtrap.errors import Problem
+from camtrap.redact import excerpt
+from camtrap.storage.files import safe_relative
 
 Row = tuple[int, dict[str, str]]  # (1-based line of the record, values by column)
 
@@ -30,13 +32,29 @@ class Table:
 
 
 def read_file(root: Path, name: str, problems: list[Problem]) -> bytes | None:
-    """The bytes of `root/name` (a dataset's CSV or JSON); on failure a Problem and None."""
+    """The bytes of `root/name` (a dataset's CSV or JSON); on failure a Problem and None. Only a
+    file inside the root is read: a name from a config or a package (/etc/passwd, ../x, a link
+    leading out) is a problem, and nothing of that file is read or quoted."""
+    outside = _outside_problem(root, name)
+    if outside is not None:
+        fix = f"name a file inside {root}, relative to it (copy the file there first)"
+        problems.append(Problem(name, outside, fix))
+        return None
     try:
         return (root / name).read_bytes()
     except FileNotFoundError:
         problems.append(Problem(name, "file does not exist", f"put {name} in {root}"))
     except OSError as err:
         problems.append(Problem(name, f"cannot be read: {err.strerror or err}", "check the file"))
+    return None
+
+
+def _outside_problem(root: Path, name: str) -> str | None:
+    if not safe_relative(name):
+        return "is outside the data root"
+    target = (root / name).resolve()
+    if not target.is_relative_to(root.resolve()):
+        return f"is a link to {target}, outside the data root"
     return None
 
 
@@ -99,7 +117,7 @@ def _header_ok(table: Table, line: int, problems: list[Problem]) -> bool:
             problems.append(Problem(table.name, "the header has an empty column name", fix, line))
             ok = False
         elif column in seen:
-            message = f"column {column!r} appears twice in the header"
+            message = f"column {excerpt(column)!r} appears twice in the header"
             problems.append(Problem(table.name, message, "give every column a distinct name", line))
             ok = False
         seen.add(column)
@@ -112,7 +130,7 @@ def _field_count_problem(table: Table, line: int, values: list[str]) -> Problem:
         f"has {len(values)} values but the header has {len(table.header)} columns",
         "give the row one value per column; quote values that contain commas",
         line,
-        row_id(table, values) or None,
+        excerpt(row_id(table, values)) or None,
     )
 
 

@@ -16,11 +16,14 @@ not at all (camtrap.storage)."""
 from __future__ import annotations
 
 import io
+import os
+from collections.abc import Mapping
 from pathlib import Path
 
 import pandas as pd
 
 from camtrap import storage
+from camtrap.config import IMAGE_SUFFIXES
 from camtrap.errors import ConfigError
 from camtrap.outputs.labelled import FAILED_COLUMNS, Labelled, animal_confidence, kind_of
 from camtrap.outputs.newpackage import NewPackage
@@ -45,22 +48,147 @@ def events_uri(output_uri: str) -> str:
     return f"{head}/{stem}{EVENTS_SUFFIX}" if head else f"{stem}{EVENTS_SUFFIX}"
 
 
-def check_output(output_uri: str, fmt: str) -> None:
-    """ConfigError for an --out that cannot take `fmt`, before minutes of work: a file for
-    csv and megadetector, a folder (not a file) for a Camtrap DP package."""
-    local = None if storage.is_remote(output_uri) else Path(output_uri)
+# `--out dir/`: the output goes inside dir, named as the format's
+DEFAULT_NAMES = {"csv": "predictions.csv", "megadetector": "predictions.json",
+                 "camtrap-dp": "predictions-camtrap-dp"}  # fmt: skip
+
+
+def check_output(
+    output_uri: str,
+    fmt: str,
+    inputs: Mapping[str, str] | None = None,
+    data_root: str | None = None,
+    inside_data: bool = False,
+) -> str:
+    """The URI to write `fmt` to, checked before minutes of work (ConfigError with the fix).
+
+    `output_uri` ending in `/` is a folder: the output goes inside it (DEFAULT_NAMES). Refused:
+    a file format at a folder, a package at a file; a path that is one of `inputs` (URI -> what
+    it is: the features CSV, the model file, ...) or an image; a package folder holding an input
+    or other files (writing a package replaces the whole folder); anywhere inside `data_root`
+    unless `inside_data` (--out-inside-data); a local path whose folder cannot be written."""
+    target = _in_folder(output_uri, fmt)
+    _check_kind(output_uri, target, fmt)
+    protected = dict(inputs or {})
     if fmt == "camtrap-dp":
-        if local is not None and local.is_file():
-            raise ConfigError(
-                f"--out {output_uri} is a file — fix: name the folder the Camtrap DP package "
-                f"goes to, e.g. {local.with_suffix('')}-package"
-            )
-        return
-    if local is not None and local.is_dir():
-        example = "predictions.json" if fmt == "megadetector" else "predictions.csv"
+        folder = {data_root: "the data folder"} if data_root is not None else {}
+        _check_package_folder(output_uri, target, {**folder, **protected})
+    else:
+        written = [target, events_uri(target)]
+        _check_not_an_input(output_uri, written, protected, DEFAULT_NAMES[fmt])
+    if data_root is not None and not inside_data and _inside(target, data_root):
         raise ConfigError(
-            f"--out {output_uri} is a folder — fix: name the file to write, e.g. {local / example}"
+            f"--out {output_uri} is inside the data folder {data_root}: files written there can "
+            "overwrite or be taken for the photos' own — fix: write it outside (e.g. --out "
+            f"{DEFAULT_NAMES[fmt]}), or give --out-inside-data to write there on purpose"
         )
+    if not storage.is_remote(target):
+        _check_writable(output_uri, storage.local_path(target))
+    return target
+
+
+def _in_folder(output_uri: str, fmt: str) -> str:
+    if not output_uri.endswith("/"):
+        return output_uri
+    return storage.join(output_uri, DEFAULT_NAMES[fmt])
+
+
+def _check_kind(output_uri: str, target: str, fmt: str) -> None:
+    """A file for csv and megadetector, a folder (not a file) for a Camtrap DP package."""
+    if storage.is_remote(target):
+        return
+    local, folder = storage.local_path(target), storage.local_path(output_uri)
+    if output_uri.endswith("/") and folder.is_file():
+        raise ConfigError(
+            f"--out {output_uri} ends in / (a folder), but {folder} is a file — fix: name a "
+            "folder, or drop the / to name the file"
+        )
+    if fmt == "camtrap-dp" and local.is_file():
+        raise ConfigError(
+            f"--out {output_uri} is a file — fix: name the folder the Camtrap DP package "
+            f"goes to, e.g. {local.with_suffix('')}-package"
+        )
+    if fmt != "camtrap-dp" and local.is_dir():
+        example = DEFAULT_NAMES[fmt]
+        raise ConfigError(
+            f"--out {output_uri} is a folder — fix: name the file to write, e.g. "
+            f"{local / example}, or end it with / to write {example} inside it"
+        )
+
+
+def _check_not_an_input(output_uri: str, written: list[str], inputs: Mapping[str, str],
+                        example: str) -> None:  # fmt: skip
+    """Refuse writing over an input, or over an image (a photo of this predict, or another)."""
+    for uri in written:
+        what = next((w for i, w in inputs.items() if _key(i) == _key(uri)), None)
+        if what is None and _is_image(uri):
+            what = "an image"
+        if what is not None:
+            raise ConfigError(
+                f"--out {output_uri} would overwrite {what}, an input of this predict — fix: "
+                f"write the predictions to a new file outside --data, e.g. --out {example}"
+            )
+
+
+def _check_package_folder(output_uri: str, target: str, inputs: Mapping[str, str]) -> None:
+    """Writing a package replaces its whole folder (camtrap.outputs.camtrapdp): that folder must
+    hold no input, and be new or a package already (a rerun replaces it)."""
+    held = next((w for i, w in inputs.items() if _inside(i, target)), None)
+    if held is not None:
+        raise ConfigError(
+            f"--out {output_uri}: writing a Camtrap DP package replaces the whole folder, and "
+            f"{held} is in it — fix: name a new folder outside --data, e.g. --out "
+            f"{DEFAULT_NAMES['camtrap-dp']}"
+        )
+    if not storage.is_remote(target) and _holds_other_files(storage.local_path(target)):
+        raise ConfigError(
+            f"--out {output_uri} is a folder of other files, not a Camtrap DP package: "
+            "writing the package replaces the whole folder — fix: name a new folder, or "
+            f"end --out with / to write {DEFAULT_NAMES['camtrap-dp']} inside it"
+        )
+
+
+def _holds_other_files(folder: Path) -> bool:
+    """A folder with files in it that is not a package (no datapackage.json)."""
+    if not folder.is_dir() or (folder / "datapackage.json").exists():
+        return False
+    return any(folder.iterdir())
+
+
+def _check_writable(output_uri: str, path: Path) -> None:
+    """The folder `path` goes in exists and may be written, or its nearest existing folder
+    (where the missing ones will be made) may: checked now, not after the predictions."""
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise ConfigError(
+            f"--out {output_uri} cannot be written: {folder} is a file, not a folder — fix: "
+            "name a path whose folders are folders, or move that file away"
+        )
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ConfigError(
+            f"--out {output_uri} cannot be written: {folder} is not writable — fix: choose a "
+            "folder you may write to, or change its permissions"
+        )
+
+
+def _key(uri: str) -> str:
+    """`uri` comparable with another: an S3 URI without its trailing /, a local path absolute
+    with its links and `..` resolved."""
+    if storage.is_remote(uri):
+        return str(uri).rstrip("/")
+    return os.path.realpath(storage.local_path(uri))
+
+
+def _inside(uri: str, folder: str) -> bool:
+    """Whether `uri` is `folder` or under it (a sibling `folder-2` is not)."""
+    child, parent = _key(uri), _key(folder)
+    return child == parent or child.startswith(parent.rstrip("/") + "/")
+
+
+def _is_image(uri: str) -> bool:
+    return Path(uri).suffix.lower() in IMAGE_SUFFIXES and storage.exists(uri)
 
 
 def write(

@@ -7,10 +7,12 @@
     camtrap.storage.retry    the one retry layer and the StorageError each failure becomes
     camtrap.storage.s3       one S3 request per call, its bytes checked
     camtrap.storage.mirror   folders: sync both ways, the ETag-keyed fetch cache, freshness
+    camtrap.storage.contents a folder's files by content (watch-data's fingerprint)
 
 Guarantees: local writes are atomic; a download is accepted only if it is the object that was
-listed, whole; errors name the URI and the fix, never the endpoint or a credential; a full disk is
-reported as such, with the path."""
+listed, whole; errors name the URI and the fix, never the endpoint or a credential; a full disk, a
+folder that can't be written or a file where a folder should be is reported as such, with the
+local path."""
 
 from __future__ import annotations
 
@@ -25,8 +27,9 @@ from camtrap.storage.uris import RemoteFile, is_remote, join, local_path
 
 __all__ = [
     "RemoteFile", "StorageError", "StorageNotFound", "create_exclusive", "download_file",
-    "etags_digest", "exists", "is_remote", "join", "list_files", "read_bytes", "read_text",
-    "read_with_tag", "remove", "replace_if_match", "upload_file", "write_bytes", "write_text",
+    "etags_digest", "exists", "is_remote", "join", "list_files", "modified_at", "read_bytes",
+    "read_text", "read_with_tag", "remove", "replace_if_match", "upload_file", "write_bytes",
+    "write_text",
 ]  # fmt: skip
 
 
@@ -121,6 +124,17 @@ def read_with_tag(uri: str | Path) -> tuple[bytes, str]:
         data = attempt(lambda: local_path(uri).read_bytes(), "read", str(uri))
         return data, hashlib.sha256(data).hexdigest()
     return attempt(lambda: s3.read_object(str(uri)), "read", str(uri))
+
+
+def modified_at(uri: str | Path) -> float:
+    """When `uri` was last written (unix time), by the clock of what stores it: S3's LastModified
+    (the server's), a local file's mtime (its file system's). Missing: StorageNotFound."""
+    if not is_remote(uri):
+        return attempt(lambda: local_path(uri).stat().st_mtime, "check", str(uri))
+    key = str(uri).removeprefix("s3://")  # s3fs's path
+    return attempt(
+        lambda: s3.s3_filesystem().info(key)["LastModified"].timestamp(), "check", str(uri)
+    )
 
 
 def create_exclusive(uri: str | Path, data: bytes) -> bool:

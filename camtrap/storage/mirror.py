@@ -3,9 +3,10 @@ files of a dataset at an s3:// URI are kept on this machine and downloaded again
 ETag changed (`fetch_files`); `fetch_state` tells a cache key whether such a copy is fresh.
 
 Nothing is written or deleted outside the local folder a sync or fetch was given: keys with `..`
-or an absolute path are skipped with a warning, and every target is checked to resolve inside it
-(camtrap.storage.files.inside). Temp files a killed process left behind are removed when a fetch
-or sync starts."""
+(and names a fetch is asked for with `..` or an absolute path) are skipped with a warning, and
+every target is checked to resolve inside it (camtrap.storage.files.inside). An S3 key with an
+empty segment (`prefix//a.jpg`) is listed as it is ("/a.jpg") and lands locally without it.
+Temp files a killed process left behind are removed when a fetch or sync starts."""
 
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ from camtrap.storage.files import (
     within,
 )
 from camtrap.storage.retry import FIX_MISSING, StorageNotFound, attempt
-from camtrap.storage.uris import RemoteFile, is_remote, join, local_path
+from camtrap.storage.uris import RemoteFile, child, is_remote, join, local_name, local_path
 
 log = logging.getLogger("camtrap")
 
@@ -78,7 +79,7 @@ def _ordered(names: Iterable[str], last: Sequence[str]) -> list[str]:
 
 def _counterpart(uri: str | Path, rel: str) -> Path | str:
     """What `same` compares a local file with: the local file, or the S3 URI."""
-    return join(uri, rel) if is_remote(uri) else local_path(uri) / rel
+    return child(uri, rel) if is_remote(uri) else local_path(uri) / rel
 
 
 def sync_dir_to_uri(local_dir: str | Path, uri: str | Path, last: Sequence[str] = ()) -> list[str]:
@@ -105,46 +106,60 @@ def sync_dir_to_uri(local_dir: str | Path, uri: str | Path, last: Sequence[str] 
 def sync_uri_to_dir(uri: str | Path, local_dir: str | Path, delete: bool = False) -> list[str]:
     """Download every file under `uri` that is missing or different in `local_dir`; with
     `delete`, also remove local files that are not at `uri` (an exact mirror). Returns the
-    relative paths downloaded. Keys that would land outside `local_dir` (`..`, absolute) are
-    skipped with a warning; nothing is written or deleted through a link that leads outside."""
+    relative paths (as listed) downloaded. Keys that would land outside `local_dir` (`..`) are
+    skipped with a warning; nothing is written or deleted through a link that leads outside.
+    A key with an empty segment (`prefix//a.jpg`, listed as "/a.jpg") lands without it
+    (`a.jpg`), unless a plain key lands there (then it is skipped with a warning)."""
     local_dir = Path(local_dir)
     if not is_remote(uri) and local_path(uri).resolve() == local_dir.resolve():
         return []
-    remote = _safe_entries(storage.list_files(uri), uri)
+    remote = storage.list_files(uri)
+    places = _local_places(remote, uri)
     remove_orphan_temps(local_dir)
     wanted = [
         rel
-        for rel, entry in sorted(remote.items())
-        if not same(local_dir / rel, entry, _counterpart(uri, rel))
+        for rel, name in places.items()
+        if not same(local_dir / name, remote[rel], _counterpart(uri, rel))
     ]
     expected = remote if is_remote(uri) else {}
     _parallel(
         lambda rel: storage.download_file(
-            join(uri, rel), inside(local_dir, rel), expected.get(rel)
+            child(uri, rel), inside(local_dir, places[rel]), expected.get(rel)
         ),
         wanted,
     )
     if delete and local_dir.exists():
-        _delete_extra(local_dir, remote)
+        _delete_extra(local_dir, set(places.values()))
     return wanted
 
 
-def _safe_entries(files: dict[str, RemoteFile], uri: str | Path) -> dict[str, RemoteFile]:
-    """`files` without the names that would leave the folder they are copied into."""
-    unsafe = [rel for rel in files if not safe_relative(rel)]
-    for rel in unsafe:
-        log.warning(
-            "skipped %s: its name leads outside the folder it is copied into", join(uri, rel)
-        )
-    return {rel: entry for rel, entry in files.items() if rel not in unsafe}
+def _local_places(files: dict[str, RemoteFile], uri: str | Path) -> dict[str, str]:
+    """Listed name -> its name in the local folder it is copied into, sorted by listed name;
+    without the names that would leave that folder, and without those that land on the place
+    of another (`prefix//a.jpg` and `prefix/a.jpg` both land on a.jpg: the plain one wins)."""
+    owner: dict[str, str] = {}  # local name -> the listed name that lands there
+    for rel in sorted(files, key=lambda rel: (rel != local_name(rel), rel)):  # plain ones first
+        name = local_name(rel)
+        if not safe_relative(name):
+            log.warning(
+                "skipped %s: its name leads outside the folder it is copied into", child(uri, rel)
+            )
+        elif name in owner:
+            log.warning(
+                "skipped %s: it would land on the same local file (%s) as %s",
+                child(uri, rel), name, child(uri, owner[name]),
+            )  # fmt: skip
+        else:
+            owner[name] = rel
+    return {rel: name for name, rel in sorted(owner.items(), key=lambda item: item[1])}
 
 
-def _delete_extra(local_dir: Path, remote: dict[str, RemoteFile]) -> None:
-    """Unlink the files of `local_dir` that `remote` does not list; a file reached through a
+def _delete_extra(local_dir: Path, keep: set[str]) -> None:
+    """Unlink the files of `local_dir` whose names are not in `keep`; a file reached through a
     linked folder that leads outside is left alone (rglob follows such links)."""
     for path in sorted(local_dir.rglob("*"), reverse=True):
         rel = path.relative_to(local_dir).as_posix()
-        if not path.is_file() or rel in remote:
+        if not path.is_file() or rel in keep:
             continue
         if within(local_dir, path):
             path.unlink()
@@ -300,7 +315,7 @@ def _stat_key(path: Path) -> tuple[int, str]:
 def _fetch_one(
     data_uri: str, name: str, cache_dir: Path, manifest: _Manifest, entry: RemoteFile
 ) -> None:
-    storage.download_file(join(data_uri, name), inside(cache_dir, name), entry)
+    storage.download_file(child(data_uri, name), inside(cache_dir, name), entry)
     manifest.record(name, entry.etag)
 
 

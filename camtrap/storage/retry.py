@@ -21,7 +21,7 @@ from typing import TypeVar
 from camtrap.errors import StorageError
 from camtrap.redact import redact_endpoints
 from camtrap.storage.files import DISK_FULL_ERRNOS, disk_full_error
-from camtrap.storage.uris import is_remote
+from camtrap.storage.uris import is_remote, local_path
 
 log = logging.getLogger("camtrap")
 
@@ -97,9 +97,10 @@ def _storage_error(
     if isinstance(err, OSError) and err.errno in DISK_FULL_ERRNOS:
         where = local or err.filename or uri
         return StorageError(f"cannot {what} {uri}: {disk_full_error(where)}")
+    if isinstance(err, OSError) and _raised_locally(err, uri):
+        return _local_error(err, what, uri, local)
     if isinstance(err, FileNotFoundError):
-        fix = FIX_MISSING if is_remote(uri) else "check the path"
-        return StorageNotFound(f"cannot {what} {uri}: it does not exist — fix: {fix}")
+        return StorageNotFound(f"cannot {what} {uri}: it does not exist — fix: {FIX_MISSING}")
     if isinstance(err, PermissionError) or "AccessDenied" in str(err) or "Forbidden" in str(err):
         return StorageError(f"cannot {what} {uri}: access denied — fix: {_FIX_DENIED}")
     if "NoCredentials" in type(err).__name__ or "credentials" in str(err).lower():
@@ -120,6 +121,78 @@ def _storage_error(
         )
     detail = redact_endpoints(str(err)) or type(err).__name__
     return StorageError(f"cannot {what} {uri}: {detail} — fix: {FIX_MISSING}")
+
+
+# --- failures of the local disk ------------------------------------------------------------------
+
+# `what`s that write their local path; others read it, except where that path is `local`, the
+# target (a local-to-local copy is a "read" of its source).
+_WRITES = frozenset({"write", "download", "create", "replace", "delete"})
+_NOT_A_FOLDER_ERRNOS = frozenset({errno.ENOTDIR, errno.EEXIST})
+
+
+def _raised_locally(err: OSError, uri: str) -> bool:
+    """An OSError of the local disk. The same types come from s3fs for S3's answers
+    (PermissionError for AccessDenied, FileExistsError for a 412), but without a file name."""
+    return not is_remote(uri) or err.filename is not None
+
+
+def _local_error(err: OSError, what: str, uri: str, local: Path | None) -> StorageError:
+    """What the disk refused, named by the local path: never "check the AWS credentials" for a
+    folder's mode, nor "it changed since it was listed" for a file where a folder should be."""
+    path = Path(err.filename) if err.filename is not None else local or local_path(uri)
+    writing = what in _WRITES or (local is not None and _on_the_way_to(path, local))
+    target = (local or path) if writing else path
+    prefix = f"cannot {what} {uri}:"
+    if isinstance(err, FileNotFoundError):
+        where = "it" if str(path) == uri else str(path)
+        return StorageNotFound(f"{prefix} {where} does not exist — fix: check the path")
+    if isinstance(err, PermissionError):
+        return StorageError(f"{prefix} {_denied(what, uri, target, writing)}")
+    blocker = _file_in_the_way(path, err) if err.errno in _NOT_A_FOLDER_ERRNOS else None
+    if blocker is not None:
+        fix = f"move or rename {blocker}, {_elsewhere(what)}" if writing else "check the path"
+        return StorageError(f"{prefix} {blocker} is a file, not a folder — fix: {fix}")
+    detail = err.strerror or type(err).__name__
+    return StorageError(f"{prefix} {detail} at {path} — fix: check the path")
+
+
+def _on_the_way_to(path: Path, target: Path) -> bool:
+    """`path` is the target, its temp file (files.temp_path_for) or a folder above it."""
+    temp = path.parent == target.parent and path.name.startswith(f".{target.name}.")
+    return path == target or temp or target.is_relative_to(path)
+
+
+def _denied(what: str, uri: str, target: Path, writing: bool) -> str:
+    """'permission denied [writing X] — fix: ...' (X left out where it is the URI itself)."""
+    verb = ("deleting" if what == "delete" else "writing") if writing else "reading"
+    where = "" if str(target) == uri else f" {verb} {target}"
+    if writing:
+        folder, other = _nearest_folder(target), _elsewhere(what, "a folder you can write")
+        fix = f"check the permissions (owner, mode) of {folder}, {other}"
+    else:
+        fix = f"check the permissions (owner, mode) of {target} and of the folders above it"
+    return f"permission denied{where} — fix: {fix}"
+
+
+def _elsewhere(what: str, cache: str = "another folder") -> str:
+    """The other way out of a local folder that can't be written: for a download (into the
+    local cache) CAMTRAP_CACHE_DIR set to `cache`, else another output."""
+    if what == "download":
+        return f"or set CAMTRAP_CACHE_DIR to {cache}"
+    return "or choose another output"
+
+
+def _nearest_folder(path: Path) -> Path:
+    """The closest folder above `path` that exists: the one whose mode refused."""
+    return next((p for p in path.parents if p.is_dir()), path.parent)
+
+
+def _file_in_the_way(path: Path, err: OSError) -> Path | None:
+    """The regular file where a folder on the way to `path` should be (EEXIST: `path` itself,
+    a folder mkdir found as a file; ENOTDIR: one above it)."""
+    candidates = [path, *path.parents] if err.errno == errno.EEXIST else list(path.parents)
+    return next((p for p in candidates if p.exists() and not p.is_dir()), None)
 
 
 # Time and jitter as module attributes, so tests can run the retry schedule on a fake clock.

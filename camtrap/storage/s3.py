@@ -213,16 +213,20 @@ def download(uri: str, path: Path, expected: RemoteFile | None = None) -> None:
 
 
 def list_files(uri: str) -> dict[str, RemoteFile]:
-    """Every object under `uri`, by key relative to it. An absent prefix gives {}."""
+    """Every object under `uri`, by key relative to it: the key less `prefix/`, kept as it is,
+    so that uris.child(uri, rel) names the object again. A key with an empty segment keeps it
+    (`prefix//a.jpg` is "/a.jpg", `prefix/sub//b.jpg` is "sub//b.jpg"); keys ending in "/"
+    are folder markers (the S3 console's "Create folder"), not files. An absent prefix gives
+    {}."""
     bucket, key = split_s3(uri)
-    prefix = f"{bucket}/{key}" if key else bucket
-    found = s3_filesystem().find(prefix, detail=True)
+    prefix = f"{bucket}/{key}/" if key else f"{bucket}/"
+    found = s3_filesystem().find(prefix.rstrip("/"), detail=True)
     files: dict[str, RemoteFile] = {}
     for name, info in found.items():
-        if info.get("type") == "directory" or name == prefix:
-            continue
-        rel = name[len(prefix) :].lstrip("/")
-        files[rel] = RemoteFile(int(info.get("size") or 0), str(info.get("ETag", "")).strip('"'))
+        if info.get("type") == "directory" or not name.startswith(prefix) or name.endswith("/"):
+            continue  # a "folder", a folder marker, or the object named by `uri` itself
+        etag = str(info.get("ETag", "")).strip('"')
+        files[name.removeprefix(prefix)] = RemoteFile(int(info.get("size") or 0), etag)
     return files
 
 

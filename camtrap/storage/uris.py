@@ -39,6 +39,21 @@ def join(uri: str | Path, *parts: str) -> str:
     return "/".join([text, *clean])
 
 
+def child(uri: str | Path, rel: str) -> str:
+    """The URI of `rel`, a name list_files gave under `uri`, kept as it is: unlike join, an
+    empty segment stays (an S3 key may hold one: `s3://b/p//a.jpg` lists under s3://b/p as
+    "/a.jpg")."""
+    if not is_remote(uri):
+        return str(local_path(uri) / rel)
+    return f"{str(uri).rstrip('/')}/{rel}"
+
+
+def local_name(rel: str) -> str:
+    """Where a listed name lands in a local folder: without empty segments, as a local path has
+    none ("/a.jpg" -> "a.jpg", "sub//b.jpg" -> "sub/b.jpg")."""
+    return "/".join(part for part in rel.split("/") if part)
+
+
 def parent(uri: str | Path) -> str:
     """The folder holding `uri`: `s3://b/a/x` -> "s3://b/a"; a local path's parent."""
     if is_remote(uri):

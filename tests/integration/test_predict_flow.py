@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -311,3 +312,120 @@ def _version(s3_server, uri: str) -> tuple:
     bucket, key = storage_uris.split_s3(uri)
     head = s3_server.client().head_object(Bucket=bucket, Key=key)
     return head["ETag"], head["LastModified"]
+
+
+# --- reuse follows the model file's content, not its name ----------------------------------------
+
+
+def _random_model(path: Path, classes: list[str], seed: int) -> Path:
+    """A mobilenet_v3_small model file at `path` with weights from `seed` (no training): the
+    same name with another seed is a run whose best model was rewritten (train.epochs grown)."""
+    import torch
+
+    from camtrap.modelfile import ModelMeta, model_file_dict
+    from camtrap.models import build_model
+    from camtrap.torchfile import save_torch
+
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = build_model("mobilenet_v3_small", len(classes), "none", 0.0, 32)
+    meta = ModelMeta("mobilenet_v3_small", classes, 32, [0.5] * 3, [0.25] * 3, epoch=seed)
+    save_torch(model_file_dict(model.eval(), meta), path)
+    return path
+
+
+@pytest.fixture
+def extended_run(tmp_path, demo_dir) -> SimpleNamespace:
+    """A run folder (run.json: run id smoke-extended) whose best model `rewrite(seed)` replaces,
+    and a test_features.csv of 8 demo photos."""
+    from camtrap.dataset import load_dataset
+
+    data = load_dataset(demo_dir)
+    photos = tmp_path / "photos"
+    shutil.copytree(demo_dir / "train_features", photos / "train_features")
+    data.frame[["id", "filepath", "site"]].iloc[:8].to_csv(photos / "test_features.csv",
+                                                           index=False)  # fmt: skip
+    run_dir = tmp_path / "runs" / "smoke" / "smoke-extended"
+    run_dir.mkdir(parents=True)
+    runfolder.write_run_json(run_dir, {"run_id": run_dir.name})
+    best = run_dir / "final_mobilenet_v3_small_model_smoke_best.pth"
+
+    def rewrite(seed: int) -> Path:
+        return _random_model(best, data.classes, seed)
+
+    return SimpleNamespace(photos=photos, best=best, classes=data.classes, rewrite=rewrite)
+
+
+def test_predictions_keep_their_name_but_are_reused_only_from_the_same_model_file(tmp_path):
+    """predictions_uri stays readable and stable (run id, data fingerprint, options); the reuse
+    decision is the record beside it: the same model file's sha256, data and options."""
+    from tasks import predict as tasks_predict
+    from tasks.refs import FeaturesRef, ModelRef
+
+    def model(sha256: str) -> ModelRef:
+        name = "final_x_smoke_best.pth"
+        return ModelRef(model_uri=f"s3://b/runs/smoke/r1/{name}", run_id="r1", file_name=name,
+                        image_size=32, max_image_bytes=1, max_image_pixels=1, epoch=3,
+                        temperature=1.0, model_sha256=sha256)  # fmt: skip
+
+    old, new = model("a" * 64), model("b" * 64)
+    features = FeaturesRef(root="/d", features_csv="t.csv", fingerprint="f00d", images=2)
+    out = str(tmp_path / "out")
+    target = tasks_predict.predictions_uri(out, old, features, "none", True)
+    assert target == tasks_predict.predictions_uri(out, new, features, "none", True)
+    assert target == f"{out}/predictions/r1/f00d.csv"
+    storage.write_text(target, "id,a,b\nx,0.5,0.5\n")
+
+    def reusable(model: ModelRef, *wanted: str, features=features, tta="none") -> bool:
+        record = tasks_predict.read_record(target)
+        return tasks_predict.reusable(record, model, features, tta, True, list(wanted))
+
+    assert not reusable(old, target)  # no record: a file from before records, recomputed
+    tasks_predict.write_record(target, old, features, "none", True, [target])
+    assert reusable(old, target)
+    assert not reusable(new, target)  # the run extended: its best model rewritten
+    assert not reusable(old, target, tta="hflip")
+    assert not reusable(old, target, features=features.model_copy(update={"fingerprint": "b"}))
+    megadetector = target.removesuffix(".csv") + ".json"  # not written by that model yet
+    assert not reusable(old, target, megadetector)
+    storage.write_text(megadetector, "{}")
+    tasks_predict.write_record(target, old, features, "none", True, [target, megadetector],
+                               tasks_predict.read_record(target))  # fmt: skip
+    assert reusable(old, target, megadetector) and reusable(old, target)
+    tasks_predict.write_record(target, new, features, "none", True, [target])  # csv only
+    assert reusable(new, target) and not reusable(new, target, megadetector)  # old model's json
+    storage.remove(target)
+    assert not reusable(new, target)
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("prefect_api", "cache_dir")
+def test_a_rewritten_model_file_is_predicted_again_not_served_from_the_old_file(
+    extended_run, tmp_path, read_run, capsys
+):
+    output_uri = str(tmp_path / "out")
+    extended_run.rewrite(seed=1)
+    data, best = str(extended_run.photos), str(extended_run.best)
+    first = predict_swin(data, output_uri, best, return_state=True)
+    assert first.is_completed(), first.message
+    uri = first.result()
+    assert uri.startswith(f"{output_uri}/predictions/smoke-extended/") and uri.endswith(".csv")
+    before = Path(uri).read_bytes()
+
+    extended_run.rewrite(seed=2)  # the run extended: the same run id, file name and data
+    second = predict_swin(data, output_uri, best, return_state=True)
+    assert second.is_completed() and second.result() == uri  # the same, readable name
+    (artifact,) = [a for a in read_run(second.state_details.flow_run_id).artifacts
+                   if a.key == "smoke-extended-predictions"]  # fmt: skip
+    assert f"`{uri}` (written now)" in artifact.data
+    assert Path(uri).read_bytes() != before
+    expected = tmp_path / "expected.csv"  # the library's path, on the model as it is now
+    assert main(["predict", "--model", best, "--data", data, "--out", str(expected)]) == 0
+    classes = extended_run.classes
+    np.testing.assert_allclose(pd.read_csv(uri)[classes], pd.read_csv(expected)[classes],
+                               rtol=0, atol=1e-6)  # fmt: skip
+
+    third = predict_swin(data, output_uri, best, return_state=True)  # that model again: reused
+    (artifact,) = [a for a in read_run(third.state_details.flow_run_id).artifacts
+                   if a.key == "smoke-extended-predictions"]  # fmt: skip
+    assert f"`{uri}` (reused: an earlier flow run wrote it)" in artifact.data

@@ -326,3 +326,56 @@ def test_runs_verify_checks_a_run_in_s3(s3_server, bucket, tmp_path):
         "a.txt: sha256 differs from run.json",
         "state/last.pt: missing",
     ]
+
+
+# --- keys with an empty segment (`prefix//a.jpg`, legal in S3) ---------------------------------
+
+
+def test_a_key_with_an_empty_segment_is_listed_synced_and_fetched(s3_server, bucket, tmp_path):
+    client = s3_server.client()
+    for key, body in [("d//a.jpg", b"first"), ("d/sub//b.jpg", b"inner"), ("d/c.jpg", b"plain")]:
+        client.put_object(Bucket=bucket, Key=key, Body=body)
+    uri = f"s3://{bucket}/d"
+    # Relative to s3://bucket/d, the key d//a.jpg is "/a.jpg": its empty segment is kept.
+    assert sorted(storage.list_files(uri)) == ["/a.jpg", "c.jpg", "sub//b.jpg"]
+    assert sorted(storage.list_files(f"{uri}/")) == ["/a.jpg", "c.jpg", "sub//b.jpg"]
+
+    local = tmp_path / "copy"
+    assert mirror.sync_uri_to_dir(uri, local) == ["/a.jpg", "c.jpg", "sub//b.jpg"]
+    # A local path has no empty segments: d//a.jpg lands at a.jpg.
+    assert (local / "a.jpg").read_bytes() == b"first"
+    assert (local / "sub" / "b.jpg").read_bytes() == b"inner"
+    assert mirror.sync_uri_to_dir(uri, local, delete=True) == []  # nothing new, nothing deleted
+    assert sorted(p.relative_to(local).as_posix() for p in local.rglob("*.jpg")) == [
+        "a.jpg", "c.jpg", "sub/b.jpg",
+    ]  # fmt: skip
+
+    cache = tmp_path / "cache"
+    report = mirror.fetch_files(uri, ["sub//b.jpg", "c.jpg", "a.jpg"], cache)
+    assert report.downloaded == ["sub//b.jpg", "c.jpg"]
+    assert report.missing == ["a.jpg"]  # no key d/a.jpg: reported, not a failed fetch
+    assert (cache / "sub//b.jpg").read_bytes() == b"inner"
+
+
+def test_an_empty_segment_key_that_collides_with_a_plain_one_is_skipped(
+    s3_server, bucket, tmp_path, caplog
+):
+    client = s3_server.client()
+    client.put_object(Bucket=bucket, Key="e/c.jpg", Body=b"plain")
+    client.put_object(Bucket=bucket, Key="e//c.jpg", Body=b"empty segment")
+    local = tmp_path / "copy"
+    with caplog.at_level("WARNING", logger="camtrap"):
+        assert mirror.sync_uri_to_dir(f"s3://{bucket}/e", local, delete=True) == ["c.jpg"]
+    assert (local / "c.jpg").read_bytes() == b"plain"
+    assert f"skipped s3://{bucket}/e//c.jpg: it would land on the same local file" in caplog.text
+    assert mirror.sync_uri_to_dir(f"s3://{bucket}/e", local) == []
+
+
+def test_folder_markers_are_not_listed_as_files(s3_server, bucket, tmp_path):
+    # The S3 console's "Create folder" makes zero-byte keys ending in "/": no files to copy.
+    client = s3_server.client()
+    for key, body in [("f/", b""), ("f/sub/", b""), ("f/sub/x.jpg", b"x")]:
+        client.put_object(Bucket=bucket, Key=key, Body=body)
+    assert sorted(storage.list_files(f"s3://{bucket}/f")) == ["sub/x.jpg"]
+    assert mirror.sync_uri_to_dir(f"s3://{bucket}/f", tmp_path / "copy") == ["sub/x.jpg"]
+    assert (tmp_path / "copy" / "sub" / "x.jpg").read_bytes() == b"x"

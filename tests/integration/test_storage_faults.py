@@ -434,3 +434,112 @@ def test_a_create_whose_answer_was_lost_is_still_won(s3_server, bucket, proxy, f
     assert storage.create_exclusive(f"s3://{bucket}/run.lease", b"lease-a") is True
     assert storage.create_exclusive(f"s3://{bucket}/run.lease", b"lease-b") is False
     assert watch.count("PUT") == 3 and storage.read_bytes(f"s3://{bucket}/run.lease") == b"lease-a"
+
+
+# --- a local folder that can't be written, or a parent that is a file ----------------------------
+
+
+def _is_under(path: object, folder: Path) -> bool:
+    try:
+        return Path(os.fspath(path)).absolute().is_relative_to(folder) and Path(path) != folder
+    except TypeError:  # an open file descriptor
+        return False
+
+
+@pytest.fixture
+def read_only(monkeypatch) -> Callable[[Path], None]:
+    """Make a folder read-only for this test: chmod 0o555, or, as root (whom modes do not bind),
+    the calls that create something under it raise PermissionError as the kernel would."""
+    import builtins
+    import io
+
+    chmodded: list[Path] = []
+
+    def deny(folder: Path) -> None:
+        folder = folder.absolute()
+        if os.geteuid() != 0:
+            folder.chmod(0o555)
+            chmodded.append(folder)
+            return
+
+        def denied(path: object) -> PermissionError:
+            return PermissionError(errno.EACCES, "Permission denied", os.fspath(path))
+
+        def guard(real: Callable, writes: Callable[..., bool]) -> Callable:
+            def call(path, *args, **kwargs):
+                if _is_under(path, folder) and writes(*args, **kwargs):
+                    raise denied(path)
+                return real(path, *args, **kwargs)
+
+            return call
+
+        create = os.O_WRONLY | os.O_RDWR | os.O_CREAT
+        monkeypatch.setattr(os, "open", guard(os.open, lambda flags, *a, **k: flags & create))
+        writing = guard(io.open, lambda mode="r", *a, **k: any(c in mode for c in "wxa+"))
+        monkeypatch.setattr(io, "open", writing)
+        monkeypatch.setattr(builtins, "open", writing)
+        monkeypatch.setattr(os, "mkdir", guard(os.mkdir, lambda *a, **k: True))
+
+    yield deny
+    for folder in chmodded:
+        folder.chmod(0o755)
+
+
+def test_a_read_only_folder_is_permission_denied_not_aws_credentials(tmp_path, read_only):
+    out = tmp_path / "out"
+    out.mkdir()
+    read_only(out)
+    target = out / "run.json"
+    with pytest.raises(StorageError) as info:
+        storage.write_text(target, "{}")
+    assert str(info.value) == (
+        f"cannot write {target}: permission denied — fix: check the permissions (owner, mode) "
+        f"of {out}, or choose another output"
+    )
+    with pytest.raises(StorageError) as info:
+        storage.write_text(out / "runs" / "run.json", "{}")  # a folder it can't create
+    assert str(info.value) == (
+        f"cannot write {out / 'runs' / 'run.json'}: permission denied — fix: check the "
+        f"permissions (owner, mode) of {out}, or choose another output"
+    )
+
+
+def test_a_download_into_a_read_only_folder_names_the_local_file(
+    s3_server, bucket, tmp_path, read_only
+):
+    _put(s3_server, bucket, "d/a.bin", b"abc")
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    read_only(cache)
+    with pytest.raises(StorageError) as info:
+        storage.download_file(f"s3://{bucket}/d/a.bin", cache / "a.bin")
+    assert str(info.value) == (
+        f"cannot download s3://{bucket}/d/a.bin: permission denied writing {cache / 'a.bin'} — "
+        f"fix: check the permissions (owner, mode) of {cache}, or set CAMTRAP_CACHE_DIR to a "
+        "folder you can write"
+    )
+
+
+def test_a_parent_that_is_a_file_is_named(s3_server, bucket, tmp_path):
+    _put(s3_server, bucket, "d/a.bin", b"abc")
+    blocker = tmp_path / "runs"
+    blocker.write_text("a file where a folder should be")
+    uri = f"s3://{bucket}/d/a.bin"
+    with pytest.raises(StorageError) as info:  # mkdir of runs/: FileExistsError
+        storage.download_file(uri, blocker / "a.bin")
+    assert str(info.value) == (
+        f"cannot download {uri}: {blocker} is a file, not a folder — fix: move or rename "
+        f"{blocker}, or set CAMTRAP_CACHE_DIR to another folder"
+    )
+    deeper = blocker / "part1" / "run.json"
+    with pytest.raises(StorageError) as info:  # mkdir of runs/part1: NotADirectoryError
+        storage.write_text(deeper, "{}")
+    assert str(info.value) == (
+        f"cannot write {deeper}: {blocker} is a file, not a folder — fix: move or rename "
+        f"{blocker}, or choose another output"
+    )
+    with pytest.raises(StorageError) as info:
+        storage.read_text(blocker / "x.json")
+    assert str(info.value) == (
+        f"cannot read {blocker / 'x.json'}: {blocker} is a file, not a folder — fix: check the path"
+    )

@@ -187,6 +187,106 @@ def test_device_request_is_one_docker_py_accepts():
     assert (request.driver, request.count, request.capabilities) == ("nvidia", -1, [["gpu"]])
 
 
+# --- credentials and privileges ---------------------------------------------------------------
+
+AWS_SECRETS = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"}
+
+
+def _every_env() -> dict[str, dict]:
+    """Each env a flow run's container may get from these files: each deployment's job
+    variables, each template's default, and what a worker renders from the two."""
+    envs = {}
+    for _, path in POOLS.values():
+        if path is not None:
+            properties = json.loads(path.read_text())["variables"]["properties"]
+            envs[f"{path.name} default"] = properties["env"].get("default", {})
+    for path in deployment_files():
+        for spec in file_deployments(path):
+            job_variables = spec["work_pool"].get("job_variables", {})
+            envs[f"{path.name}:{spec['name']}"] = job_variables.get("env", {})
+            template = POOLS[spec["work_pool"]["name"]][1]
+            if template is not None:
+                rendered = render_job_configuration(json.loads(template.read_text()), job_variables)
+                envs[f"{path.name}:{spec['name']} rendered"] = rendered["env"]
+    return envs
+
+
+def test_no_aws_key_in_any_deployment_env():
+    """An env is plain text in Prefect's UI and API: S3 credentials come from the host (an
+    instance role, a mounted ~/.aws), a Kubernetes Secret, or a Secret block the worker resolves."""
+    envs = _every_env()
+    assert {"docker.yaml:part1-docker", "kubernetes.yaml:part1-k8s rendered"} <= envs.keys()
+    for where, env in envs.items():
+        assert not AWS_SECRETS & env.keys(), f"{where}: {AWS_SECRETS & env.keys()}"
+        assert not re.search(r"\b(AKIA|ASIA)[A-Z0-9]{12,}", json.dumps(env)), where
+
+
+def test_docker_yaml_tells_where_s3_credentials_come_from_instead_of_env():
+    comments = "\n".join(
+        line for line in (DEPLOYMENTS / "docker.yaml").read_text().splitlines()
+        if line.lstrip().startswith("#")
+    )  # fmt: skip
+    assert "pool's `env` default" not in comments  # the old advice: keys in plain text
+    assert "instance role" in comments
+    assert "/home/camtrap/.aws:ro" in comments  # the host's ~/.aws, mounted read-only
+    assert "job_configuration.env" in comments  # Secret blocks in the pool's template
+    assert '"AWS_SECRET_ACCESS_KEY": "{{ prefect.blocks.secret.' in comments
+
+
+def _k8s_pod() -> tuple[dict, dict]:
+    template = json.loads(K8S_TEMPLATE.read_text())
+    job_variables = deployment_in(DEPLOYMENTS / "kubernetes.yaml", "part1-k8s")["work_pool"]
+    configuration = render_job_configuration(template, job_variables["job_variables"])
+    pod = configuration["job_manifest"]["spec"]["template"]["spec"]
+    return pod, pod_container(configuration)
+
+
+def test_kubernetes_pod_runs_as_a_non_root_user_on_a_read_only_root():
+    pod, container = _k8s_pod()
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] == dockerfile_user() != 0
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert container["securityContext"] == {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+
+
+def test_kubernetes_pod_writes_only_to_its_empty_dirs():
+    """With a read-only root, every folder a run writes (the caches, HOME for Prefect and
+    torch, TMPDIR) is an emptyDir mounted there, and the env points there."""
+    pod, container = _k8s_pod()
+    empty = {v["name"] for v in pod["volumes"] if "emptyDir" in v}
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"] if m["name"] in empty}
+    env = container["env"]
+    for name in ("HOME", "TMPDIR", "CAMTRAP_CACHE_DIR"):
+        assert any(env[name] == p or env[name].startswith(p + "/") for p in mounts), name
+    assert env["CAMTRAP_CACHE_DIR"] == dockerfile_env()["CAMTRAP_CACHE_DIR"]
+    assert dockerfile_env()["TORCH_HOME"].startswith(env["CAMTRAP_CACHE_DIR"] + "/")
+
+
+def dockerfile_env() -> dict[str, str]:
+    """The Dockerfile's ENV settings (`NAME=value`, continued lines included)."""
+    text = DOCKERFILE.read_text().replace("\\\n", " ")
+    lines = [line[4:] for line in text.splitlines() if line.startswith("ENV ")]
+    return dict(re.findall(r"([A-Z_]+)=(\S+)", " ".join(lines)))
+
+
+def dockerfile_user() -> int:
+    """The uid of the Dockerfile's last USER: numeric, so that Kubernetes' runAsNonRoot can
+    check it (a user name it cannot)."""
+    (*_, user) = re.findall(r"^USER (\S+)$", DOCKERFILE.read_text(), flags=re.M)
+    assert re.fullmatch(r"\d+(:\d+)?", user), f"USER {user}: give the uid (and gid)"
+    return int(user.split(":")[0])
+
+
+def test_dockerfile_pins_its_base_image_by_digest_and_runs_as_a_non_root_uid():
+    (base,) = re.findall(r"^FROM (\S+)", DOCKERFILE.read_text(), flags=re.M)
+    assert re.fullmatch(r"python:3\.\d+-slim@sha256:[0-9a-f]{64}", base), base
+    assert dockerfile_user() != 0
+
+
 # --- deployed to a Prefect server ---------------------------------------------------------------
 
 

@@ -129,3 +129,44 @@ def test_cli_nproc_becomes_the_train_nproc_override(monkeypatch, tmp_path):
     assert seen["overrides"] == ["train.epochs=2", "train.nproc=auto"]
     assert cli.main(argv[:-2]) == 0
     assert seen["overrides"] == []
+
+
+@pytest.mark.parametrize(
+    "text, what",
+    [
+        (
+            '{"run_id": "part1-run", "status": "compl',
+            "is not JSON at byte 34 of 40 (unterminated string)",
+        ),
+        ("[1, 2]", "is not a JSON object (it holds a list)"),
+        ('{"run_id": "part1-run"}', 'has no "status"'),
+    ],
+)
+def test_predict_from_a_run_folder_with_a_damaged_run_json_says_so(
+    tmp_path, capsys, make_finished_run, text, what
+):
+    model = tmp_path / "final_resnet18_model_part1_best.pth"
+    model.write_bytes(b"a model")
+    run_dir = make_finished_run(tmp_path / "runs", "part1-run", model)
+    (run_dir / "run.json").write_text(text)
+    (tmp_path / "photos").mkdir()
+    argv = ["predict", "--model", str(run_dir), "--data", str(tmp_path / "photos"),
+            "--out", str(tmp_path / "p.csv")]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"error: run.json is damaged: {run_dir}/run.json {what} — fix: restore" in err
+    assert "Traceback" not in err
+
+
+def test_validate_refuses_a_labels_csv_outside_the_data_root_and_quotes_none_of_it(
+    demo_root, tmp_path, capsys
+):
+    """--labels-csv /etc/passwd was read, and a line of it echoed into the report."""
+    secret = tmp_path / "secret.csv"
+    secret.write_text("user:x:1000:1000:Jane Doe,room 7,,:/home/jane:/bin/bash\n" * 3)
+    assert main(["validate", "--data", str(demo_root), "--labels-csv", str(secret)]) == 2
+    err = capsys.readouterr().err
+    assert (
+        f"data.labels_csv: Value error, {str(secret)!r} is not a file inside the data root" in err
+    )
+    assert "Jane" not in err and "Traceback" not in err

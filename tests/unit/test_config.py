@@ -2,6 +2,7 @@
 config gives, credentials redacted in every dump."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -292,3 +293,86 @@ def test_every_train_deployment_builds_its_config():
                if "predict_swin" in d["entrypoint"]}  # fmt: skip
     assert predict["part1-crops"]["detections"] == crops.data.detections
     assert "detections" not in predict["part1"]
+
+
+# --- extremes ---------------------------------------------------------------------------------
+def _float_settings() -> list[str]:
+    """Every setting of RunConfig that holds floats (alone or in a tuple), as `section.key`."""
+    return [
+        f"{section}.{name}"
+        for section, model in RunConfig.model_fields.items()
+        for name, field in model.annotation.model_fields.items()
+        if re.search(r"\bfloat\b", str(field.annotation))  # not Literal["float16", ...]
+    ]
+
+
+def test_the_float_settings_are_found():
+    assert {"train.warmup_epochs", "train.lr", "data.mean", "augment.crop_ratio",
+            "predict.event_gap_s"} <= set(_float_settings())  # fmt: skip
+
+
+@pytest.mark.parametrize("bad", [".inf", "-.inf", ".nan"])
+@pytest.mark.parametrize("key", _float_settings())
+def test_every_float_setting_must_be_finite(key, bad):
+    """train.warmup_epochs=.inf was accepted, and training then stopped in an OverflowError."""
+    section, name = key.split(".")
+    default = getattr(getattr(RunConfig(), section), name)
+    value = f"[{', '.join([bad] * len(default))}]" if isinstance(default, tuple) else bad
+    with pytest.raises(ConfigError, match=rf"{key}.*: Input should be a finite number"):
+        build_config("part1", overrides=[f"{key}={value}"])
+
+
+def test_predict_options_must_be_finite():
+    from camtrap.config import predict_options
+
+    with pytest.raises(ConfigError, match="event_gap_s: Input should be a finite number"):
+        predict_options(event_gap_s=float("inf"))
+
+
+CSV_SETTINGS = ["data.features_csv", "data.labels_csv", "data.annotations", "data.detections"]
+
+
+@pytest.mark.parametrize(
+    "value", ["/etc/passwd", "../secrets.csv", "labels/../../x.csv", "s3://b/x.csv", "C:\\x.csv",
+              "\\\\host\\share\\x.csv", ""],
+)  # fmt: skip
+@pytest.mark.parametrize("key", CSV_SETTINGS)
+def test_a_dataset_file_outside_the_data_root_is_refused(key, value):
+    """data.labels_csv=/etc/passwd was read, and a line of it echoed into the error."""
+    with pytest.raises(ConfigError) as caught:
+        build_config("part1", overrides={key: value})
+    assert f"{key}: Value error, {value!r} is not a file inside the data root" in str(caught.value)
+    assert "fix: name it relative to the data root" in str(caught.value)
+
+
+@pytest.mark.parametrize("key", CSV_SETTINGS)
+def test_a_dataset_file_in_a_subfolder_of_the_data_root_is_fine(key):
+    crop = {"data.crop": "best"} if key == "data.detections" else {}
+    config = build_config("part1", overrides={key: "meta/./files/x.csv", **crop})
+    section, name = key.split(".")
+    assert getattr(config.data, name) == "meta/./files/x.csv"
+
+
+@pytest.mark.parametrize("field", ["features_csv", "annotations", "detections"])
+def test_predict_files_outside_the_data_root_are_refused(field):
+    from camtrap.config import predict_options
+
+    with pytest.raises(ConfigError, match=rf"{field}: Value error, '/etc/passwd' is not a file"):
+        predict_options(**{field: "/etc/passwd"})
+
+
+def test_num_workers_is_capped_at_the_cpus_with_a_warning(monkeypatch, caplog):
+    """24 workers on 2 cores started 32 processes; the cap applies where loaders are made (the
+    config keeps what was asked: a run resumed on a larger machine uses more)."""
+    from camtrap import loader as loader_module
+    from camtrap.loader import make_loader
+
+    monkeypatch.setattr(loader_module, "usable_cpus", lambda: 2)
+    loader_module._warn_capped.cache_clear()  # it warns once per process
+    assert build_config("part1", overrides=["data.num_workers=24"]).data.num_workers == 24
+    with caplog.at_level("WARNING", logger="camtrap"):
+        loader = make_loader(list(range(8)), 4, num_workers=24)  # not started: never iterated
+    assert loader.num_workers == 2
+    assert ("data.num_workers=24 is more than the 2 CPUs this process may use: 2 loader "
+            "workers instead — fix: set data.num_workers=2 or less") in caplog.text  # fmt: skip
+    assert loader_module.capped_workers(2) == 2 and loader_module.capped_workers(0) == 0

@@ -555,3 +555,35 @@ def test_more_than_twenty_problems_are_counted_not_listed(tmp_path):
     text = str(caught.value)
     assert "... and 5 more" in text  # ... 20 shown
     assert "id i19" in text and "id i20" not in text
+
+
+# --- files from outside the data root, and what an error quotes of a line ----------------------
+def test_a_csv_outside_the_data_root_is_not_read(root, tmp_path):
+    """data.labels_csv=/etc/passwd was read, and a line of it quoted in the error (the config
+    refuses such names; the reader refuses them too, for callers that skip the config)."""
+    secret = tmp_path / "secret.csv"
+    write_csv(secret, ["id,zebra,antelope", "root:x:0:0:root:/root:/bin/bash,1,0"])
+    for name in (str(secret), "../secret.csv"):
+        problem = only_problem(root, labels_csv=name)
+        assert (problem.file, problem.line) == (name, None)
+        assert problem.message == "is outside the data root"
+        assert "root:x" not in str(problem)
+
+
+def test_a_csv_that_is_a_link_leading_out_of_the_data_root_is_not_read(root, tmp_path):
+    write_csv(tmp_path / "secret.csv", ["id,zebra,antelope", "root:x:0:0,1,0"])
+    os.symlink(tmp_path / "secret.csv", root / "linked.csv")
+    problem = only_problem(root, labels_csv="linked.csv")
+    assert problem.message == f"is a link to {tmp_path / 'secret.csv'}, outside the data root"
+
+
+def test_a_bad_line_is_quoted_in_at_most_80_characters_redacted(root):
+    long_id = "AKIAABCDEFGHIJKLMNOP-" + "x" * 300
+    edit_csv(root / FEATURES, 4, f"{long_id},images/b1.png,s2,extra")
+    edit_csv(root / LABELS, 3, "a1," + "9" * 200 + ",0,0")
+    text = str(DataError(problems_of(root)))
+    assert "AKIA" not in text and "x" * 80 not in text and "9" * 81 not in text
+    assert "(id <key>-xxxx" in text and "xxx…)" in text
+    for line in text.splitlines()[1:]:
+        quoted = line.split("(id ")[1].split(")")[0] if "(id " in line else ""
+        assert len(quoted) <= 80

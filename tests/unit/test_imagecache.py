@@ -1,6 +1,7 @@
 """camtrap.imagecache and the loader over it: exact pixels, decode once, content keys, damage
 found and rebuilt, one writer at a time, bounded memory."""
 
+import hashlib
 import json
 import os
 import shutil
@@ -14,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from camtrap import imagecache, stages
+from camtrap import imagecache, imagecache_store, stages
 from camtrap.dataset import load_dataset
 from camtrap.errors import DataError, StorageError
 from camtrap.imagecache import CacheEntry, Decoder, ensure_pack
@@ -253,8 +254,9 @@ def test_an_unchanged_pack_is_not_hashed_again_a_touched_one_is(demo_root, tmp_p
     data, _ = _validate(demo_root, tmp_path)
     pack = ensure_pack(_entries(data), SIZE, tmp_path).pack
     hashed: list[Path] = []
-    real = imagecache.file_sha256
-    monkeypatch.setattr(imagecache, "file_sha256", lambda path: hashed.append(path) or real(path))
+    real = imagecache_store.file_sha256
+    monkeypatch.setattr(imagecache_store, "file_sha256",
+                        lambda path: hashed.append(path) or real(path))  # fmt: skip
     assert ensure_pack(_entries(data), SIZE, tmp_path).reused and hashed == []
     os.utime(pack.path)  # any change to the file, even of its times alone, means a new check
     assert ensure_pack(_entries(data), SIZE, tmp_path).reused and hashed == [pack.path]
@@ -312,3 +314,31 @@ def test_the_crops_of_one_photo_are_cut_from_one_decode(tmp_path, ena24_root, mo
     rows = np.memmap(pack.path, np.uint8, "r", shape=(4, 32, 32, 3))
     for k, box in enumerate(boxes):  # each row its own crop
         assert np.array_equal(rows[k], imagecache.decode_resized(path, 32, crop=(*box, 0.15)))
+
+
+def test_a_short_write_is_completed_not_left_as_zeros(demo_root, tmp_path, monkeypatch):
+    """pwrite may write less than asked (a disk nearly full writes what fits): the rest is
+    written after it, so no row is committed with zeros in it."""
+    entries = _entries(load_dataset(demo_root, check_images=False))[:4]
+    real = os.pwrite
+    monkeypatch.setattr(os, "pwrite", lambda fd, data, at: real(fd, bytes(data)[:1000], at))
+    decoded = ensure_pack(entries, SIZE, tmp_path).pack
+    copied = ensure_pack(entries[::-1], SIZE, tmp_path)
+    monkeypatch.undo()
+    assert copied.copied == 4
+    for row, entry in zip(decoded.array(), entries, strict=True):
+        assert np.array_equal(row, imagecache.decode_resized(entry.path, SIZE))
+    assert np.array_equal(copied.pack.array(), decoded.array()[::-1])
+
+
+def test_a_decoder_committed_twice_makes_two_whole_packs(demo_root, tmp_path):
+    paths = sorted((demo_root / "train_features").iterdir())[:2]
+    decoder = Decoder(SIZE, tmp_path)
+    packs = []
+    for path in paths:
+        data = path.read_bytes()
+        assert decoder(data, hashlib.sha256(data).hexdigest(), str(path)) is None
+        packs.append(decoder.commit())
+    assert [len(p) for p in packs] == [1, 1] and decoder.commit() is None
+    for pack, path in zip(packs, paths, strict=True):
+        assert np.array_equal(pack.array()[0], imagecache.decode_resized(path, SIZE))

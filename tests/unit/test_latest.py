@@ -2,6 +2,7 @@
 URIs it resolves (a file, a run folder, a stage folder, the pointer)."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -80,3 +81,25 @@ def test_an_unfinished_run_or_a_broken_pointer_is_refused_with_a_fix(
 def test_the_pointers_name_is_no_run_id():
     with pytest.raises(ConfigError, match="reserved"):
         runfolder.check_run_id("latest.json")
+
+
+@pytest.mark.parametrize(
+    "text, what",
+    [
+        (
+            '{"run_id": "part1-run", "status": "compl',
+            "is not JSON at byte 34 of 40 (unterminated string)",
+        ),
+        ('"completed"', "is not a JSON object (it holds a string)"),
+        ('{"run_id": "part1-run", "files": {}}', 'has no "status"'),
+    ],
+)
+def test_a_damaged_run_json_is_reported_not_a_traceback(
+    model_file, tmp_path, make_finished_run, text, what
+):
+    run_dir = make_finished_run(tmp_path / "runs", "part1-run", model_file)
+    (run_dir / "run.json").write_text(text)
+    with pytest.raises(
+        StorageError, match=re.escape(f"run.json is damaged: {run_dir}/run.json {what}")
+    ):
+        latest.resolve_model_uri(run_dir)

@@ -3,6 +3,8 @@ honoured until it expires, a holder notices when its lease was taken. (Two real 
 run: tests/faults/test_two_writers.py; conditional writes on S3: tests/integration.)"""
 
 import json
+import os
+import re
 import socket
 import threading
 import time
@@ -10,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from camtrap import lease
+from camtrap import lease, storage
+from camtrap.errors import ConfigError
 from camtrap.lease import RunBusy, RunLease
 
 
@@ -70,3 +73,47 @@ def test_a_holder_notices_its_lease_was_taken(lease_uri):
     assert lease.lost.wait(2)
     with pytest.raises(RunBusy, match="lost the run's lease"):
         lease.check()
+
+
+# --- its length -------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "value", ["abc", "nan", "inf", "-inf", "0", "-600", "29.9", "86401", "1e9"]
+)
+def test_a_lease_length_out_of_bounds_is_a_config_error(monkeypatch, lease_uri, value):
+    """0 or negative made every lease stale at once: a second run took over a live one."""
+    monkeypatch.setenv("CAMTRAP_LEASE_SECONDS", value)
+    message = f"CAMTRAP_LEASE_SECONDS={value!r} is not a number of seconds from 30 to 86400"
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        RunLease(lease_uri, owner="me")
+    assert not Path(lease_uri).exists()
+
+
+@pytest.mark.parametrize("value, seconds", [("30", 30.0), (" 86400 ", 86400.0), ("", 600.0)])
+def test_a_lease_length_within_bounds_is_used(monkeypatch, value, seconds):
+    monkeypatch.setenv("CAMTRAP_LEASE_SECONDS", value)
+    assert lease.lease_seconds() == seconds
+
+
+# --- clocks -----------------------------------------------------------------------------------
+def _plant_record(uri: str, expires: float, seconds: float = 600) -> None:
+    record = {"owner": "other", "host": "other-host", "pid": 1, "expires": expires,
+              "seconds": seconds}  # fmt: skip
+    storage.write_bytes(uri, json.dumps(record).encode())
+
+
+def test_a_lease_whose_holders_clock_is_an_hour_behind_is_honoured_on_s3(s3_server):
+    """The holder renewed just now, but its clock is an hour behind: its `expires` is in the
+    past by ours. S3's LastModified (the server's clock) tells that the lease is fresh."""
+    uri = lease.lease_location(f"s3://{s3_server.new_bucket('lease')}/runs", "smoke", "r1")
+    _plant_record(uri, time.time() - 3600 + 600)
+    with pytest.raises(RunBusy, match=r"other-host\) holds .* for (59\d|600) s more"):
+        RunLease(uri, owner="me").acquire()
+
+
+def test_a_lease_whose_holders_clock_is_ahead_expires_by_the_stores_clock(lease_uri):
+    """A holder whose clock is an hour ahead wrote `expires` an hour late; it died 11 minutes
+    ago (the file's mtime): its 600 s lease has run out, whatever `expires` says."""
+    _plant_record(lease_uri, time.time() + 3600 + 600)
+    written = time.time() - 660
+    os.utime(lease_uri, (written, written))
+    RunLease(lease_uri, owner="me").acquire().release()

@@ -3,6 +3,9 @@ dropped), the events sidecar, the --out checks and the --taxonomy file."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pandas as pd
 import pytest
 
@@ -87,3 +90,96 @@ def test_taxonomy_maps_classes_to_scientific_names(tmp_path):
     path.write_text("name,latin\ndeer,x\n")
     with pytest.raises(ConfigError, match="no column 'class'.*class,scientificName"):
         read_taxonomy(str(path))
+
+
+# --- --out: a folder, an input, the data folder, writable ------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("fmt", "name"),
+    [("csv", "predictions.csv"), ("megadetector", "predictions.json"),
+     ("camtrap-dp", "predictions-camtrap-dp")],
+)  # fmt: skip
+def test_out_ending_in_a_slash_is_a_folder_the_output_goes_into(tmp_path, fmt, name):
+    assert check_output(f"{tmp_path}/", fmt) == str(tmp_path / name)
+    assert check_output(f"{tmp_path}/new/", fmt) == str(tmp_path / "new" / name)  # made later
+    assert check_output("s3://bucket/out/", fmt) == f"s3://bucket/out/{name}"
+    assert check_output(str(tmp_path / "p.out"), fmt) == str(tmp_path / "p.out")  # as given
+
+
+def test_out_ending_in_a_slash_must_not_be_a_file(tmp_path):
+    (tmp_path / "p.csv").write_text("x")
+    with pytest.raises(ConfigError, match=r"p.csv/ ends in / \(a folder\), but .* is a file — fix"):
+        check_output(f"{tmp_path / 'p.csv'}/", "csv")
+
+
+def _data(tmp_path):
+    data = tmp_path / "data"
+    (data / "test_features").mkdir(parents=True)
+    (data / "test_features.csv").write_text("id,filepath\n")
+    (data / "test_features" / "a.jpg").write_bytes(b"jpeg")
+    return data
+
+
+@pytest.mark.parametrize("fmt", ["csv", "megadetector"])
+def test_an_out_that_is_an_input_is_refused_even_inside_data_on_purpose(tmp_path, fmt):
+    data, model = _data(tmp_path), tmp_path / "m.pth"
+    inputs = {str(data / "test_features.csv"): "the features CSV", str(model): "the model file"}
+    for out, what in [(data / "test_features.csv", "the features CSV"), (model, "the model file"),
+                      (tmp_path / "x" / ".." / "m.pth", "the model file")]:  # fmt: skip
+        with pytest.raises(ConfigError, match=f"would overwrite {what}, an input of this predict"):
+            check_output(str(out), fmt, inputs, str(data), inside_data=True)
+    with pytest.raises(ConfigError, match="would overwrite an image, an input of this predict"):
+        check_output(str(data / "test_features" / "a.jpg"), fmt, inputs, str(data), True)
+
+
+def test_an_out_inside_the_data_folder_needs_the_opt_in(tmp_path):
+    data = _data(tmp_path)
+    out = str(data / "predictions.csv")
+    with pytest.raises(ConfigError, match="is inside the data folder .* --out-inside-data"):
+        check_output(out, "csv", {}, str(data))
+    assert check_output(out, "csv", {}, str(data), inside_data=True) == out
+    assert check_output(str(tmp_path / "p.csv"), "csv", {}, str(data)) == str(tmp_path / "p.csv")
+    with pytest.raises(ConfigError, match="inside the data folder"):  # on S3 alike
+        check_output("s3://b/test/p.csv", "csv", {}, "s3://b/test")
+    with pytest.raises(ConfigError, match="would overwrite the features CSV"):
+        features = {"s3://b/test/test_features.csv": "the features CSV"}
+        check_output("s3://b/test/test_features.csv", "csv", features, "s3://b/test", True)
+    check_output("s3://b/test-2/p.csv", "csv", {}, "s3://b/test")  # a sibling prefix is fine
+
+
+def test_a_camtrap_dp_out_never_replaces_a_folder_holding_inputs_or_other_files(tmp_path):
+    data, model = _data(tmp_path), tmp_path / "runs" / "m.pth"
+    model.parent.mkdir()
+    model.write_bytes(b"model")
+    inputs = {str(data / "test_features.csv"): "the features CSV", str(model): "the model file"}
+    for out in (data, tmp_path, model.parent):  # the data, a folder above it, the model's
+        with pytest.raises(ConfigError, match="replaces the whole folder, .* — fix"):
+            check_output(str(out), "camtrap-dp", inputs, str(data), inside_data=True)
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "todo.txt").write_text("keep me")
+    with pytest.raises(ConfigError, match="not a Camtrap DP package: .* end --out with /"):
+        check_output(str(notes), "camtrap-dp", inputs, str(data))
+    (tmp_path / "old-package").mkdir()
+    (tmp_path / "old-package" / "datapackage.json").write_text("{}")
+    check_output(str(tmp_path / "old-package"), "camtrap-dp", inputs, str(data))  # replaced
+
+
+def test_an_out_that_cannot_be_written_is_refused_before_any_work(tmp_path, monkeypatch):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ConfigError, match=r"cannot be written: .*file is a file, not a folder"):
+        check_output(str(tmp_path / "file" / "sub" / "p.csv"), "csv")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    if os.geteuid() == 0:  # root may write anywhere: show what any other user would get
+        real_access = os.access
+        monkeypatch.setattr(
+            os, "access", lambda p, mode: Path(p) != locked and real_access(p, mode)
+        )
+    try:
+        with pytest.raises(ConfigError, match=r"cannot be written: .*locked is not writable — fix"):
+            check_output(str(locked / "new" / "p.json"), "megadetector")
+    finally:
+        locked.chmod(0o755)

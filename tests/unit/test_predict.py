@@ -453,3 +453,111 @@ def test_a_coco_files_photos_become_a_new_camtrap_dp_package(
     data = load_data(out, DataConfig(format="camtrap-dp"))  # reads back: the machine's labels
     assert len(data.frame) == 21 and (out / data.frame["filepath"].iloc[0]).is_file()
     assert set(data.classes) <= set(SEED_CLASSES)
+
+
+# --- --out: never an input, inside --data only on purpose, checked before any work ----------
+
+
+@pytest.fixture
+def data_copy(photos, tmp_path) -> Path:
+    """A copy of the photos a test may damage (the module's `photos` are shared)."""
+    return shutil.copytree(photos, tmp_path / "data")
+
+
+def _one_line_error(capsys) -> str:
+    """The one `error:` line on stderr (log lines may come before it), with its fix."""
+    err = capsys.readouterr().err
+    (line,) = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert "Traceback" not in err and "— fix: " in line, err
+    return line
+
+
+def test_an_out_that_is_an_input_is_refused_and_the_input_kept(
+    model_file, data_copy, tmp_path, capsys
+):
+    features = data_copy / "test_features.csv"
+    before = features.read_bytes()
+    assert _predict(model_file, data_copy, features) == 2
+    err = _one_line_error(capsys)
+    assert f"--out {features} would overwrite the features CSV, an input of this predict" in err
+    assert features.read_bytes() == before
+    model = Path(shutil.copy(model_file, tmp_path / "model.pth"))
+    assert _predict(model, data_copy, model, "--out-inside-data") == 2
+    assert "would overwrite the model file" in _one_line_error(capsys)
+    assert model.read_bytes() == model_file.read_bytes()
+    image = data_copy / "test_features" / "ZJ000001.jpg"
+    assert _predict(model_file, data_copy, image, "--out-inside-data") == 2
+    assert "would overwrite an image" in _one_line_error(capsys)
+
+
+def test_an_out_inside_the_data_folder_needs_out_inside_data(model_file, data_copy, capsys):
+    out = data_copy / "predictions" / "p.csv"
+    assert _predict(model_file, data_copy, out) == 2
+    err = _one_line_error(capsys)
+    assert f"--out {out} is inside the data folder {data_copy}" in err
+    assert "--out-inside-data" in err and not out.exists()
+    assert _predict(model_file, data_copy, out, "--out-inside-data") == 0
+    assert len(_read(out)) == 32
+
+
+def test_an_out_ending_in_a_slash_is_the_folder_the_output_goes_into(
+    model_file, photos, tmp_path, capsys
+):
+    folder = tmp_path / "results"
+    assert _predict(model_file, photos, f"{folder}/") == 0
+    assert len(_read(folder / "predictions.csv")) == 32
+    assert f"{folder / 'predictions.csv'}: 32 rows" in capsys.readouterr().out
+    assert _predict(model_file, photos, f"{folder}/", "--format", "megadetector") == 0
+    assert len(json.loads((folder / "predictions.json").read_text())["images"]) == 32
+    assert sorted(p.name for p in folder.iterdir()) == ["predictions.csv", "predictions.json"]
+
+
+def test_an_out_that_cannot_be_written_fails_before_anything_is_read(model_file, tmp_path, capsys):
+    (tmp_path / "results").write_text("a file where a folder is meant")
+    out = tmp_path / "results" / "p.csv"
+    # --data is not there at all: the --out problem is reported, so it was checked first
+    assert _predict(model_file, tmp_path / "nowhere", out) == 2
+    err = _one_line_error(capsys)
+    assert f"--out {out} cannot be written: {tmp_path / 'results'} is a file, not a folder" in err
+
+
+# --- the model file is checked, and so are its probabilities ----------------------------------
+
+
+def _edited(model_file: Path, tmp_path: Path, **changes) -> Path:
+    blob = torch.load(model_file, weights_only=True)
+    path = tmp_path / "edited" / model_file.name
+    path.parent.mkdir(exist_ok=True)
+    torch.save({**blob, **changes}, path)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("changes", "says"),
+    [
+        ({"temperature": float("nan")}, "temperature must be a positive finite number (got nan)"),
+        ({"classes": ["id", *SEED_CLASSES[1:]]}, "classes: 'id' is a column name the outputs use"),
+        ({"image_size": 0}, "image_size must be a whole number from 16 to 1024 (got 0)"),
+        ({"classes": list(SEED_CLASSES[:3])}, "its weights are not a resnet18 with 3 classes"),
+    ],
+)
+def test_a_bad_model_file_is_exit_2_in_one_line_and_nothing_written(
+    model_file, photos, tmp_path, capsys, changes, says
+):
+    edited = _edited(model_file, tmp_path, **changes)
+    out = tmp_path / "p.csv"
+    assert _predict(edited, photos, out) == 2
+    err = _one_line_error(capsys)
+    assert f"error: model file {edited}: " in err and says in err and len(err) < 500
+    assert not out.exists()
+
+
+def test_weights_that_give_no_numbers_are_refused_not_written(model_file, photos, tmp_path, capsys):
+    blob = torch.load(model_file, weights_only=True)
+    weights = {**blob["model"], "fc.bias": torch.full_like(blob["model"]["fc.bias"], float("nan"))}
+    edited = _edited(model_file, tmp_path, model=weights)
+    out = tmp_path / "p.csv"
+    assert _predict(edited, photos, out) == 2
+    err = _one_line_error(capsys)
+    assert f"model file {edited} gives probabilities that are not numbers" in err
+    assert "for 32 of 32 photos" in err and not out.exists()

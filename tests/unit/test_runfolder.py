@@ -195,3 +195,52 @@ def test_a_finished_run_folder_holds_these_eighteen_files():
         "state/last.json",
         "state/last.pt",
     ]
+
+
+# A run.json torn by a copy or edited by hand: verify reports it as the run's problem (exit 1),
+# never a traceback.
+DAMAGED_RUN_JSON = {
+    "truncated": ('{"status": "completed", "files": {"a.txt": {"bytes": 5, "sha',
+                  "is not JSON at byte 56 of 60 (unterminated string)"),
+    "not an object": ('["a.txt", "m/b.txt"]', "is not a JSON object (it holds a list)"),
+    "no files": ('{"status": "completed"}', 'has no "files" list'),
+    "an entry without its sha256": ('{"status": "completed", "files": {"a.txt": {"bytes": 5}}}',
+                                    "lists 'a.txt' without \"bytes\" and \"sha256\""),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", DAMAGED_RUN_JSON)
+def test_verify_reports_a_damaged_run_json(tmp_path, case):
+    _finished(tmp_path)
+    text, what = DAMAGED_RUN_JSON[case]
+    (tmp_path / "run.json").write_text(text)
+    (problem,) = runfolder.verify(str(tmp_path))
+    assert problem.startswith(f"run.json is damaged: {tmp_path / 'run.json'} {what}")
+    assert "fix: restore it from the run's copy in output_uri" in problem
+
+
+@pytest.mark.parametrize("case", DAMAGED_RUN_JSON)
+def test_cli_runs_verify_lists_a_damaged_run_json_as_the_runs_problem(tmp_path, capsys, case):
+    from camtrap.cli import main
+
+    _finished(tmp_path)
+    text, what = DAMAGED_RUN_JSON[case]
+    (tmp_path / "run.json").write_text(text)
+    assert main(["runs", "verify", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert f"1 problem(s)\n  - run.json is damaged: {tmp_path / 'run.json'} {what}" in err
+    assert "Traceback" not in err
+
+
+def test_verify_says_a_run_that_has_not_finished_lists_no_files_yet(tmp_path):
+    runfolder.write_run_json(tmp_path, {"status": "running", "config": {}})
+    (problem,) = runfolder.verify(str(tmp_path))
+    assert "the run has not finished (status 'running')" in problem
+
+
+@pytest.mark.parametrize("text", ['{"status": "runn', "[]", "\xff".encode("latin-1")])
+def test_reading_a_damaged_run_json_names_it_and_the_fix(tmp_path, text):
+    path = tmp_path / "run.json"
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    with pytest.raises(StorageError, match=r"run\.json is damaged: .*run\.json .*fix: restore"):
+        runfolder.read_run_json(tmp_path)

@@ -153,3 +153,27 @@ def test_the_configured_file_size_limit_reaches_validation(demo_root, tiny_confi
         f"image {first['filepath']} is too large ({first['bytes']:,} bytes, over the limit of "
         f"{limit:,} bytes: data.max_image_bytes)"
     )
+
+
+# --- validation's rerun ---------------------------------------------------------------------------
+
+
+def test_validate_on_unchanged_data_reads_no_image_again(
+    demo_root, tiny_config, tmp_path, monkeypatch
+):
+    from camtrap import imagecache_hashes
+    from camtrap.dataset import contract
+
+    monkeypatch.setattr(imagecache_hashes, "RACY_NS", 0)  # the demo's files were just written
+    reads: list[str] = []
+    real = contract.read_image_bytes
+    monkeypatch.setattr(
+        contract,
+        "read_image_bytes",
+        lambda path, *a, **k: reads.append(path) or real(path, *a, **k),
+    )
+    first = stages.validate(tiny_config(), demo_root, cache_root=tmp_path)
+    assert len(reads) == len(first.frame)
+    reads.clear()
+    again = stages.validate(tiny_config(), demo_root, cache_root=tmp_path)
+    assert reads == [] and again.fingerprint == first.fingerprint
