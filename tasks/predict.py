@@ -13,7 +13,6 @@ and file name, a new best model) is predicted again, its predictions replacing t
 from __future__ import annotations
 
 import io
-import json
 import logging
 from pathlib import Path
 
@@ -77,7 +76,7 @@ def _run_id_of(model_uri: str) -> str:
     folder, name = model_uri.rstrip("/").rsplit("/", 1)
     run_json = storage.join(folder, runfolder.RUN_JSON)
     if storage.exists(run_json):
-        run_id = json.loads(storage.read_text(run_json)).get("run_id")
+        run_id = runfolder.parse_run_json(storage.read_bytes(run_json), run_json).get("run_id")
         if run_id:
             return runfolder.check_run_id(str(run_id))
     return runfolder.check_run_id(Path(name).stem)

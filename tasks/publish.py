@@ -4,7 +4,6 @@ Idempotent: not cached, retried on failure."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from prefect import task
@@ -42,7 +41,8 @@ def publish(run: RunRef, val: ValMetrics) -> str:
 @task(name="report-up-to-date", timeout_seconds=300, **PUBLISH_TASK)
 def report_up_to_date(run: RunRef) -> str:
     """A finished run with this config and data exists: say so in the UI, train nothing."""
-    info = json.loads(storage.read_text(storage.join(run.run_uri, runfolder.RUN_JSON)))
+    uri = storage.join(run.run_uri, runfolder.RUN_JSON)
+    info = runfolder.parse_run_json(storage.read_bytes(uri), uri)
     val = "  ".join(f"{k} {v:.4f}" for k, v in info.get("val", {}).items())
     markdown = (
         f"# {run.run_id}: up to date\n\nA finished run with this configuration and data "

@@ -429,3 +429,14 @@ def test_a_rewritten_model_file_is_predicted_again_not_served_from_the_old_file(
     (artifact,) = [a for a in read_run(third.state_details.flow_run_id).artifacts
                    if a.key == "smoke-extended-predictions"]  # fmt: skip
     assert f"`{uri}` (reused: an earlier flow run wrote it)" in artifact.data
+
+
+def test_a_damaged_run_json_beside_the_model_is_reported_not_a_traceback(tmp_path):
+    """resolve-model names the run from the run.json beside the model file: a torn one is the
+    library's "run.json is damaged" error, as `camtrap predict --model RUNFOLDER` gives."""
+    from camtrap.runfolder import RunJsonDamaged
+    from tasks.predict import _run_id_of
+
+    (tmp_path / "run.json").write_text('{"run_id": "smoke-1')
+    with pytest.raises(RunJsonDamaged, match="run.json is damaged: .* is not JSON at byte"):
+        _run_id_of(str(tmp_path / "final_resnet18_model_smoke_best.pth"))
